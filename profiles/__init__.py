@@ -1,0 +1,1 @@
+"""Shipped profiles and recipes (JSON), installed as the `quota.profiles` package data."""
