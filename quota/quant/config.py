@@ -28,7 +28,8 @@ class QuantConfig:
 
     Weights: symmetric, per output channel (``w_group_size=None``) or per group of K columns,
     round-to-nearest (``rtn``, with an optional per-channel clipping search) or ``gptq``.
-    Activations: per-token dynamic symmetric, absmax scaled by ``a_clip_ratio``.
+    Activations: per-token dynamic symmetric, absmax scaled by a clipping ratio: searched per linear on
+    the calibration data (``a_clip_search``) or the fixed ``a_clip_ratio``.
     KV cache: asymmetric, per token and head, in groups of ``kv_group_size`` along head_dim; keys are
     quantized after RoPE, optionally after a Hadamard on head_dim (``kv_hadamard``).
     Rotation (``rotate``): QuaRot-style residual-stream rotation folded into the weights, plus an online
@@ -46,6 +47,7 @@ class QuantConfig:
     weight_method: str = "gptq"
     w_clip_search: bool = True
     a_clip_ratio: float = 0.9
+    a_clip_search: bool = True
     kv_clip_ratio: float = 1.0
     rotate: bool = True
     rotation_seed: int = 0

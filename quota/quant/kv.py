@@ -1,0 +1,83 @@
+"""Quantized KV: keys (after RoPE) and values pass through the KV quantizer before attention.
+
+:class:`KVQuantizer` holds one attention module's KV settings. :func:`install_kv_quantizer` attaches it
+to an attention module instance (no class is patched) and switches the language model to the ``quota``
+attention implementation, registered with transformers' ``AttentionInterface``: it applies the module's
+quantizer, then runs the model's SDPA attention. This is the simulated path (the reference for the
+kernel path, whose cache holds the codes and whose attention dequantizes inside the kernel).
+
+With ``hadamard`` on, keys are quantized in a Hadamard-rotated head basis, ``k' = k H``; the query is
+rotated by the same ``H`` so ``q' . k' = q . k`` and attention is unchanged in full precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from quota.quant.config import FULL_PRECISION
+from quota.quant.hadamard import apply_block_hadamard, is_power_of_two
+from quota.quant.quantizers import fake_quantize_kv
+
+ATTENTION_NAME = "quota"
+
+
+@dataclass(frozen=True)
+class KVQuantizer:
+    """Asymmetric per-token, per-head quantization of K and V in groups of ``group_size`` along head_dim."""
+
+    bits: int = 4
+    group_size: int = 64
+    clip_ratio: float = 1.0
+    hadamard: bool = True
+
+    def __call__(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``query`` ``[B, Hq, T, D]``, ``key``/``value`` ``[B, Hkv, S, D]`` -> the same, quantized."""
+        if self.bits == FULL_PRECISION:
+            return query, key, value
+        if self.hadamard:
+            query, key = apply_block_hadamard(query), apply_block_hadamard(key)
+        group = min(self.group_size, key.shape[-1])
+        key = fake_quantize_kv(key, self.bits, group, self.clip_ratio)
+        value = fake_quantize_kv(value, self.bits, group, self.clip_ratio)
+        return query, key, value
+
+
+def quota_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """Attention function registered as ``"quota"``: KV quantization, then the model's SDPA."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    quantizer: KVQuantizer | None = getattr(module, "quota_kv", None)
+    if quantizer is not None:
+        query, key, value = quantizer(query, key, value)
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+def register_attention() -> None:
+    """Register the ``quota`` attention and its (SDPA-style) mask with transformers. Idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, quota_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
+
+
+def install_kv_quantizer(attention: nn.Module, quantizer: KVQuantizer, head_dim: int) -> None:
+    """Attach ``quantizer`` to one attention module instance, checking it fits ``head_dim``."""
+    if quantizer.bits != FULL_PRECISION:
+        group = min(quantizer.group_size, head_dim)
+        if head_dim % group != 0:
+            raise ValueError(f"kv_group_size {quantizer.group_size} does not divide head_dim {head_dim}")
+        if quantizer.hadamard and not is_power_of_two(head_dim):
+            raise ValueError(f"kv_hadamard needs a power-of-two head_dim, got {head_dim}")
+    attention.quota_kv = quantizer
+
+
+def use_quota_attention(config) -> None:
+    """Point a (text) config at the ``quota`` attention implementation."""
+    register_attention()
+    config._attn_implementation = ATTENTION_NAME
