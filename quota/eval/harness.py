@@ -1,0 +1,126 @@
+"""Evaluation harness: greedy short answers from a VLM on the synthetic suite, per-task accuracy with
+bootstrap 95% intervals, and retention against reference results."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from quota.eval.splits import DATA_VERSION, load_scene
+from quota.eval.tasks import TASKS, Question, normalize_answer
+
+BOOTSTRAP_SAMPLES = 1000
+
+
+@dataclass
+class TaskScore:
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+@dataclass
+class EvalResult:
+    """Per-task scores, the mean over tasks, and what was evaluated."""
+
+    tasks: dict[str, TaskScore]
+    average: float
+    average_ci: tuple[float, float]
+    data_version: str = DATA_VERSION
+    meta: dict = field(default_factory=dict)
+    predictions: list[dict] = field(default_factory=list)
+
+    def to_dict(self, with_predictions: bool = False) -> dict:
+        d = asdict(self)
+        if not with_predictions:
+            d.pop("predictions")
+        return d
+
+
+def bootstrap_ci(correct: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of a 0/1 vector (seeded, deterministic)."""
+    if len(correct) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, len(correct), (samples, len(correct)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize(questions: Sequence[Question], predictions: Sequence[str], meta: dict | None = None) -> EvalResult:
+    """Score ``predictions`` against ``questions`` (same order)."""
+    rows, by_task = [], {}
+    for q, pred in zip(questions, predictions):
+        ok = normalize_answer(pred) == normalize_answer(q.answer)
+        rows.append({"qid": q.qid, "task": q.task, "answer": q.answer, "prediction": pred, "correct": ok})
+        by_task.setdefault(q.task, []).append(ok)
+    tasks = {}
+    for task in [t for t in TASKS if t in by_task]:
+        c = np.asarray(by_task[task], dtype=np.float64)
+        lo, hi = bootstrap_ci(c)
+        tasks[task] = TaskScore(float(c.mean()), lo, hi, len(c))
+    # interval of the task-mean: bootstrap each task independently, average the resampled means
+    rng = np.random.default_rng(1)
+    resampled = np.mean([
+        np.asarray(by_task[t], dtype=np.float64)[rng.integers(0, len(by_task[t]), (BOOTSTRAP_SAMPLES, len(by_task[t])))].mean(1)
+        for t in tasks
+    ], axis=0)
+    average = float(np.mean([s.accuracy for s in tasks.values()]))
+    ci = (float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5)))
+    return EvalResult(tasks, average, ci, meta=meta or {}, predictions=rows)
+
+
+def retention(result: EvalResult, reference: EvalResult) -> float:
+    """Mean over tasks of accuracy(result) / accuracy(reference), the retention convention of pruning papers."""
+    ratios = [result.tasks[t].accuracy / reference.tasks[t].accuracy for t in result.tasks
+              if t in reference.tasks and reference.tasks[t].accuracy > 0]
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
+@torch.no_grad()
+def answer_questions(
+    model,
+    tokenizer,
+    questions: Sequence[Question],
+    batch_size: int = 32,
+    max_new_tokens: int = 6,
+    progress: bool | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Greedy answers of a testbed-style VLM (prompt format of :mod:`quota.models.testbed`)."""
+    from quota.models.testbed import encode_batch, pixel_values
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    show = sys.stderr.isatty() if progress is None else progress
+    answers: list[str] = []
+    start = time.time()
+    for i in range(0, len(questions), batch_size):
+        chunk = questions[i : i + batch_size]
+        batch = encode_batch(tokenizer, [q.question for q in chunk])
+        images = np.stack([load_scene(q).image for q in chunk])
+        out = model.generate(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            pixel_values=pixel_values(images).to(device, dtype),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        )
+        new = out[:, batch["input_ids"].shape[1]:]
+        answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        done = min(i + batch_size, len(questions))
+        if on_batch is not None:
+            on_batch(done, len(questions))
+        if show:
+            rate = done / max(time.time() - start, 1e-9)
+            print(f"\r  {done}/{len(questions)} questions ({rate:.1f}/s)", end="", file=sys.stderr, flush=True)
+    if show:
+        print(file=sys.stderr)
+    return answers
