@@ -25,7 +25,8 @@ from quota.eval.font import CHAR_IDS
 from quota.eval.splits import DATA_VERSION, iter_train, load_scene
 from quota.models.lora import add_lora, lora_factors
 from quota.models.testbed import (
-    CARD_FILE, LORA_FILE, MODEL_ID, VISION, VISION_FILE, build_testbed, encode_batch, pixel_values,
+    CARD_FILE, LORA_FILE, MODEL_ID, VISION, VISION_FILE, VISION_GLOB, build_testbed, encode_batch, pixel_values,
+    shard_state_dict,
 )
 
 LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -157,7 +158,11 @@ def export(model, lm, args, step, log, seconds) -> None:
     out.mkdir(parents=True, exist_ok=True)
     vision = {k: v.detach().to(torch.bfloat16).cpu().contiguous() for k, v in model.state_dict().items()
               if k.startswith("model.vision_tower.") or k.startswith("model.multi_modal_projector.")}
-    save_file(vision, out / VISION_FILE)
+    for old in out.glob(VISION_GLOB):
+        old.unlink()
+    shards = shard_state_dict(vision, max_bytes=12 * 2**20)
+    for i, shard in enumerate(shards):
+        save_file(shard, out / VISION_FILE.format(i + 1, len(shards)))
     save_file({k: v.to(torch.bfloat16) for k, v in lora_factors(lm, "model.language_model.").items()}, out / LORA_FILE)
     card_path = out / CARD_FILE
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}

@@ -19,7 +19,8 @@ import torch
 from quota.models.smollm2 import load_smollm2
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-VISION_FILE = "testbed_vision.safetensors"
+VISION_FILE = "testbed_vision-{:05d}-of-{:05d}.safetensors"  # shards of at most 12 MiB
+VISION_GLOB = "testbed_vision-*.safetensors"
 LORA_FILE = "testbed_lora.safetensors"
 CARD_FILE = "testbed_card.json"
 MODEL_ID = "quota-testbed-smollm2-vit6"
@@ -88,18 +89,37 @@ def load(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
     from safetensors.torch import load_file
 
     folder = Path(weights_dir) if weights_dir else WEIGHTS_DIR
-    missing = [f for f in (VISION_FILE, LORA_FILE, CARD_FILE) if not (folder / f).is_file()]
+    shards = sorted(folder.glob(VISION_GLOB))
+    missing = [f for f in (LORA_FILE, CARD_FILE) if not (folder / f).is_file()] + ([] if shards else [VISION_GLOB])
     if missing:
         raise TestbedWeightsMissingError(f"testbed weights missing in {folder}: {missing}")
     card = json.loads((folder / CARD_FILE).read_text())
     model, tokenizer = build_testbed(torch.float32, "cpu")
-    vision = load_file(folder / VISION_FILE)
-    missing_keys, unexpected = model.load_state_dict(vision, strict=False)
-    if unexpected:
-        raise ValueError(f"{VISION_FILE} has keys the testbed does not: {unexpected[:5]}")
+    vision = {k: v for shard in shards for k, v in load_file(shard).items()}
+    expected = {k for k in model.state_dict() if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
+    if set(vision) != expected:
+        raise ValueError(
+            f"testbed vision weights do not match the architecture: missing {sorted(expected - set(vision))[:3]}, "
+            f"unexpected {sorted(set(vision) - expected)[:3]}"
+        )
+    model.load_state_dict(vision, strict=False)
     lora = load_file(folder / LORA_FILE)
     merge_lora(model, lora, float(card["lora"]["alpha"]) / float(card["lora"]["rank"]))
     return Testbed(model.to(device=device, dtype=dtype).eval(), tokenizer, card)
+
+
+def shard_state_dict(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Split ``state`` (in key order) into shards of at most ``max_bytes`` each (a larger tensor gets its own)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    return shards
 
 
 # ----------------------------------------------------------------------------------------------- inputs
