@@ -1,9 +1,32 @@
 """quota: joint low-bit quantization (W4A4 linears, 4-bit KV cache) and solver-scheduled visual-token
-pruning for vision-language models."""
+pruning for vision-language models.
+
+Public API (imported lazily, so ``import quota`` stays light):
+``QuantConfig``, ``quantize_model``, ``Recipe``, ``Profile``, ``AllocationProblem``, ``Solution``,
+``solve`` (profile -> recipe), ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from quota.quant.config import QuantConfig  # noqa: E402
-from quota.quant.quantize import quantize_model  # noqa: E402
+_EXPORTS = {
+    "QuantConfig": "quota.quant.config",
+    "quantize_model": "quota.quant.quantize",
+    "Recipe": "quota.recipe",
+    "Profile": "quota.profile.io",
+    "AllocationProblem": "quota.solvers",
+    "Solution": "quota.solvers",
+    "solve": "quota.solving",
+    "evaluate": "quota.eval.run",
+}
 
-__all__ = ["QuantConfig", "quantize_model", "__version__"]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'quota' has no attribute {name!r}")
