@@ -15,18 +15,18 @@ from quota.quant.quantizers import (
 
 
 class HessianAccumulator:
-    """Running ``H = 2/n sum_i x_i^T x_i`` over calibration inputs ``x`` ``[..., K]`` (float64)."""
+    """Running ``H = 2/n sum_i x_i^T x_i`` over calibration inputs ``x`` ``[..., K]`` (kept in float64)."""
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
         self.hessian = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
         self.count = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).to(self.hessian.device, torch.float64)  # [n, K]
+        x = x.reshape(-1, x.shape[-1]).to(self.hessian.device, torch.float32)  # [n, K]
         n = x.shape[0]
         self.hessian *= self.count / (self.count + n)
         self.count += n
-        self.hessian += (2.0 / self.count) * (x.T @ x)
+        self.hessian += (2.0 / self.count) * (x.T @ x).double()  # float32 products, float64 running sum
 
     def input_sq_norm(self) -> torch.Tensor:
         """Diagonal of ``H / 2``: mean squared input per channel (for the RTN clipping search)."""

@@ -44,6 +44,8 @@ class _InputStats:
 
     def __init__(self, in_features: int, device, keep_hessian: bool) -> None:
         self.hessian = HessianAccumulator(in_features, device) if keep_hessian else None
+        self.sq_sum = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.count = 0
         self.samples: list[torch.Tensor] = []
         self.sampled = 0
 
@@ -51,6 +53,8 @@ class _InputStats:
         x = x.reshape(-1, x.shape[-1]).float()  # [n, K]
         if self.hessian is not None:
             self.hessian.add(x)
+        self.sq_sum += x.pow(2).sum(0).double().to(self.sq_sum.device)
+        self.count += x.shape[0]
         if self.sampled < _CLIP_SAMPLE_TOKENS:
             take = x[: _CLIP_SAMPLE_TOKENS - self.sampled]
             self.samples.append(take.clone())
@@ -67,7 +71,7 @@ def _quantize_weight(w: torch.Tensor, stats: _InputStats | None, config: QuantCo
         )
     clip = 1.0
     if config.w_clip_search:
-        sq = stats.hessian.input_sq_norm() if stats is not None and stats.hessian is not None else None
+        sq = stats.sq_sum / max(stats.count, 1) if stats is not None and stats.count else None
         clip = search_weight_clip(w, config.w_bits, config.w_group_size, sq)
     return quantize_weight_rtn(w, config.w_bits, config.w_group_size, clip)
 
@@ -124,7 +128,7 @@ def _quantize_layer(
     stats: dict[str, _InputStats] = {}
     if inputs is not None:
         handles = []
-        need_h = config.quantizes_weights
+        need_h = config.quantizes_weights and config.weight_method == "gptq"
         for path, block in targets.items():
             lin = get_submodule(layer, path)
             stats[path] = _InputStats(lin.in_features, "cpu" if not lin.weight.is_cuda else lin.weight.device, need_h)

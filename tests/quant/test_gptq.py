@@ -15,7 +15,7 @@ def test_hessian_accumulates_running_mean():
     acc = HessianAccumulator(16)
     for chunk in x.split(70):
         acc.add(chunk)
-    assert torch.allclose(acc.hessian, 2 * x.double().T @ x.double() / 300, atol=1e-10)
+    assert torch.allclose(acc.hessian, 2 * x.double().T @ x.double() / 300, atol=1e-5)
 
 
 def test_gptq_beats_rtn_on_output_error():
