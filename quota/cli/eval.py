@@ -1,4 +1,4 @@
-"""``quota eval``: accuracy of a model on the synthetic suite's test split."""
+"""``quota eval``: accuracy of a model on the synthetic suite's test split, with retention."""
 
 from __future__ import annotations
 
@@ -9,32 +9,58 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model on the synthetic VQA test split")
     p.add_argument("--model", default="testbed", help="model to evaluate (default: testbed)")
+    p.add_argument("--recipe", default=None, help="recipe JSON: quantization and pruning schedule")
+    p.add_argument("--baseline", default=None, help="stage-wise pruning preset: fastv, pyramiddrop, sparsevlm, visionzip, random")
+    p.add_argument("--tokens", type=float, default=None, help="equivalent visual tokens per layer for --baseline")
+    p.add_argument("--quant", default=None, help="QuantConfig JSON file, or 'w4a4kv4' for the default low-bit config")
     p.add_argument("--tasks", nargs="*", help="task names (default: all)")
     p.add_argument("--limit", type=int, default=None, help="questions per task (default: all)")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--weights", default=None, help="folder of testbed weights (default: the shipped ones)")
+    p.add_argument("--ref-bf16", default=None, help="result JSON of bf16 with all tokens (for retention)")
+    p.add_argument("--ref-lowbit", default=None, help="result JSON of the same low-bit model with all tokens")
     p.add_argument("-o", "--output", default=None, help="write the JSON result here (atomically)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
+def parse_quant(value: str | None):
+    from quota.quant.config import QuantConfig
+
+    if value is None:
+        return None
+    if value.lower() in ("w4a4kv4", "default"):
+        return QuantConfig(impl="auto")
+    with open(value) as f:
+        return QuantConfig.from_dict(json.load(f))
+
+
 def run(args: argparse.Namespace) -> int:
     from quota.eval.run import evaluate
 
-    result = evaluate(args.model, args.tasks, args.limit, args.device, None, args.batch_size, args.weights, args.output)
+    refs = {k: v for k, v in (("bf16_all_tokens", args.ref_bf16), ("lowbit_all_tokens", args.ref_lowbit)) if v}
+    result = evaluate(args.model, args.tasks, args.limit, args.device, None, args.batch_size, args.weights,
+                      args.output, quant=parse_quant(args.quant), recipe=args.recipe, baseline=args.baseline,
+                      tokens=args.tokens, references=refs)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result.meta['model']} on {result.data_version} ({result.meta['device']}, {result.meta['dtype']})")
+    m = result.meta
+    title = (f"{m['model']} {m['quant']}, {m['equivalent_tokens']:.0f} equivalent tokens"
+             f"{' (' + m['baseline'] + ')' if m['baseline'] else ''} on {result.data_version} ({m['device']})")
+    table = Table(title=title)
     for col in ("task", "accuracy", "95% interval", "n"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for task, s in result.tasks.items():
         table.add_row(task, f"{100 * s.accuracy:.1f}%", f"{100 * s.ci_low:.1f}-{100 * s.ci_high:.1f}", str(s.n))
     lo, hi = result.average_ci
     table.add_row("average", f"{100 * result.average:.1f}%", f"{100 * lo:.1f}-{100 * hi:.1f}", "", style="bold")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for name, value in m.get("retention", {}).items():
+        console.print(f"retention vs {name}: {100 * value:.2f}%")
     return 0

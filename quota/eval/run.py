@@ -1,8 +1,10 @@
-"""``evaluate``: the Python form of ``quota eval`` — load a model, answer the test split, score it, and
-write the JSON result atomically."""
+"""``evaluate``: the Python form of ``quota eval`` — load a model, optionally quantize it and attach a
+recipe's schedule or a stage-wise baseline, answer the test split, score it, compute retention
+against reference results, and write the JSON result atomically."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -10,11 +12,55 @@ from typing import Sequence
 import torch
 
 from quota.atomic import write_json_atomic
-from quota.eval.harness import EvalResult, answer_questions, summarize
+from quota.eval.harness import EvalResult, TaskScore, answer_questions, retention, summarize
 from quota.eval.splits import test_split
 from quota.eval.tasks import TASKS, check_task
+from quota.quant.config import QuantConfig
 
 SUPPORTED_MODELS = ("testbed",)
+
+
+def load_result(path: str | Path) -> EvalResult:
+    """An evaluation result written by :func:`evaluate` (``-o``)."""
+    d = json.loads(Path(path).read_text())
+    tasks = {t: TaskScore(**s) for t, s in d["tasks"].items()}
+    return EvalResult(tasks, d["average"], tuple(d["average_ci"]), d.get("data_version", ""), d.get("meta", {}))
+
+
+def calibration_inputs(tokenizer, device, dtype, batch_size: int = 32) -> list[dict]:
+    """The calibration split as model inputs (prompts with images): GPTQ and clipping data."""
+    from quota.eval.splits import calibration_split
+    from quota.profile.sensitivity import make_batches
+
+    return [{"input_ids": b.input_ids, "attention_mask": b.attention_mask, "pixel_values": b.pixel_values}
+            for b in make_batches(tokenizer, calibration_split(), batch_size, device, dtype)]
+
+
+def prepare_model(model, tokenizer, quant: QuantConfig | None, recipe=None, baseline: str | None = None,
+                  tokens: float | None = None):
+    """Quantize (``quant``, or the recipe's config) and attach pruning (the recipe's or a baseline's plan)."""
+    from quota.runtime.apply import apply
+
+    if recipe is not None and baseline is not None:
+        raise ValueError("give --recipe or --baseline, not both")
+    if recipe is not None:
+        plan = {"schedule": recipe.schedule, "score_weights": recipe.score_weights}
+        quant = quant or recipe.quant_config
+    elif baseline is not None:
+        from quota.models.registry import spec_for
+        from quota.runtime.baselines import baseline_plan
+        from quota.runtime.vision import expected_visual_tokens
+
+        if tokens is None:
+            raise ValueError(f"--baseline {baseline} needs --tokens (equivalent visual tokens per layer)")
+        n_layers = len(spec_for(model).layers_of(model))
+        p = baseline_plan(baseline, float(tokens), expected_visual_tokens(model), n_layers)
+        plan = {"schedule": p.schedule, "scoring": p.scoring.to_dict()}
+    else:
+        plan = {"schedule": None}
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    calib = calibration_inputs(tokenizer, device, dtype) if quant is not None and not quant.is_identity else None
+    return apply(model, {**plan, "quant": quant.to_dict() if quant is not None else None}, calib)
 
 
 def evaluate(
@@ -27,28 +73,48 @@ def evaluate(
     weights_dir: str | None = None,
     output: str | Path | None = None,
     progress: bool | None = None,
+    quant: QuantConfig | None = None,
+    recipe: str | Path | None = None,
+    baseline: str | None = None,
+    tokens: float | None = None,
+    references: dict[str, str | Path | EvalResult] | None = None,
 ) -> EvalResult:
-    """Accuracy of ``model_name`` on the test split (``limit`` questions per task), with 95% intervals."""
+    """Accuracy on the test split (``limit`` questions per task) with 95% intervals; with ``references``
+    (name -> result or result file), the retention against each."""
     if model_name not in SUPPORTED_MODELS:
         raise ValueError(f"unknown model {model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}")
     tasks = [check_task(t) for t in (tasks or TASKS)]
+    refs = {name: (r if isinstance(r, EvalResult) else load_result(r)) for name, r in (references or {}).items()}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     from quota.models import testbed
 
+    rec = None
+    if recipe is not None:
+        from quota.recipe import Recipe
+
+        rec = Recipe.load(recipe, model_id=testbed.MODEL_ID)
     tb = testbed.load(device, dtype, weights_dir)
+    model = prepare_model(tb.model, tb.tokenizer, quant, rec, baseline, tokens)
     questions = [q for t in tasks for q in test_split(t, limit)]
     start = time.time()
-    answers = answer_questions(tb.model, tb.tokenizer, questions, batch_size, progress=progress)
+    answers = answer_questions(model, tb.tokenizer, questions, batch_size, progress=progress)
+    runner = getattr(model, "runner", None)
     meta = {
         "model": testbed.MODEL_ID,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "dtype": str(dtype).replace("torch.", ""),
+        "quant": (quant or (rec.quant_config if rec else None)).short_name() if (quant or rec) else "BF16",
+        "recipe": str(recipe) if recipe else None,
+        "baseline": baseline,
+        "schedule": list(runner.schedule) if runner is not None else None,
+        "equivalent_tokens": (sum(runner.schedule) / len(runner.schedule)) if runner is not None else testbed.N_VISUAL_TOKENS,
         "questions_per_task": limit,
         "seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
     }
     result = summarize(questions, answers, meta)
+    result.meta["retention"] = {name: retention(result, ref) for name, ref in refs.items()}
     if output is not None:
         write_json_atomic(output, result.to_dict(with_predictions=True))
     return result

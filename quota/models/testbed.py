@@ -168,3 +168,18 @@ def encode_batch(tokenizer, questions: list[str], answers: list[str] | None = No
     if answers is not None:
         out["labels"] = label_t
     return out
+
+
+def model_hash(weights_dir: str | Path | None = None) -> str:
+    """sha256 over the base GGUF file and the shipped testbed weights (identifies the exact model)."""
+    import hashlib
+
+    from quota.models.smollm2 import GGUF_FILE, smollm2_dir
+
+    folder = Path(weights_dir) if weights_dir else WEIGHTS_DIR
+    h = hashlib.sha256()
+    for path in [smollm2_dir() / GGUF_FILE, *sorted(folder.glob(VISION_GLOB)), folder / LORA_FILE]:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()

@@ -48,12 +48,20 @@ class KVQuantizer:
 
 
 def quota_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
-    """Attention function registered as ``"quota"``: KV quantization, then the model's SDPA."""
+    """Attention function registered as ``"quota"``: KV quantization, then the model's SDPA.
+
+    When the module instance has a ``quota_probe`` attribute (a callable, set by the pruning runtime
+    for one forward), it is called as ``probe(module, query, key, attention_mask, scaling)`` with the
+    query and key after KV quantization, before attention; it must not modify them.
+    """
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     quantizer: KVQuantizer | None = getattr(module, "quota_kv", None)
     if quantizer is not None:
         query, key, value = quantizer(query, key, value)
+    probe = getattr(module, "quota_probe", None)  # set by the pruning runtime for one forward
+    if probe is not None:
+        probe(module, query, key, attention_mask, kwargs.get("scaling"))
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
 

@@ -1,0 +1,38 @@
+"""``quota profile``: sensitivity and cost curves of the testbed under its deployed quantization.
+
+Runs on one process, or sharded over ranks with ``torchrun --nproc_per_node=G -m quota.cli.main profile``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure per-layer pruning damage and cost curves (writes a profile JSON)")
+    p.add_argument("--model", default="testbed", choices=("testbed",))
+    p.add_argument("-o", "--output", default="profile.json")
+    p.add_argument("--grid-steps", type=int, default=32, help="candidate keep counts: multiples of N/steps (default 32)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="use only the first LIMIT calibration questions")
+    p.add_argument("--quant", default=None, help="QuantConfig JSON file (default: W4A4 GPTQ + rotation + KV4)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its partial files")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency curve")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from quota.profile.api import ProfileSettings, profile_testbed
+    from quota.quant.config import QuantConfig
+
+    if args.grid_steps < 1:
+        raise ValueError(f"--grid-steps must be a positive integer, got {args.grid_steps}")
+    quant = QuantConfig.from_dict(json.loads(open(args.quant).read())) if args.quant else QuantConfig(impl="auto")
+    settings = ProfileSettings(grid_steps=args.grid_steps, batch_size=args.batch_size, latency=not args.no_latency)
+    prof = profile_testbed(quant, settings, args.output, args.resume, args.device, args.limit)
+    if prof is not None:
+        print(f"profile of {prof.model_id} on {prof.device}: {prof.n_layers} layers x {len(prof.grid)} keep counts, "
+              f"score weights {prof.score_weights}, {prof.timing['total_s']}s -> {args.output}")
+    return 0

@@ -1,0 +1,45 @@
+"""Where the Triton kernels run: on CUDA, or on the CPU under the Triton interpreter.
+
+``TRITON_INTERPRET=1`` (set before ``triton`` is imported) runs every kernel in NumPy on the CPU;
+that is how CI checks the kernels. The interpreter differs from the compiler in ways the kernels
+account for through :data:`INTERPRET`:
+
+- ``tl.dot`` on bfloat16 operands is wrong in the interpreter (it multiplies the raw bit patterns),
+  so kernels upcast dot operands to float32 there (``DOT_F32``);
+- inline PTX does not run there, so the int4 unpack uses its plain-Triton form;
+- autotuning would time configs with CUDA events, so each kernel keeps a single config there.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
+"""True when Triton runs kernels in its CPU interpreter (read once, at import)."""
+
+
+def check_device(name: str, *tensors: torch.Tensor) -> torch.device:
+    """All ``tensors`` on one device that can run the kernels; returns it, else raises ValueError."""
+    device = tensors[0].device
+    for t in tensors:
+        if t.device != device:
+            raise ValueError(f"{name}: all tensors must be on one device, got {device} and {t.device}")
+    if device.type == "cuda":
+        return device
+    if device.type == "cpu" and INTERPRET:
+        return device
+    raise ValueError(
+        f"{name}: Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter), "
+        f"got a tensor on {device}; use the reference function on other devices"
+    )
+
+
+def pick_configs(configs: list, interpret_config):
+    """The autotune list on a GPU, a single small config under the interpreter."""
+    return [interpret_config] if INTERPRET else configs
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()

@@ -1,0 +1,178 @@
+"""``profile``: sensitivity and cost curves of a model under its deployed quantization (the Python form of
+``quota profile``), written as a :class:`quota.profile.io.Profile`."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from quota import __version__
+from quota.profile.costs import analytic_costs, measure_latency
+from quota.profile.io import Profile
+from quota.profile.sensitivity import DamageMeter, make_batches, measure_grid, per_layer_contributions, prune_from_schedule
+from quota.profile.sharding import clear_partials, init_from_env, run_sharded, world
+from quota.quant.config import QuantConfig
+from quota.solvers import default_grid
+
+# candidate score weightings searched on the calibration data (signal -> weight)
+SCORE_CANDIDATES: tuple[dict[str, float], ...] = (
+    # every candidate keeps an embedding-level signal (magnitude or risk), the only kind that exists
+    # before layer 0, so that a schedule pruning there can be scored
+    {"attn_last": 0.9, "magnitude": 0.1},
+    {"attn_text": 0.9, "magnitude": 0.1},
+    {"attn_last": 0.45, "attn_text": 0.45, "magnitude": 0.1},
+    {"attn_last": 0.6, "magnitude": 0.2, "risk": 0.2},
+    {"attn_text": 0.6, "magnitude": 0.2, "risk": 0.2},
+    {"attn_last": 0.4, "attn_text": 0.4, "risk": 0.2},
+    {"magnitude": 0.5, "risk": 0.5},
+)
+
+
+@dataclass
+class ProfileSettings:
+    grid_steps: int = 32
+    batch_size: int = 64
+    probe_layer: int = 2
+    probe_keeps: tuple[float, ...] = (1 / 9, 1 / 3)  # fractions of N: 64 and 192 of 576
+    score_candidates: Sequence[dict[str, float]] = field(default_factory=lambda: list(SCORE_CANDIDATES))
+    latency: bool = True
+    impl: str = "auto"
+
+
+def calibrate_score_weights(meter: DamageMeter, n_layers: int, n_visual: int, settings: ProfileSettings) -> tuple[dict, dict]:
+    """Pick the candidate weighting with the least mean KL over the probe schedules."""
+    results = []
+    for weights in settings.score_candidates:
+        kls = [meter.measure(prune_from_schedule(n_layers, n_visual, settings.probe_layer, max(1, round(f * n_visual))),
+                             n_visual, weights).kl for f in settings.probe_keeps]
+        results.append({"weights": dict(weights), "mean_kl": float(np.mean(kls))})
+    best = min(results, key=lambda r: r["mean_kl"])
+    search = {"probe_layer": settings.probe_layer, "probe_keeps": [round(f * n_visual) for f in settings.probe_keeps],
+              "candidates": results, "criterion": "mean KL on the calibration split"}
+    return best["weights"], search
+
+
+def profile_model(
+    model, tokenizer, questions, quant: QuantConfig, *, model_id: str, model_hash: str, data_version: str,
+    settings: ProfileSettings | None = None, output: str | Path | None = None, resume: bool = False,
+) -> Profile | None:
+    """Profile an (already quantized) testbed-style VLM on ``questions``. Returns the Profile on rank 0
+    (``None`` on other ranks); with ``output`` it is written there atomically, and per-rank partial
+    results next to it allow ``resume``."""
+    settings = settings or ProfileSettings()
+    start = time.time()
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    batches = make_batches(tokenizer, questions, settings.batch_size, device, dtype)
+    from quota.models.registry import spec_for
+
+    spec = spec_for(model)
+    text_config = spec.text_config_of(model)
+    n_layers = len(spec.layers_of(model))
+    n_visual = int(model.config.image_seq_length) if hasattr(model.config, "image_seq_length") else None
+    grid = default_grid(n_visual, settings.grid_steps)
+
+    meter = DamageMeter(model, batches, dict(settings.score_candidates[0]), impl=settings.impl)
+    t0 = time.time()
+    weights, search = calibrate_score_weights(meter, n_layers, n_visual, settings)
+    meter.score_weights = weights
+    t_weights = time.time() - t0
+
+    stem = Path(output).with_suffix("") if output is not None else None
+    runner = (lambda items, fn: run_sharded(items, fn, stem, resume)) if stem is not None else None
+    t0 = time.time()
+    grid_results = measure_grid(meter, n_layers, n_visual, grid, runner)
+    t_grid = time.time() - t0
+    if grid_results is None:  # not rank 0
+        return None
+
+    def curve(get) -> np.ndarray:
+        from_layer = np.zeros((n_layers, len(grid)))
+        for (layer, k), d in grid_results.items():
+            from_layer[layer, grid.index(k)] = get(d)
+        return from_layer
+
+    kl_from, loss_from = curve(lambda d: d.kl), curve(lambda d: d.task_loss)
+    tasks = sorted({t for d in grid_results.values() for t in d.per_task})
+    per_task = {t: per_layer_contributions(curve(lambda d, t=t: d.per_task.get(t, 0.0))) for t in tasks}
+
+    text_tokens = float(np.mean([(b.attention_mask.sum(1) - n_visual).float().mean().item() for b in batches]))
+    costs = analytic_costs(text_config, quant, grid, n_layers, text_tokens)
+    t0 = time.time()
+    if settings.latency:
+        costs["latency"] = np.tile(layer_latency(model, spec, [int(k + text_tokens) for k in grid]), (n_layers, 1))
+    t_latency = time.time() - t0
+    import transformers
+    import triton
+
+    prof = Profile(
+        model_id=model_id, model_hash=model_hash, n_layers=n_layers, n_visual_tokens=n_visual, grid=tuple(grid),
+        damage={"kl": per_layer_contributions(kl_from), "task_loss": per_layer_contributions(loss_from)},
+        per_task=per_task, costs=costs, score_weights=weights, score_search=search, quant=quant.to_dict(),
+        data_version=data_version,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__, "triton": triton.__version__,
+                  "quota": __version__},
+        timing={"total_s": round(time.time() - start, 1), "score_weights_s": round(t_weights, 1),
+                "grid_s": round(t_grid, 1), "latency_s": round(t_latency, 1), "world_size": world()[1],
+                "questions": len(questions), "schedules_measured": len(grid_results) + 1},
+        extra={"kl_prune_from_layer": kl_from.tolist(), "task_loss_prune_from_layer": loss_from.tolist(),
+               "text_tokens_mean": text_tokens, "additive_model": "h_l(k) = d_from(l, k) - d_from(l + 1, k)"},
+    )
+    if output is not None:
+        prof.save(output)
+        clear_partials(stem)
+    return prof
+
+
+@torch.no_grad()
+def layer_latency(model, spec, seq_lens: Sequence[int]) -> np.ndarray:
+    """Median seconds of one (the middle) decoder layer's forward at each sequence length, batch 1."""
+    layers = spec.layers_of(model)
+    layer = layers[len(layers) // 2]
+    lm = spec.language_model_of(model)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    d = spec.text_config_of(model).hidden_size
+    inputs = {}
+
+    def run(s: int) -> None:
+        if s not in inputs:
+            h = torch.randn(1, s, d, device=device, dtype=dtype)
+            pos = torch.arange(s, device=device)[None]
+            inputs[s] = (h, pos, lm.rotary_emb(h, pos))
+        h, pos, rope = inputs[s]
+        layer(h, attention_mask=None, position_ids=pos, position_embeddings=rope)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    return measure_latency(run, seq_lens, repeats=20 if device.type == "cuda" else 3, warmup=2, synchronize=sync)
+
+
+def profile_testbed(
+    quant: QuantConfig | None = None, settings: ProfileSettings | None = None, output: str | Path | None = None,
+    resume: bool = False, device: str | None = None, limit: int | None = None,
+) -> Profile | None:
+    """Load the testbed, quantize it on the calibration split (the only data profiling may see) and profile it."""
+    from quota.eval.splits import DATA_VERSION, calibration_split
+    from quota.models import testbed
+    from quota.quant.quantize import quantize_model
+
+    init_from_env()
+    quant = quant or QuantConfig(impl="auto")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and world()[1] > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    tb = testbed.load(device, dtype)
+    questions = calibration_split()[:limit] if limit else calibration_split()
+    calib = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask, "pixel_values": b.pixel_values}
+             for b in make_batches(tb.tokenizer, questions, 32, device, dtype)]
+    model = quantize_model(tb.model, quant, calib, inplace=True)
+    return profile_model(model, tb.tokenizer, questions, quant, model_id=testbed.MODEL_ID,
+                         model_hash=testbed.model_hash(), data_version=DATA_VERSION, settings=settings,
+                         output=output, resume=resume)

@@ -1,0 +1,160 @@
+"""Damage of pruning, measured with the deployed (possibly quantized) model through the pruning runtime.
+
+For a batch of calibration questions, the answer tokens are teacher-forced: the prompt is prefilled
+with pruning, then each answer token is fed as a decode step, giving log-probabilities of every
+answer position. Damage against the same model with all tokens: ``kl`` (sum over answer tokens of
+KL(full || pruned), mean over questions) and ``task_loss`` (increase of the answer's cross-entropy).
+
+Per-layer curves: ``from_layer[l, g]`` is the damage of the schedule that keeps all N tokens in layers
+``< l`` and ``grid[g]`` tokens from layer ``l`` on (FastV-style pruning at layer ``l``; every such
+schedule is non-increasing). Under the additive model ``D(s) = sum_l h_l(k_l)``, the per-layer
+contribution is ``h_l(k) = from_layer[l, k] - from_layer[l + 1, k]`` (``from_layer[L] = 0``):
+that is what the solver receives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from quota.profile.sharding import item_key
+from quota.runtime.generate import PrunedRunner
+
+
+@dataclass
+class CalibrationBatch:
+    """``input_ids``/``attention_mask`` ``[B, S]`` (left-padded prompts), ``pixel_values``, the answer
+    tokens ``answer_ids`` ``[B, A]`` (right-padded with ``pad``) and ``answer_mask`` ``[B, A]``, and
+    the task of each question."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pixel_values: torch.Tensor
+    answer_ids: torch.Tensor
+    answer_mask: torch.Tensor
+    tasks: list[str]
+
+
+def make_batches(tokenizer, questions, batch_size: int, device, dtype) -> list[CalibrationBatch]:
+    """Calibration questions -> batches in the testbed prompt format (answers end with ``<|im_end|>``)."""
+    from quota.eval.splits import load_scene
+    from quota.models.testbed import answer_ids, encode_batch, pixel_values
+
+    out = []
+    for i in range(0, len(questions), batch_size):
+        chunk = questions[i : i + batch_size]
+        enc = encode_batch(tokenizer, [q.question for q in chunk])
+        answers = [answer_ids(tokenizer, q.answer) for q in chunk]
+        width = max(map(len, answers))
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.bool)
+        for j, a in enumerate(answers):
+            ids[j, : len(a)] = torch.tensor(a)
+            mask[j, : len(a)] = True
+        images = np.stack([load_scene(q).image for q in chunk])
+        out.append(CalibrationBatch(
+            enc["input_ids"].to(device), enc["attention_mask"].to(device), pixel_values(images).to(device, dtype),
+            ids.to(device), mask.to(device), [q.task for q in chunk],
+        ))
+    return out
+
+
+@torch.no_grad()
+def answer_logprobs(runner: PrunedRunner, batch: CalibrationBatch) -> torch.Tensor:
+    """float32 log-probabilities ``[B, A, V]`` of each answer position under teacher forcing."""
+    steps = batch.answer_ids.shape[1]
+    logits, state = runner.prefill(batch.input_ids, batch.attention_mask, batch.pixel_values, reserve=steps)
+    out = [F.log_softmax(logits.float(), -1)]
+    for t in range(steps - 1):
+        logits = runner.decode_step(batch.answer_ids[:, t], state)
+        out.append(F.log_softmax(logits.float(), -1))
+    return torch.stack(out, dim=1)
+
+
+def damage(reference: torch.Tensor, pruned: torch.Tensor, batch: CalibrationBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Per question: (KL(reference || pruned) summed over answer tokens, increase of the answer CE)."""
+    mask = batch.answer_mask.float()  # [B, A]
+    kl = ((reference.exp() * (reference - pruned)).sum(-1) * mask).sum(-1)  # [B]
+    tgt = batch.answer_ids.unsqueeze(-1)
+    ce_ref = -(reference.gather(-1, tgt).squeeze(-1) * mask).sum(-1)
+    ce = -(pruned.gather(-1, tgt).squeeze(-1) * mask).sum(-1)
+    return kl.cpu().numpy(), (ce - ce_ref).cpu().numpy()
+
+
+@dataclass
+class ScheduleDamage:
+    kl: float
+    task_loss: float
+    per_task: dict[str, float]
+
+
+class DamageMeter:
+    """Measures the damage of schedules against the all-tokens run of the same model (computed once)."""
+
+    def __init__(self, model, batches: Sequence[CalibrationBatch], score_weights: Mapping[str, float],
+                 impl: str = "auto") -> None:
+        self.model, self.batches, self.impl = model, list(batches), impl
+        self.score_weights = dict(score_weights)
+        self._reference: list[torch.Tensor] | None = None
+
+    def _runner(self, schedule: Sequence[int], weights: Mapping[str, float] | None = None) -> PrunedRunner:
+        return PrunedRunner(self.model, schedule, weights or self.score_weights, impl=self.impl)
+
+    def reference(self, n_visual: int, n_layers: int) -> list[torch.Tensor]:
+        if self._reference is None:
+            runner = self._runner([n_visual] * n_layers)
+            self._reference = [answer_logprobs(runner, b).cpu() for b in self.batches]
+        return self._reference
+
+    def measure(self, schedule: Sequence[int], n_visual: int, weights: Mapping[str, float] | None = None) -> ScheduleDamage:
+        ref = self.reference(n_visual, len(schedule))
+        runner = self._runner(schedule, weights)
+        kls, losses, tasks = [], [], []
+        for b, r in zip(self.batches, ref):
+            kl, loss = damage(r.to(b.input_ids.device), answer_logprobs(runner, b), b)
+            kls.append(kl)
+            losses.append(loss)
+            tasks += b.tasks
+        kl, loss = np.concatenate(kls), np.concatenate(losses)
+        per_task = {t: float(kl[[i for i, x in enumerate(tasks) if x == t]].mean()) for t in sorted(set(tasks))}
+        return ScheduleDamage(float(kl.mean()), float(loss.mean()), per_task)
+
+
+def prune_from_schedule(n_layers: int, n_visual: int, layer: int, keep: int) -> tuple[int, ...]:
+    """All N tokens in layers ``< layer``, ``keep`` from ``layer`` on."""
+    return tuple([n_visual] * layer + [keep] * (n_layers - layer))
+
+
+def per_layer_contributions(from_layer: np.ndarray) -> np.ndarray:
+    """``h[l] = from_layer[l] - from_layer[l + 1]`` with ``from_layer[L] = 0`` (``[L, G]``)."""
+    nxt = np.vstack([from_layer[1:], np.zeros_like(from_layer[:1])])
+    return from_layer - nxt
+
+
+def measure_grid(
+    meter: DamageMeter, n_layers: int, n_visual: int, grid: Sequence[int],
+    run_items: Callable[[list, Callable], dict | None] | None = None,
+) -> dict[tuple[int, int], ScheduleDamage] | None:
+    """Damage of every prune-from-layer schedule of the grid (``k = N`` is not measured: it is 0).
+
+    ``run_items(items, compute)`` may distribute the items (e.g. :func:`quota.profile.sharding.run_sharded`);
+    it returns ``{item_key(item): value}``, or ``None`` on ranks other than 0, which then return ``None``."""
+    items = [(layer, k) for layer in range(n_layers) for k in grid if k < n_visual]
+
+    def compute(item):
+        layer, k = item
+        d = meter.measure(prune_from_schedule(n_layers, n_visual, layer, k), n_visual)
+        return {"kl": d.kl, "task_loss": d.task_loss, "per_task": d.per_task}
+
+    if run_items is None:
+        results = {item: compute(item) for item in items}
+    else:
+        raw = run_items(items, compute)
+        if raw is None:
+            return None
+        results = {item: raw[item_key(item)] for item in items}
+    return {k: ScheduleDamage(v["kl"], v["task_loss"], v["per_task"]) for k, v in results.items()}

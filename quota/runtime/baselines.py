@@ -1,0 +1,150 @@
+"""Stage-wise pruning baselines as :class:`~quota.runtime.plan.PruningPlan` presets.
+
+Each preset maps an equivalent-token budget ``tokens`` (the mean over layers of ``k_l``, e.g. 64, 128
+or 192 of ``N = 576``) to its own schedule and scoring; the same :class:`~quota.runtime.generate.PrunedRunner`
+executes all of them, in full precision or on top of a quantized model. The schedules' mean matches
+``tokens`` within one token (integer keep counts); a budget a preset cannot reach raises
+:class:`~quota.runtime.plan.ScheduleError` with the least (or most) it can do.
+
+- ``fastv``: all ``N`` tokens in layers ``< K`` (``K = 2``), then ``R`` tokens from layer ``K`` on, ranked
+  by the attention of the last token in layer ``K - 1``. ``form="mean"`` (default) picks ``R`` so that
+  the mean over layers equals the budget; ``form="keep"`` is the paper's "keep R" form with ``R = tokens``
+  (its mean is then above the budget).
+- ``pyramiddrop``: all tokens before layer ``first`` (2), then a drop at each of ``stages`` (4) evenly
+  spaced boundaries, keeping ``N * lam^i`` after the ``i``-th; ``lam`` is solved to meet the budget (the
+  paper fixes ``lam = 0.5`` and moves the boundaries instead). Ranked by the last instruction token's
+  attention (the last prompt token).
+- ``sparsevlm``: text-guided pruning at layers 2, 6 and 15 of 32 (scaled to the model's depth) with
+  geometric keep counts solved to meet the budget, ranked by the mean attention of the text tokens after
+  the image. SparseVLM's recycling of dropped tokens into merged ones is omitted.
+- ``visionzip``: selection before the language model by the vision tower's attention (CLS query, or mean
+  attention received), ``round(tokens)`` dominant tokens in every layer. VisionZip's contextual tokens
+  (merges of the dropped ones) are omitted.
+- ``random``: ``round(tokens)`` tokens in every layer, chosen by seeded random scores before layer 0.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from quota.runtime.plan import PruningPlan, ScheduleError, ScoringSpec
+
+SPARSEVLM_LAYERS_OF_32 = (2, 6, 15)
+
+
+def _check(tokens: float, n_visual: int, num_layers: int) -> None:
+    if n_visual < 1 or num_layers < 1:
+        raise ScheduleError(f"need n_visual >= 1 and num_layers >= 1, got {n_visual}, {num_layers}")
+    if not 0 <= tokens <= n_visual:
+        raise ScheduleError(f"a budget of {tokens} equivalent tokens is outside [0, N={n_visual}]")
+
+
+def _flat(tokens: float, n_visual: int, num_layers: int) -> tuple[int, ...]:
+    return (min(int(round(tokens)), n_visual),) * num_layers
+
+
+def _stage_schedule(n_visual: int, num_layers: int, boundaries: Sequence[int], lam: float) -> tuple[int, ...]:
+    """``N`` before ``boundaries[0]``, ``round(N * lam^i)`` from ``boundaries[i-1]`` on (non-increasing)."""
+    out, keep = [], n_visual
+    for l in range(num_layers):
+        i = sum(1 for b in boundaries if b <= l)
+        keep = min(keep, int(round(n_visual * lam**i)))
+        out.append(keep)
+    return tuple(out)
+
+
+def _solve_ratio(
+    tokens: float, n_visual: int, num_layers: int, boundaries: Sequence[int], name: str
+) -> tuple[int, ...]:
+    """The geometric stage schedule whose mean is closest to ``tokens`` (bisection on the ratio)."""
+    lo_sched = _stage_schedule(n_visual, num_layers, boundaries, 0.0)
+    least = sum(lo_sched) / num_layers
+    if tokens < least - 0.5:
+        raise ScheduleError(
+            f"{name}: {tokens} equivalent tokens is below the least this schedule reaches ({least:.1f}, "
+            f"all {n_visual} tokens before layer {boundaries[0]}); move the first boundary earlier"
+        )
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        mean = sum(_stage_schedule(n_visual, num_layers, boundaries, mid)) / num_layers
+        lo, hi = (mid, hi) if mean < tokens else (lo, mid)
+    best = min(
+        (_stage_schedule(n_visual, num_layers, boundaries, r) for r in (lo, hi)),
+        key=lambda s: abs(sum(s) / num_layers - tokens),
+    )
+    return best
+
+
+def fastv(tokens: float, n_visual: int, num_layers: int, k_layer: int = 2, form: str = "mean") -> PruningPlan:
+    """FastV: all tokens before layer ``k_layer``, ``R`` after, by the last token's attention."""
+    _check(tokens, n_visual, num_layers)
+    if not 1 <= k_layer < num_layers:
+        raise ScheduleError(f"fastv: k_layer must lie in [1, {num_layers - 1}], got {k_layer}")
+    if form == "mean":
+        r = round((num_layers * tokens - k_layer * n_visual) / (num_layers - k_layer))
+        if r < 0:
+            least = k_layer * n_visual / num_layers
+            raise ScheduleError(
+                f"fastv: {tokens} equivalent tokens is below the least with K={k_layer} ({least:.1f}); "
+                f"use a smaller k_layer or form='keep'"
+            )
+    elif form == "keep":
+        r = int(round(tokens))
+    else:
+        raise ValueError(f"fastv: form must be 'mean' or 'keep', got {form!r}")
+    schedule = (n_visual,) * k_layer + (min(r, n_visual),) * (num_layers - k_layer)
+    return PruningPlan("fastv", schedule, ScoringSpec({"attn_last": 1.0}),
+                       f"K={k_layer}, R={min(r, n_visual)}, form={form}")
+
+
+def pyramiddrop(tokens: float, n_visual: int, num_layers: int, stages: int = 4, first: int = 2) -> PruningPlan:
+    """PyramidDrop: geometric drops at ``stages`` boundaries from layer ``first``, by the last token's attention."""
+    _check(tokens, n_visual, num_layers)
+    if not 1 <= first < num_layers or stages < 1:
+        raise ScheduleError(f"pyramiddrop: need 1 <= first < {num_layers} and stages >= 1, got {first}, {stages}")
+    span = num_layers - first
+    boundaries = sorted({first + round(i * span / stages) for i in range(stages)})
+    schedule = _solve_ratio(tokens, n_visual, num_layers, boundaries, "pyramiddrop")
+    return PruningPlan("pyramiddrop", schedule, ScoringSpec({"attn_last": 1.0}), f"boundaries={boundaries}")
+
+
+def sparsevlm(tokens: float, n_visual: int, num_layers: int, layers: Sequence[int] | None = None) -> PruningPlan:
+    """SparseVLM-style text-guided pruning at a few layers, by the text tokens' attention."""
+    _check(tokens, n_visual, num_layers)
+    if layers is None:
+        layers = [max(1, round(b * num_layers / 32)) for b in SPARSEVLM_LAYERS_OF_32]
+    boundaries = sorted({min(max(int(b), 1), num_layers - 1) for b in layers})
+    schedule = _solve_ratio(tokens, n_visual, num_layers, boundaries, "sparsevlm")
+    return PruningPlan("sparsevlm", schedule, ScoringSpec({"attn_text": 1.0}),
+                       f"layers={boundaries}; token recycling omitted")
+
+
+def visionzip(tokens: float, n_visual: int, num_layers: int) -> PruningPlan:
+    """VisionZip-style: dominant tokens by vision-tower attention, selected before the language model."""
+    _check(tokens, n_visual, num_layers)
+    return PruningPlan("visionzip", _flat(tokens, n_visual, num_layers), ScoringSpec({"vision_attn": 1.0}),
+                       "dominant tokens only; contextual merged tokens omitted")
+
+
+def random_plan(tokens: float, n_visual: int, num_layers: int, seed: int = 0) -> PruningPlan:
+    """Seeded random selection before layer 0, the same tokens in every layer."""
+    _check(tokens, n_visual, num_layers)
+    return PruningPlan("random", _flat(tokens, n_visual, num_layers), ScoringSpec({"random": 1.0}, seed=seed),
+                       f"seed={seed}")
+
+
+BASELINES: dict[str, Callable[..., PruningPlan]] = {
+    "fastv": fastv,
+    "pyramiddrop": pyramiddrop,
+    "sparsevlm": sparsevlm,
+    "visionzip": visionzip,
+    "random": random_plan,
+}
+
+
+def baseline_plan(name: str, tokens: float, n_visual: int, num_layers: int, **options) -> PruningPlan:
+    """The plan of baseline ``name`` (a key of :data:`BASELINES`) for ``tokens`` equivalent tokens."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
+    return BASELINES[name](tokens, n_visual, num_layers, **options)

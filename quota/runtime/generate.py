@@ -1,0 +1,343 @@
+"""``PrunedRunner``: prefill with visual-token pruning per a schedule, then greedy decoding over each
+layer's own compacted KV cache.
+
+The runner drives the model's own modules through its :class:`~quota.models.spec.ArchSpec`: the token
+embeddings, ``get_image_features`` (vision tower + projector), the language model's ``rotary_emb``, each
+decoder layer called as ``layer(hidden, attention_mask=<bool 4D mask>, position_ids=..., cache=<cache>,
+use_cache=True, position_embeddings=(cos, sin))`` (``past_key_values=`` where the installed transformers
+names it so), the final norm and ``lm_head``. Nothing is patched: while the runner runs, the language
+model's config selects the ``quota`` attention function (KV quantizer if installed, then SDPA; the
+previous setting is restored afterwards), and the attention module of a layer whose successor prunes
+gets a ``quota_probe`` attribute for that one forward.
+
+Conventions (see also :mod:`quota.runtime.plan` and :mod:`quota.runtime.scoring`):
+
+- inputs are left-padded (the last column is a real token in every row), one image per sample whose
+  ``N`` placeholder tokens are contiguous; every sample has the same ``N`` and keeps the same ``k_l``;
+- layer ``l`` sees ``k_l`` visual tokens; pruning before layer ``l`` scores the alive visual tokens with
+  the signals of layer ``l - 1`` (embedding-level signals before layer 0), keeps exactly ``k_l`` (ties
+  to the lower index) in original order, and never drops text;
+- each kept token keeps its true position (RoPE or M-RoPE, :mod:`quota.runtime.positions`); decode
+  tokens get position ``max(prompt positions) + 1 + step``;
+- every layer has its own key-validity mask ``[B, S_l]`` (False on padding) and its own cache length;
+  decode appends one token to every layer;
+- a sample gives the same kept indices and greedy tokens whatever else is in its batch (logits equal
+  within floating-point tolerance).
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from quota.models.registry import spec_for
+from quota.models.spec import get_submodule
+from quota.quant.kv import ATTENTION_NAME, register_attention
+from quota.runtime.cache import LayerwiseKVCache
+from quota.runtime.masks import decode_mask, prefill_mask
+from quota.runtime.plan import PruningPlan, ScoringSpec, check_schedule
+from quota.runtime.positions import (
+    POSITION_KINDS,
+    NotSupportedError,
+    decode_positions,
+    layer_position_ids,
+    mrope_positions,
+    next_position,
+    rope_positions,
+    rotary_input,
+)
+from quota.runtime.prune import score_gather
+from quota.runtime.scoring import (
+    ATTENTION_SIGNALS,
+    AttentionRecorder,
+    activation_magnitude,
+    activation_quantizer_of,
+    available_signals,
+    combine,
+    last_query,
+    outlier_intensity,
+    quantization_risk,
+    random_signal,
+    text_queries,
+)
+from quota.runtime.vision import image_features, image_span, image_token_id, vision_attention
+
+
+@dataclass
+class PrefillState:
+    """What decoding needs after a prefill.
+
+    - ``cache``: per-layer K/V (layer ``l`` holds ``S_l`` prompt tokens, then the decode tokens);
+    - ``key_valid``: per layer, bool ``[B, S_l + steps]``;
+    - ``base_position``: long ``[B]`` position of the first decode token;
+    - ``kept``: per layer, long ``[B, k_l]`` original visual indices (``0 .. N-1``) alive in that layer;
+    - ``n_visual``: ``N``; ``steps``: decode steps taken.
+    """
+
+    cache: LayerwiseKVCache
+    key_valid: list[torch.Tensor]
+    base_position: torch.Tensor
+    kept: list[torch.Tensor]
+    n_visual: int
+    position_rows: int
+    steps: int = 0
+
+
+@contextmanager
+def quota_attention_of(config):
+    """Select the ``quota`` attention function on ``config`` for the duration; restore it afterwards."""
+    register_attention()
+    previous = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+class PrunedRunner:
+    """Run ``model`` with visual-token pruning per ``schedule`` (``L`` non-increasing keep counts).
+
+    ``score_weights``: signal name -> weight (see :data:`quota.runtime.scoring.SIGNALS`); signals not
+    available at a pruning point are left out of that point's sum (e.g. attention before layer 0).
+    ``normalize``: per-sample normalization of each signal (``"minmax"`` or ``"rank"``); ``seed``: for the
+    ``random`` signal; ``impl``: score-and-gather implementation (``"reference"``, ``"triton"``, ``"auto"``).
+    After :meth:`prefill`, :attr:`kept_indices` holds the kept visual indices of every layer.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule: Sequence[int],
+        score_weights: Mapping[str, float] | None = None,
+        *,
+        normalize: str = "minmax",
+        seed: int = 0,
+        impl: str = "auto",
+    ) -> None:
+        self.model = model
+        self.spec = spec_for(model)
+        if self.spec.positions not in POSITION_KINDS:
+            raise NotSupportedError(f"positions {self.spec.positions!r} are not supported; known: {POSITION_KINDS}")
+        self.layers = self.spec.layers_of(model)
+        self.schedule = check_schedule(schedule, len(self.layers))
+        weights = dict(score_weights) if score_weights is not None else {"attn_last": 1.0}
+        self.scoring = ScoringSpec(weights, normalize, seed)
+        self.impl = impl
+        self.kept_indices: list[torch.Tensor] | None = None
+        for l in range(1, len(self.schedule)):
+            if self.schedule[l] < self.schedule[l - 1] and not self._signals_at(l):
+                raise ValueError(
+                    f"the schedule prunes before layer {l} but none of the weighted signals "
+                    f"{sorted(self.scoring.active)} exists there (available: {available_signals(l)})"
+                )
+        lm = self.spec.language_model_of(model)
+        self.rotary = getattr(lm, "rotary_emb", None)
+        if self.rotary is None:
+            raise NotSupportedError(f"{type(lm).__name__} has no rotary_emb")
+        params = inspect.signature(self.layers[0].forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    @classmethod
+    def from_plan(cls, model: nn.Module, plan: PruningPlan, impl: str = "auto") -> "PrunedRunner":
+        s = plan.scoring
+        return cls(model, plan.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _signals_at(self, layer: int) -> list[str]:
+        return [s for s in self.scoring.active if s in available_signals(layer)]
+
+    def _run_layer(self, l: int, hidden, mask, positions, cache, rope) -> torch.Tensor:
+        kwargs = {self._cache_arg: cache}
+        out = self.layers[l](
+            hidden, attention_mask=mask, position_ids=layer_position_ids(self.spec.positions, positions),
+            use_cache=True, position_embeddings=rope, **kwargs,
+        )
+        return out[0] if isinstance(out, tuple) else out
+
+    def _rope(self, hidden, positions):
+        return self.rotary(hidden, rotary_input(self.spec.positions, positions))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        h = self.spec.final_norm_of(self.model)(hidden[:, -1:])
+        return self.spec.lm_head_of(self.model)(h)[:, -1]  # [B, V]
+
+    def _prompt_positions(self, attention_mask, span_start, n, vision_inputs) -> torch.Tensor:
+        if self.spec.positions == "rope":
+            return rope_positions(attention_mask)
+        grid = vision_inputs.get("image_grid_thw")
+        if grid is None:
+            raise NotSupportedError("M-RoPE needs image_grid_thw")
+        grid = torch.as_tensor(grid)
+        if not bool((grid == grid[0]).all()) or int(grid[0, 0]) != 1:
+            raise NotSupportedError("M-RoPE: one still image per sample, all of one grid size")
+        merge = int(getattr(self.model.config.vision_config, "spatial_merge_size", 1))
+        return mrope_positions(attention_mask, span_start, n, (int(grid[0, 1]) // merge, int(grid[0, 2]) // merge))
+
+    def _recorder(self, l_next: int, seq_len: int, span_start, n, batch, device) -> AttentionRecorder | None:
+        """A recorder for the layer before ``l_next`` when ``l_next`` prunes and attention is weighted."""
+        wanted = [s for s in self._signals_at(l_next) if s in ATTENTION_SIGNALS]
+        if not wanted or l_next >= len(self.schedule) or self.schedule[l_next] >= n:
+            return None
+        queries = {}
+        if "attn_last" in wanted:
+            queries["attn_last"] = last_query(batch, seq_len, device)
+        if "attn_text" in wanted:
+            queries["attn_text"] = text_queries(seq_len, span_start, n)
+        return AttentionRecorder(queries, span_start, n)
+
+    def _scores(self, l, hidden, span_start, n, visual_index, recorder, pixel_values, n_visual) -> torch.Tensor:
+        """Combined scores ``[B, n]`` of the alive visual tokens before layer ``l``."""
+        names = self._signals_at(l)
+        if not names:
+            raise ValueError(
+                f"pruning before layer {l} needs a weighted signal among {available_signals(l)}; "
+                f"the weights are {self.scoring.active}"
+            )
+        cols = span_start[:, None] + torch.arange(n, device=hidden.device)[None, :]  # [B, n]
+        h_vis = hidden.gather(1, cols[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, n, d]
+        signals: dict[str, torch.Tensor] = {}
+        if "magnitude" in names:
+            signals["magnitude"] = activation_magnitude(h_vis)
+        if "risk" in names or "outlier" in names:
+            layer = self.layers[l]
+            x = get_submodule(layer, self.spec.layer.input_norm)(h_vis)  # [B, n, d]
+            if "risk" in names:
+                q_proj = get_submodule(layer, f"{self.spec.layer.attention}.{self.spec.layer.q_proj}")
+                signals["risk"] = quantization_risk(x, *activation_quantizer_of(q_proj))
+            if "outlier" in names:
+                signals["outlier"] = outlier_intensity(x)
+        for name in ATTENTION_SIGNALS:
+            if name in names:
+                if recorder is None or name not in recorder.scores:
+                    raise RuntimeError(
+                        f"{name} was not recorded in layer {l - 1}: does the model call its attention module?"
+                    )
+                signals[name] = recorder.scores[name]
+        if "vision_attn" in names:
+            signals["vision_attn"] = vision_attention(self.model, self.spec, pixel_values).gather(1, visual_index)
+        if "random" in names:
+            signals["random"] = random_signal(self.scoring.seed, l, visual_index, n_visual).expand_as(visual_index)
+        return combine(signals, {s: self.scoring.weights[s] for s in names}, self.scoring.normalize)
+
+    # ------------------------------------------------------------------------------------------ prefill
+    @torch.no_grad()
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        reserve: int = 0,
+        **vision_inputs,
+    ) -> tuple[torch.Tensor, PrefillState]:
+        """Run the prompt with pruning. ``input_ids``/``attention_mask``: ``[B, S]`` left-padded;
+        ``pixel_values``: the model's image input (one image per sample); ``vision_inputs``: extra inputs
+        of ``get_image_features`` (e.g. ``image_grid_thw``); ``reserve``: cache slots for decode steps.
+        Returns the logits of the last position ``[B, V]`` and the :class:`PrefillState`."""
+        model, spec = self.model, self.spec
+        b, s = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if not bool(attention_mask[:, -1].all()):
+            raise NotSupportedError("inputs must be left-padded: the last column must be a real token in every row")
+        if pixel_values is None:
+            raise NotSupportedError("the pruning runtime needs pixel_values (one image per sample)")
+        with quota_attention_of(spec.text_config_of(model)):
+            embeds = spec.embeddings_of(model)(input_ids)  # [B, S, d]
+            feats = image_features(model, pixel_values, b, **vision_inputs)  # [B, N, d]
+            n_visual = feats.shape[1]
+            check_schedule(self.schedule, len(self.layers), n_visual)
+            token = image_token_id(model, spec)
+            span = image_span(input_ids, token, n_visual).to(input_ids.device)  # [B]
+            hidden = embeds.masked_scatter((input_ids == token)[..., None], feats.to(embeds.dtype))
+            positions = self._prompt_positions(attention_mask, span, n_visual, vision_inputs)  # [R, B, S]
+            base = next_position(positions)
+            valid = attention_mask.bool()  # [B, S]
+            orig = torch.arange(s, device=input_ids.device).expand(b, s)  # [B, S] original index of each token
+            cache = LayerwiseKVCache(len(self.layers), reserve)
+            key_valid, kept = [], []
+            n, rope, recorder = n_visual, None, None
+            for l, k in enumerate(self.schedule):
+                cols = span[:, None] + torch.arange(n, device=span.device)[None, :]
+                visual_index = orig.gather(1, cols) - span[:, None]  # [B, n]
+                if k < n:
+                    scores = self._scores(l, hidden, span, n, visual_index, recorder, pixel_values, n_visual)
+                    out = score_gather(hidden, positions, valid, scores, span, k, self.impl)
+                    hidden, positions, valid = out.hidden, out.positions, out.valid
+                    orig = orig.gather(1, out.src)
+                    visual_index = visual_index.gather(1, out.kept)
+                    n, rope = k, None
+                kept.append(visual_index)
+                if rope is None:
+                    rope = self._rope(hidden, positions)
+                recorder = self._recorder(l + 1, hidden.shape[1], span, n, b, hidden.device)
+                attn = get_submodule(self.layers[l], spec.layer.attention)
+                if recorder is not None:
+                    attn.quota_probe = recorder
+                try:
+                    hidden = self._run_layer(l, hidden, prefill_mask(valid), positions, cache, rope)
+                finally:
+                    if recorder is not None:
+                        del attn.quota_probe
+                key_valid.append(valid)
+            logits = self._logits(hidden)
+        self.kept_indices = kept
+        state = PrefillState(cache, key_valid, base, kept, n_visual, positions.shape[0])
+        return logits, state
+
+    # ------------------------------------------------------------------------------------------ decode
+    @torch.no_grad()
+    def decode_step(self, token_ids: torch.Tensor, state: PrefillState) -> torch.Tensor:
+        """Feed one token per sample (long ``[B]``); returns the next logits ``[B, V]``. Each layer attends
+        over its own cache (its kept prompt tokens and the decode tokens so far)."""
+        model, spec = self.model, self.spec
+        with quota_attention_of(spec.text_config_of(model)):
+            hidden = spec.embeddings_of(model)(token_ids[:, None])  # [B, 1, d]
+            positions = decode_positions(state.base_position, state.steps, state.position_rows)  # [R, B, 1]
+            rope = self._rope(hidden, positions)
+            ones = torch.ones(token_ids.shape[0], 1, dtype=torch.bool, device=token_ids.device)
+            for l in range(len(self.layers)):
+                state.key_valid[l] = torch.cat([state.key_valid[l], ones], dim=1)
+                hidden = self._run_layer(l, hidden, decode_mask(state.key_valid[l]), positions, state.cache, rope)
+            logits = self._logits(hidden)
+        state.steps += 1
+        return logits
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        max_new_tokens: int = 16,
+        eos_token_id: int | Iterable[int] | None = None,
+        pad_token_id: int | None = None,
+        **vision_inputs,
+    ) -> torch.Tensor:
+        """Greedy decoding: the new token ids ``[B, T]`` (``T <= max_new_tokens``; stops when every sample has
+        emitted an EOS; after its EOS a sample gets ``pad_token_id``, default the first EOS id)."""
+        logits, state = self.prefill(input_ids, attention_mask, pixel_values, reserve=max_new_tokens, **vision_inputs)
+        if eos_token_id is None:
+            eos = []
+        else:
+            eos = [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
+        pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+        eos_t = torch.tensor(eos, dtype=torch.long, device=input_ids.device)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        tokens = []
+        for t in range(max_new_tokens):
+            nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
+            tokens.append(nxt)
+            if eos:
+                done = done | torch.isin(nxt, eos_t)
+            if t == max_new_tokens - 1 or bool(done.all()):
+                break
+            logits = self.decode_step(nxt, state)
+        if not tokens:
+            return input_ids.new_zeros((input_ids.shape[0], 0))
+        return torch.stack(tokens, dim=1)
