@@ -32,6 +32,12 @@ ROWS = {
     "W4A4 GPTQ + rotation": QuantConfig(kv_bits=16, weight_method="gptq"),
     "W4A4 GPTQ + rotation + KV4": QuantConfig(kv_bits=4, weight_method="gptq"),
 }
+# ablations and neighbours, run with --extra
+EXTRA_ROWS = {
+    "W4A4 GPTQ + rotation + KV4, fixed clip 0.9 (no search)": QuantConfig(kv_bits=4, a_clip_search=False),
+    "W4A4 GPTQ + rotation + KV4, block-diagonal residual rotation": QuantConfig(kv_bits=4, rotation_mix_blocks=False),
+    "W4A8 GPTQ + rotation + KV4": QuantConfig(a_bits=8, kv_bits=4),
+}
 
 
 def markdown(results: dict) -> str:
@@ -63,6 +69,8 @@ def main() -> None:
     parser.add_argument("--eval-blocks", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--only", nargs="*", help="row names to run (default: all)")
+    parser.add_argument("--extra", action="store_true", help="run the ablation rows instead of the main ones")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in --out's JSON")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.device == "cpu":
@@ -88,16 +96,20 @@ def main() -> None:
         "rows": {},
         "configs": {},
     }
+    if args.resume and out.with_suffix(".json").is_file():
+        old = json.loads(out.with_suffix(".json").read_text())
+        results["rows"], results["configs"] = old["rows"], old.get("configs", {})
     t = time.time()
     ref = next_token_logprobs(load_smollm2(torch.bfloat16, args.device)[0], evalb)
-    results["rows"]["bf16"] = {**lm_quality(ref, evalb).to_dict(), "seconds": time.time() - t}
-    t = time.time()
-    fp32 = lm_quality(next_token_logprobs(model, evalb), evalb, ref)
-    results["rows"]["fp32"] = {**fp32.to_dict(), "seconds": time.time() - t}
+    if "bf16" not in results["rows"]:
+        results["rows"]["bf16"] = {**lm_quality(ref, evalb).to_dict(), "seconds": time.time() - t}
+        t = time.time()
+        fp32 = lm_quality(next_token_logprobs(model, evalb), evalb, ref)
+        results["rows"]["fp32"] = {**fp32.to_dict(), "seconds": time.time() - t}
     print(json.dumps(results["rows"], indent=1), flush=True)
     calib_batches = [calib[i : i + 4] for i in range(0, calib.shape[0], 4)]
-    for name, config in ROWS.items():
-        if args.only and name not in args.only:
+    for name, config in (EXTRA_ROWS if args.extra else ROWS).items():
+        if (args.only and name not in args.only) or name in results["rows"]:
             continue
         t = time.time()
         qmodel = quantize_model(model, config, calib_batches)

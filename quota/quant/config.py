@@ -33,7 +33,9 @@ class QuantConfig:
     KV cache: asymmetric, per token and head, in groups of ``kv_group_size`` along head_dim; keys are
     quantized after RoPE, optionally after a Hadamard on head_dim (``kv_hadamard``).
     Rotation (``rotate``): QuaRot-style residual-stream rotation folded into the weights, plus an online
-    block-Hadamard on the ``down_proj`` input (``online_hadamard``).
+    block-Hadamard on the ``down_proj`` input (``online_hadamard``). For hidden sizes that are not powers of
+    two the residual rotation is ``kron(O, H_b)``: ``rotation_mix_blocks`` mixes the Hadamard blocks with a
+    seeded random orthogonal ``O`` (off: block-diagonal).
     ``keep_full_precision`` names model parts (roles of the architecture description) left untouched.
     ``impl`` selects the simulated PyTorch path, the Triton kernels, or Triton on CUDA and the
     reference elsewhere (``auto``).
@@ -51,6 +53,7 @@ class QuantConfig:
     kv_clip_ratio: float = 1.0
     rotate: bool = True
     rotation_seed: int = 0
+    rotation_mix_blocks: bool = True
     online_hadamard: bool = True
     kv_hadamard: bool = True
     gptq_damp: float = 0.01

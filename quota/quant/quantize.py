@@ -194,7 +194,9 @@ def quantize_model(
 
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
     if config.rotate:
-        rotate_language_model(model, spec, seed=config.rotation_seed, mix_blocks=True, value_head_hadamard=True)
+        rotate_language_model(
+            model, spec, seed=config.rotation_seed, mix_blocks=config.rotation_mix_blocks, value_head_hadamard=True
+        )
         report.rotated = True
     use_quota_attention(text_config)
     kv = KVQuantizer(config.kv_bits, config.kv_group_size, config.kv_clip_ratio, config.kv_hadamard)
