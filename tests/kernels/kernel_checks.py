@@ -43,7 +43,8 @@ def assert_codes_equal_or_tie(codes: torch.Tensor, ref_codes: torch.Tensor, exac
     if bad.any():
         v = exact_values.cpu().double()[bad]
         dist = ((v - v.floor()) - 0.5).abs()  # distance of the exact value to a half-integer
-        assert bool((dist <= tie_tol).all()), f"a code differs away from a rounding tie (distance {float(dist.max()):.3g})"
+        far = float(dist.max())
+        assert bool((dist <= tie_tol).all()), f"a code differs away from a rounding tie (distance {far:.3g})"
         assert bad.double().mean().item() <= max_fraction, f"{int(bad.sum())} codes differ"
 
 

@@ -1,0 +1,271 @@
+"""W4A4 (and W8A8) GEMM: int8 tensor-core dot with exact int32 accumulation, scales in the epilogue.
+
+``out[m, n] = a_scale[m] * w_scale[n] * sum_k a[m, k] * w[n, k] (+ bias[n])``
+
+Hopper has no int4 MMA, so 4-bit codes are unpacked to int8 in registers and fed to the int8
+``tl.dot`` (``wgmma ... s32.s8.s8`` on sm_90). Both operands stay K-major (activations ``[M, K/2]``,
+weights ``[N, K/2]``, the ``nn.Linear`` layout): an int8 ``[K, N]`` operand runs at a tenth of peak.
+
+The unpack costs two bitwise operations per byte and no sign extension: a byte ``b`` holding
+nibbles ``(lo, hi)`` gives ``b << 4 == 16 * lo`` and ``b & 0xF0 == 16 * hi`` as signed int8. Since a
+dot sums over K, the low and high nibbles of A and W are multiplied as two dots of K/2 each (no
+interleave), and the int32 sum is ``256 *`` the true one, exact while ``K <= 131072``
+(``|16 a * 16 w| <= 2^14``). The epilogue divides by 256 (exact in float32 while ``K < 2^18``).
+
+Packing is :func:`quota.quant.int4.pack_int4`'s: element ``2i`` in the low nibble of byte ``i``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs
+from quota.quant.int4 import unpack_int4
+
+MAX_K_INT4 = 131072  # 2^31 / 2^14: the x16 unpack keeps int32 accumulation exact below this
+MAX_K_INT8 = 131072  # 2^31 / 2^14 as well (|a|, |w| <= 128)
+
+USE_ASM_UNPACK = True
+"""Unpack 4 bytes per 32-bit PTX instruction on CUDA (plain Triton ops in the interpreter)."""
+
+
+def _config(bm, bn, bkb, group_m, warps, stages):
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KB": bkb, "GROUP_M": group_m}, num_warps=warps, num_stages=stages
+    )
+
+
+# Block sizes: BLOCK_KB counts bytes of K (two int4 codes per byte, one int8 code per byte).
+_PREFILL = [  # M >= 256: compute-bound, large tiles so the unpack is amortized over BM * BN
+    _config(128, 256, 128, 8, 8, 3),
+    _config(256, 128, 128, 8, 8, 3),
+    _config(256, 128, 128, 8, 8, 4),
+    _config(256, 128, 64, 8, 8, 5),
+    _config(128, 256, 64, 8, 8, 4),
+]
+_MID = [  # 16 < M < 256
+    _config(64, 128, 128, 8, 4, 4),
+    _config(128, 128, 128, 8, 8, 3),
+    _config(64, 64, 256, 8, 4, 4),
+]
+_DECODE = [  # M <= 16: bandwidth-bound on the weights: narrow tiles for enough programs, deep pipelines
+    _config(16, 32, 512, 1, 4, 4),
+    _config(16, 64, 256, 1, 4, 4),
+    _config(16, 64, 512, 1, 4, 3),
+    _config(16, 32, 256, 1, 4, 6),
+    _config(16, 32, 1024, 1, 4, 3),
+]
+_INTERPRET_CONFIG = _config(16, 32, 32, 2, 4, 1)
+
+
+def _m_bucket(m: int) -> int:
+    """Autotune key for M: powers of two up to 4096, so prefill lengths do not retune every call."""
+    return min(next_power_of_2(m), 4096)
+
+
+def _prune(configs, named_args, **kwargs):
+    if INTERPRET:
+        return configs
+    m = named_args["M_BUCKET"]
+    want = _DECODE if m <= 16 else (_PREFILL if m >= 256 else _MID)
+    keep = [c for c in configs if any(c.kwargs == w.kwargs and c.num_warps == w.num_warps for w in want)]
+    return keep or configs[:1]
+
+
+@triton.jit
+def _unpack_x16(packed, USE_ASM: tl.constexpr):
+    """int8 bytes -> (16 * low nibble, 16 * high nibble), both int8 and sign-correct."""
+    if USE_ASM:
+        lo, hi = tl.inline_asm_elementwise(
+            asm="{ .reg .b32 t; shl.b32 t, $2, 4; and.b32 $0, t, -252645136; and.b32 $1, $2, -252645136; }",
+            constraints="=r,=r,r",
+            args=[packed],
+            dtype=(tl.int8, tl.int8),
+            is_pure=True,
+            pack=4,
+        )
+    else:
+        lo = (packed << 4).to(tl.int8)
+        hi = (packed & -16).to(tl.int8)
+    return lo, hi
+
+
+@triton.autotune(
+    configs=pick_configs(_PREFILL + _MID + _DECODE, _INTERPRET_CONFIG),
+    key=["M_BUCKET", "N", "KB", "INT4"],
+    prune_configs_by={"early_config_prune": _prune},
+    use_cuda_graph=not INTERPRET,  # time candidates without launch gaps (decode kernels take microseconds)
+)
+@triton.heuristics({"EVEN_K": lambda args: args["KB"] % args["BLOCK_KB"] == 0})
+@triton.jit
+def _gemm_kernel(
+    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, c_ptr,
+    M, N, KB, M_BUCKET,
+    stride_am, stride_wn, stride_cm,
+    HAS_BIAS: tl.constexpr, INT4: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # grouped program order: GROUP_M row tiles share each weight tile while it is in L2
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    rm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)  # rows past M re-read row < M
+    rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_KB)  # [BKB] bytes
+    a_ptrs = a_ptr + rm[:, None] * stride_am + offs_k[None, :]  # [BM, BKB]
+    w_ptrs = w_ptr + rn[:, None] * stride_wn + offs_k[None, :]  # [BN, BKB]
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for kb in range(0, tl.cdiv(KB, BLOCK_KB)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_ok = offs_k[None, :] < KB - kb * BLOCK_KB
+            a = tl.load(a_ptrs, mask=k_ok, other=0)
+            w = tl.load(w_ptrs, mask=k_ok, other=0)
+        if INT4:
+            a_lo, a_hi = _unpack_x16(a, USE_ASM)  # [BM, BKB] int8 each
+            w_lo, w_hi = _unpack_x16(w, USE_ASM)  # [BN, BKB] int8 each
+            acc = tl.dot(a_lo, tl.trans(w_lo), acc, out_dtype=tl.int32)
+            acc = tl.dot(a_hi, tl.trans(w_hi), acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_KB
+        w_ptrs += BLOCK_KB
+
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    a_s = tl.load(a_scale_ptr + offs_m, mask=m_ok, other=0.0)  # [BM] fp32
+    w_s = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)  # [BN] fp32
+    out = acc.to(tl.float32)  # exact: |acc| < 2^24 * 256 and a multiple of 256 (int4)
+    if INT4:
+        out = out * 0.00390625  # 1 / 256, exact
+    out = out * a_s[:, None] * w_s[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _launch(a, a_scale, w, w_scale, bias, out_dtype, out, int4: bool, name: str) -> torch.Tensor:
+    if a.dtype != torch.int8 or w.dtype != torch.int8:
+        raise ValueError(f"{name}: operands must be int8, got {a.dtype} and {w.dtype}")
+    if a.dim() != 2 or w.dim() != 2 or a.shape[1] != w.shape[1]:
+        raise ValueError(f"{name}: need a [M, KB] and w [N, KB] with the same KB, got {list(a.shape)} {list(w.shape)}")
+    m, kb = a.shape
+    n = w.shape[0]
+    k = 2 * kb if int4 else kb
+    if m == 0 or n == 0 or kb == 0:
+        raise ValueError(f"{name}: empty operand, a {tuple(a.shape)}, w {tuple(w.shape)}")
+    if k > (MAX_K_INT4 if int4 else MAX_K_INT8):
+        raise ValueError(f"{name}: K={k} exceeds the exact int32 accumulation limit {MAX_K_INT4}")
+    if a.stride(1) != 1 or w.stride(1) != 1:
+        raise ValueError(f"{name}: operands must be K-major (unit stride along K)")
+    if a_scale.dtype != torch.float32 or a_scale.numel() != m:
+        raise ValueError(f"{name}: a_scale must be float32 [M={m}, 1], got {a_scale.dtype} {tuple(a_scale.shape)}")
+    if w_scale.dtype != torch.float32 or w_scale.numel() != n:
+        raise ValueError(f"{name}: w_scale must be float32 [N={n}], got {w_scale.dtype} {tuple(w_scale.shape)}")
+    if bias is not None and (bias.dim() != 1 or bias.numel() != n or not bias.is_floating_point()):
+        raise ValueError(f"{name}: bias must be a float [N={n}] vector, got {bias.dtype} {tuple(bias.shape)}")
+    if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"{name}: out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
+    tensors = [a, a_scale, w, w_scale] + ([bias] if bias is not None else [])
+    device = check_device(name, *tensors)
+    a_scale = a_scale.reshape(m).contiguous()
+    w_scale = w_scale.reshape(n).contiguous()
+    if out is None:
+        out = torch.empty((m, n), device=device, dtype=out_dtype)
+    elif out.shape != (m, n) or out.dtype != out_dtype or out.device != device or out.stride(1) != 1:
+        raise ValueError(f"{name}: out must be {out_dtype} [{m}, {n}] on {device} with unit column stride")
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+    _gemm_kernel[grid](
+        a, a_scale, w, w_scale, bias if bias is not None else a_scale, out,
+        m, n, kb, _m_bucket(m),
+        a.stride(0), w.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, INT4=int4, USE_ASM=USE_ASM_UNPACK and not INTERPRET,
+    )  # fmt: skip
+    return out
+
+
+def w4a4_matmul(
+    a_packed: torch.Tensor,
+    a_scale: torch.Tensor,
+    w_packed: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[M, N] = (a_scale * w_scale) * (A_int4 @ W_int4^T) (+ bias)``.
+
+    - ``a_packed``: int8 ``[M, K/2]``, per-token int4 activation codes (``pack_int4`` layout), K-major;
+    - ``a_scale``: float32 ``[M, 1]`` (or ``[M]``), one scale per token;
+    - ``w_packed``: int8 ``[N, K/2]``, int4 weight codes, K-major (``nn.Linear`` layout);
+    - ``w_scale``: float32 ``[N]`` (or ``[N, 1]``), one scale per output channel;
+    - ``bias``: ``[N]`` float or None;
+    - ``out``: optional preallocated ``[M, N]`` ``out_dtype`` result;
+    - returns ``[M, N]`` in ``out_dtype`` (bfloat16, float16 or float32).
+
+    The integer part is exact (int32 accumulation); the epilogue is float32.
+    """
+    return _launch(a_packed, a_scale, w_packed, w_scale, bias, out_dtype, out, True, "w4a4_matmul")
+
+
+def w8a8_matmul(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Same contract as :func:`w4a4_matmul` with plain int8 codes: ``a`` ``[M, K]``, ``w`` ``[N, K]``."""
+    return _launch(a, a_scale, w, w_scale, bias, out_dtype, out, False, "w8a8_matmul")
+
+
+def w4a4_matmul_reference(
+    a_packed: torch.Tensor,
+    a_scale: torch.Tensor,
+    w_packed: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """Reference for :func:`w4a4_matmul`: exact integer product (float64), then scales, then ``out_dtype``."""
+    a = unpack_int4(a_packed)
+    w = unpack_int4(w_packed)
+    return _reference_epilogue(a, a_scale, w, w_scale, bias, out_dtype)
+
+
+def w8a8_matmul_reference(a, a_scale, w, w_scale, bias=None, out_dtype=torch.bfloat16) -> torch.Tensor:
+    """Reference for :func:`w8a8_matmul`."""
+    return _reference_epilogue(a, a_scale, w, w_scale, bias, out_dtype)
+
+
+def integer_matmul(a_codes: torch.Tensor, w_codes: torch.Tensor) -> torch.Tensor:
+    """Exact ``A @ W^T`` of integer codes ``[M, K]``, ``[N, K]`` as float64 ``[M, N]`` (|sum| < 2^53)."""
+    return a_codes.double() @ w_codes.double().T
+
+
+def _reference_epilogue(a, a_scale, w, w_scale, bias, out_dtype):
+    acc = integer_matmul(a, w)  # [M, N] float64, exact
+    out = acc * a_scale.double().reshape(-1, 1) * w_scale.double().reshape(1, -1)
+    if bias is not None:
+        out = out + bias.double().reshape(1, -1)
+    return out.to(out_dtype)

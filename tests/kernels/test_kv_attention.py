@@ -1,0 +1,143 @@
+"""Prefill and decode attention over the quantized cache against the float32/float64 reference."""
+
+import math
+
+import pytest
+import torch
+
+from quota.kernels.kv_attention import (
+    attention_reference,
+    dequantize_cache,
+    kv_attention_decode,
+    kv_attention_prefill,
+)
+from quota.kernels.kv_cache import allocate_kv_cache, kv_cache_write_reference
+from tests.kernels.kernel_checks import DEVICE, assert_twice_torch_error, gpu, poison_like, requires_cuda
+
+
+def _cache(b, hkv, s_cap, length, d, bits, gs, seed):
+    """A cache filled by the reference writer; positions past ``length`` hold garbage."""
+    g = torch.Generator().manual_seed(seed)
+    cache = allocate_kv_cache(b, hkv, s_cap, d, bits, gs)
+    kv_cache_write_reference(torch.randn((b, hkv, s_cap, d), generator=g) * 3, *cache, 0, bits, gs)
+    return cache
+
+
+def _case(b, hq, hkv, t, length, s_cap, d, bits, gs, dtype, padded, seed):
+    g = torch.Generator().manual_seed(seed)
+    k_cache = _cache(b, hkv, s_cap, length, d, bits, gs, seed + 1)
+    v_cache = _cache(b, hkv, s_cap, length, d, bits, gs, seed + 2)
+    q = (torch.randn((b, hq, t, d), generator=g) * 2).to(dtype)
+    kv_start = None
+    if padded:
+        kv_start = torch.randint(0, max(1, length // 2), (b,), generator=g, dtype=torch.int32)
+        kv_start[0] = length - t + 1 if t > 1 else kv_start[0]  # the first queries of sample 0 see nothing
+    return q, k_cache, v_cache, kv_start
+
+
+def _check(q, k_cache, v_cache, length, bits, gs, kv_start, sm_scale=None, **decode_kw):
+    b, hq, t, d = q.shape
+    on = lambda c: tuple(x.to(DEVICE) for x in c)  # noqa: E731
+    out = poison_like(torch.empty(q.shape, dtype=q.dtype, device=DEVICE))
+    ks = kv_start.to(DEVICE) if kv_start is not None else None
+    if t == 1 and decode_kw.get("decode", True):
+        kw = {k: v for k, v in decode_kw.items() if k != "decode"}
+        kv_attention_decode(q.to(DEVICE), on(k_cache), on(v_cache), length, bits, gs, sm_scale, ks, out=out, **kw)
+    else:
+        kv_attention_prefill(q.to(DEVICE), on(k_cache), on(v_cache), length, bits, gs, sm_scale, ks, out=out)
+    k = dequantize_cache(k_cache, length, bits)
+    v = dequantize_cache(v_cache, length, bits)
+    ref = attention_reference(q, k, v, sm_scale, kv_start, torch.float64)
+    torch_same_dtype = attention_reference(q, k, v, sm_scale, kv_start, q.dtype)
+    assert_twice_torch_error(out, ref, torch_same_dtype)
+    return out.cpu(), ref
+
+
+PREFILL = [  # b, hq, hkv, t, length, s_cap, d, bits, gs, dtype, padded
+    (1, 1, 1, 1, 1, 4, 64, 4, 64, torch.float32, False),
+    (2, 3, 1, 5, 37, 40, 64, 4, 32, torch.bfloat16, True),
+    (1, 2, 2, 17, 17, 20, 96, 4, 32, torch.float16, False),
+    (2, 6, 2, 33, 50, 64, 64, 8, 64, torch.bfloat16, True),
+    (1, 3, 3, 17, 64, 64, 128, 4, 64, torch.float32, True),
+]
+
+
+@pytest.mark.parametrize("case", PREFILL)
+def test_prefill(case):
+    b, hq, hkv, t, length, s_cap, d, bits, gs, dtype, padded = case
+    q, kc, vc, ks = _case(*case, seed=t + length)
+    out, ref = _check(q, kc, vc, length, bits, gs, ks, decode=False)
+    if padded and t > 1:  # queries of sample 0 before its kv_start see no key: zero output
+        assert not out[0, :, 0].any()
+
+
+DECODE = [  # b, hq, hkv, length, s_cap, d, bits, gs, dtype, padded
+    (1, 1, 1, 1, 8, 64, 4, 32, torch.bfloat16, False),
+    (2, 6, 2, 50, 64, 64, 8, 64, torch.bfloat16, True),
+    (3, 3, 1, 70, 80, 96, 4, 32, torch.float16, True),
+    (1, 4, 4, 21, 21, 128, 4, 64, torch.float32, False),
+]
+
+
+@pytest.mark.parametrize("case", DECODE)
+@pytest.mark.parametrize("num_splits", [None, 1, 3])
+def test_decode(case, num_splits):
+    b, hq, hkv, length, s_cap, d, bits, gs, dtype, padded = case
+    q, kc, vc, ks = _case(b, hq, hkv, 1, length, s_cap, d, bits, gs, dtype, padded, seed=length + hq)
+    _check(q, kc, vc, length, bits, gs, ks, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("asm_dequant", [True, False])
+def test_decode_variants_agree_with_prefill(asm_dequant):
+    q, kc, vc, ks = _case(2, 3, 1, 1, 40, 48, 64, 4, 32, torch.bfloat16, True, seed=4)
+    out_d, _ = _check(q, kc, vc, 40, 4, 32, ks, sm_scale=0.3, asm_dequant=asm_dequant)
+    out_p, _ = _check(q, kc, vc, 40, 4, 32, ks, sm_scale=0.3, decode=False)
+    assert (out_d.float() - out_p.float()).abs().max() < 2e-2
+
+
+def test_layers_with_different_lengths_share_nothing():
+    """Two layers' caches of different lengths: each call sees only its own ``length`` positions."""
+    q, kc, vc, _ = _case(2, 4, 2, 1, 64, 64, 64, 4, 32, torch.bfloat16, False, seed=8)
+    out_long, _ = _check(q, kc, vc, 64, 4, 32, None)
+    out_short, _ = _check(q, kc, vc, 23, 4, 32, None)  # a pruned layer
+    assert (out_long.float() - out_short.float()).abs().max() > 1e-2
+
+
+def test_fully_padded_sample_gives_zero():
+    q, kc, vc, _ = _case(2, 2, 2, 1, 16, 16, 64, 4, 32, torch.float32, False, seed=2)
+    ks = torch.tensor([16, 3], dtype=torch.int32)  # sample 0: every position is padding
+    out, _ = _check(q, kc, vc, 16, 4, 32, ks)
+    assert not out[0].any() and out[1].abs().sum() > 0
+
+
+def test_invalid_arguments():
+    q, kc, vc, _ = _case(1, 3, 2, 1, 8, 8, 64, 4, 32, torch.float32, False, seed=1)
+    kc, vc = tuple(x.to(DEVICE) for x in kc), tuple(x.to(DEVICE) for x in vc)
+    with pytest.raises(ValueError, match="multiple"):
+        kv_attention_decode(q.to(DEVICE), kc, vc, 8, 4, 32)
+    q2 = q[:, :2].to(DEVICE)
+    with pytest.raises(ValueError, match="length"):
+        kv_attention_decode(q2, kc, vc, 9, 4, 32)
+    with pytest.raises(ValueError, match="kv_start"):
+        kv_attention_decode(q2, kc, vc, 8, 4, 32, kv_start=torch.zeros(1, dtype=torch.int64, device=DEVICE))
+    with pytest.raises(ValueError, match="one query"):
+        kv_attention_decode(torch.zeros(1, 2, 3, 64, device=DEVICE), kc, vc, 8, 4, 32)
+
+
+@gpu
+@requires_cuda
+@pytest.mark.parametrize(
+    "hq,hkv,length,bits,asm_dequant",
+    [(32, 32, 4096, 4, True), (32, 8, 4097, 4, True), (32, 8, 1000, 8, True), (32, 32, 2048, 4, False)],
+)
+def test_gpu_decode_large(hq, hkv, length, bits, asm_dequant):
+    q, kc, vc, ks = _case(4, hq, hkv, 1, length, length + 5, 128, bits, 64, torch.bfloat16, True, seed=length)
+    _check(q, kc, vc, length, bits, 64, ks, asm_dequant=asm_dequant)
+
+
+@gpu
+@requires_cuda
+@pytest.mark.parametrize("hq,hkv,t,length", [(32, 32, 577, 600), (28, 4, 300, 1200)])
+def test_gpu_prefill_large(hq, hkv, t, length):
+    q, kc, vc, ks = _case(2, hq, hkv, t, length, length, 128, 4, 64, torch.bfloat16, True, seed=t)
+    _check(q, kc, vc, length, 4, 64, ks, sm_scale=1 / math.sqrt(128), decode=False)
