@@ -52,10 +52,17 @@ def quota_attention(module: nn.Module, query, key, value, attention_mask, **kwar
 
     When the module instance has a ``quota_probe`` attribute (a callable, set by the pruning runtime
     for one forward), it is called as ``probe(module, query, key, attention_mask, scaling)`` with the
-    query and key after KV quantization, before attention; it must not modify them.
+    query and key after KV quantization, before attention; it must not modify them. When it has a
+    ``quota_kv_store`` (:class:`quota.runtime.kv_store.QuantizedKVStore`, set by the runtime's kernel
+    path), attention runs in the Triton kernels over the stored int4/int8 codes instead.
     """
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+    store = getattr(module, "quota_kv_store", None)  # the kernel path: codes in a QuantizedKVStore
+    if store is not None:
+        from quota.runtime.kv_store import kernel_attention
+
+        return kernel_attention(module, query, store, kwargs.get("scaling"), getattr(module, "quota_probe", None)), None
     quantizer: KVQuantizer | None = getattr(module, "quota_kv", None)
     if quantizer is not None:
         query, key, value = quantizer(query, key, value)

@@ -37,8 +37,9 @@ import torch.nn as nn
 
 from quota.models.registry import spec_for
 from quota.models.spec import get_submodule
-from quota.quant.kv import ATTENTION_NAME, register_attention
+from quota.quant.kv import ATTENTION_NAME, KVQuantizer, register_attention
 from quota.runtime.cache import LayerwiseKVCache
+from quota.runtime.kv_store import QuantizedKVStore
 from quota.runtime.masks import decode_mask, prefill_mask
 from quota.runtime.plan import PruningPlan, ScoringSpec, check_schedule
 from quota.runtime.positions import (
@@ -149,6 +150,22 @@ class PrunedRunner:
         return cls(model, plan.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl)
 
     # ------------------------------------------------------------------------------------------ helpers
+    def kv_quantizers(self) -> list[KVQuantizer | None]:
+        return [getattr(get_submodule(layer, self.spec.layer.attention), "quota_kv", None) for layer in self.layers]
+
+    def uses_kv_kernels(self, device: torch.device) -> bool:
+        """Whether the KV cache holds codes read by the attention kernels: the model's attention
+        quantizes KV to 4 or 8 bits and ``impl`` is ``"triton"`` (or ``"auto"`` on CUDA)."""
+        quantizers = self.kv_quantizers()
+        if not all(q is not None and q.bits in (4, 8) for q in quantizers):
+            return False
+        return self.impl == "triton" or (self.impl == "auto" and device.type == "cuda")
+
+    def _new_cache(self, reserve: int, device: torch.device):
+        if self.uses_kv_kernels(device):
+            return QuantizedKVStore(len(self.layers), self.kv_quantizers(), reserve)
+        return LayerwiseKVCache(len(self.layers), reserve)
+
     def _signals_at(self, layer: int) -> list[str]:
         return [s for s in self.scoring.active if s in available_signals(layer)]
 
@@ -259,7 +276,7 @@ class PrunedRunner:
             base = next_position(positions)
             valid = attention_mask.bool()  # [B, S]
             orig = torch.arange(s, device=input_ids.device).expand(b, s)  # [B, S] original index of each token
-            cache = LayerwiseKVCache(len(self.layers), reserve)
+            cache = self._new_cache(reserve, hidden.device)
             key_valid, kept = [], []
             n, rope, recorder = n_visual, None, None
             for l, k in enumerate(self.schedule):
@@ -279,11 +296,16 @@ class PrunedRunner:
                 attn = get_submodule(self.layers[l], spec.layer.attention)
                 if recorder is not None:
                     attn.quota_probe = recorder
+                if isinstance(cache, QuantizedKVStore):
+                    cache.kv_start[l] = (~valid).sum(1).to(torch.int32)  # left padding of this layer
+                    attn.quota_kv_store = cache
                 try:
                     hidden = self._run_layer(l, hidden, prefill_mask(valid), positions, cache, rope)
                 finally:
                     if recorder is not None:
                         del attn.quota_probe
+                    if isinstance(cache, QuantizedKVStore):
+                        del attn.quota_kv_store
                 key_valid.append(valid)
             logits = self._logits(hidden)
         self.kept_indices = kept
@@ -303,7 +325,14 @@ class PrunedRunner:
             ones = torch.ones(token_ids.shape[0], 1, dtype=torch.bool, device=token_ids.device)
             for l in range(len(self.layers)):
                 state.key_valid[l] = torch.cat([state.key_valid[l], ones], dim=1)
-                hidden = self._run_layer(l, hidden, decode_mask(state.key_valid[l]), positions, state.cache, rope)
+                attn = get_submodule(self.layers[l], spec.layer.attention)
+                if isinstance(state.cache, QuantizedKVStore):
+                    attn.quota_kv_store = state.cache
+                try:
+                    hidden = self._run_layer(l, hidden, decode_mask(state.key_valid[l]), positions, state.cache, rope)
+                finally:
+                    if isinstance(state.cache, QuantizedKVStore):
+                        del attn.quota_kv_store
             logits = self._logits(hidden)
         state.steps += 1
         return logits

@@ -1,0 +1,112 @@
+"""A layer-wise KV cache that stores int4/int8 codes, read inside the attention kernels.
+
+The kernel path of the quantized KV cache: :meth:`QuantizedKVStore.update` quantizes each new key (after
+RoPE, optionally after the head-dim Hadamard) and value with :func:`quota.kernels.kv_cache.kv_cache_write`
+into per-layer ``(codes, scale, zero)`` buffers (layout in :mod:`quota.kernels.kv_cache`); each layer has
+its own length. The ``quota`` attention function (:mod:`quota.quant.kv`) finds the store on the attention
+module (``quota_kv_store``, set by the runner for one forward) and runs
+:func:`~quota.kernels.kv_attention.kv_attention_prefill` or ``..._decode`` over the codes, so the cache
+is never dequantized in memory. Left padding is masked by ``kv_start`` (per layer, per sample: the
+number of padding slots at the left of that layer's sequence).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quota.quant.kv import KVQuantizer
+
+
+class QuantizedKVStore:
+    """Per-layer quantized K/V buffers of independent lengths (duck-typed like the runtime's cache)."""
+
+    def __init__(self, num_layers: int, quantizers: list[KVQuantizer], reserve: int = 0) -> None:
+        if len(quantizers) != num_layers:
+            raise ValueError(f"{len(quantizers)} KV quantizers for {num_layers} layers")
+        for i, q in enumerate(quantizers):
+            if q.bits not in (4, 8):
+                raise ValueError(f"layer {i}: the kernel KV cache stores 4 or 8 bits, got {q.bits}")
+        self.num_layers = num_layers
+        self.quantizers = quantizers
+        self.reserve = max(int(reserve), 0)
+        self._k: list[tuple[torch.Tensor, ...] | None] = [None] * num_layers
+        self._v: list[tuple[torch.Tensor, ...] | None] = [None] * num_layers
+        self._lengths = [0] * num_layers
+        self.kv_start: list[torch.Tensor | None] = [None] * num_layers  # int32 [B] per layer
+
+    def _group(self, layer: int, head_dim: int) -> int:
+        return min(self.quantizers[layer].group_size, head_dim)
+
+    def _grow(self, layer: int, key: torch.Tensor, need: int) -> None:
+        from quota.kernels.kv_cache import allocate_kv_cache
+
+        q = self.quantizers[layer]
+        b, h, _, d = key.shape
+        old_k, old_v, n = self._k[layer], self._v[layer], self._lengths[layer]
+        cap = max(need + self.reserve, 2 * (old_k[0].shape[2] if old_k is not None else 0))
+        new_k = allocate_kv_cache(b, h, cap, d, q.bits, self._group(layer, d), key.device)
+        new_v = allocate_kv_cache(b, h, cap, d, q.bits, self._group(layer, d), key.device)
+        if old_k is not None and n:
+            for new, old in zip(new_k + new_v, old_k + old_v):
+                new[:, :, :n] = old[:, :, :n]
+        self._k[layer], self._v[layer] = new_k, new_v
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Quantize and append ``key``/``value`` ``[B, H_kv, T, D]``; returns them unchanged (the attention
+        kernels read the codes, see the module docstring)."""
+        from quota.kernels.kv_cache import kv_cache_write
+
+        q = self.quantizers[layer_idx]
+        n, t, d = self._lengths[layer_idx], key.shape[2], key.shape[-1]
+        if self._k[layer_idx] is None or n + t > self._k[layer_idx][0].shape[2]:
+            self._grow(layer_idx, key, n + t)
+        group = self._group(layer_idx, d)
+        kv_cache_write(key, *self._k[layer_idx], n, q.bits, group, q.clip_ratio, hadamard=q.hadamard)
+        kv_cache_write(value, *self._v[layer_idx], n, q.bits, group, q.clip_ratio, hadamard=False)
+        self._lengths[layer_idx] = n + t
+        return key, value
+
+    def layer(self, layer_idx: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], int]:
+        """``(k_cache, v_cache, length)`` of one layer; caches are ``(codes, scale, zero)``."""
+        if self._k[layer_idx] is None:
+            raise IndexError(f"layer {layer_idx} of the cache is empty")
+        return self._k[layer_idx], self._v[layer_idx], self._lengths[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self._lengths[layer_idx]
+
+    @property
+    def lengths(self) -> list[int]:
+        return list(self._lengths)
+
+    def nbytes(self) -> int:
+        """Bytes of the stored tokens: codes plus float32 scales and zeros, K and V."""
+        total = 0
+        for k, n in zip(self._k, self._lengths):
+            if k is not None:
+                per_token = sum(x[:, :, :1].numel() * x.element_size() for x in k)
+                total += 2 * per_token * n
+        return total
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+
+def kernel_attention(module, query: torch.Tensor, store: QuantizedKVStore, scaling: float | None, probe=None):
+    """Attention of ``query`` ``[B, H_q, T, D]`` over ``module``'s layer of ``store``; returns ``[B, T, H_q, D]``."""
+    from quota.kernels.kv_attention import dequantize_cache, kv_attention_decode, kv_attention_prefill
+    from quota.quant.hadamard import apply_block_hadamard
+
+    layer = module.layer_idx
+    quantizer = store.quantizers[layer]
+    k_cache, v_cache, length = store.layer(layer)
+    group = store._group(layer, query.shape[-1])
+    if quantizer.hadamard:
+        query = apply_block_hadamard(query)  # q H . k H = q . k
+    if probe is not None:
+        keys = dequantize_cache(k_cache, length, quantizer.bits).to(query.dtype)  # [B, H_kv, L, D]
+        probe(module, query, keys, None, scaling)
+    start = store.kv_start[layer]
+    attend = kv_attention_decode if query.shape[2] == 1 else kv_attention_prefill
+    out = attend(query, k_cache, v_cache, length, quantizer.bits, group, sm_scale=scaling, kv_start=start)
+    return out.transpose(1, 2).contiguous()  # [B, T, H_q, D]
