@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its partial files")
     p.add_argument("--no-latency", action="store_true", help="skip the latency curve")
+    p.add_argument("--validate", type=int, default=0, metavar="N",
+                   help="then check the additive damage model on N random schedules (Spearman, held-out questions)")
+    p.add_argument("--validate-only", action="store_true", help="only run --validate on the existing --output profile")
     p.set_defaults(func=run)
 
 
@@ -27,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from quota.profile.api import ProfileSettings, profile_testbed
     from quota.quant.config import QuantConfig
 
+    if args.validate_only:
+        return _validate(args)
     if args.grid_steps < 1:
         raise ValueError(f"--grid-steps must be a positive integer, got {args.grid_steps}")
     quant = QuantConfig.from_dict(json.loads(open(args.quant).read())) if args.quant else QuantConfig(impl="auto")
@@ -35,4 +40,17 @@ def run(args: argparse.Namespace) -> int:
     if prof is not None:
         print(f"profile of {prof.model_id} on {prof.device}: {prof.n_layers} layers x {len(prof.grid)} keep counts, "
               f"score weights {prof.score_weights}, {prof.timing['total_s']}s -> {args.output}")
+        if args.validate:
+            return _validate(args)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from quota.profile.api import validate_testbed_profile
+
+    if args.validate < 3:
+        raise ValueError(f"--validate needs at least 3 schedules for a rank correlation, got {args.validate}")
+    report = validate_testbed_profile(args.output, args.validate, device=args.device)
+    print(f"additive damage model: Spearman {report['spearman']:.3f} (p={report['p_value']:.2g}) over "
+          f"{len(report['schedules'])} random schedules, {report['questions']} held-out questions")
     return 0

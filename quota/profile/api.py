@@ -176,3 +176,33 @@ def profile_testbed(
     return profile_model(model, tb.tokenizer, questions, quant, model_id=testbed.MODEL_ID,
                          model_hash=testbed.model_hash(), data_version=DATA_VERSION, settings=settings,
                          output=output, resume=resume)
+
+
+def validate_testbed_profile(profile_path: str | Path, count: int = 30, questions_per_task: int = 52,
+                             device: str | None = None, seed: int = 0) -> dict:
+    """Spearman check of the additive damage model of a testbed profile, on held-out test questions.
+
+    The testbed is quantized as the profile says (calibrated on the calibration split), ``count`` random
+    feasible schedules are measured on ``questions_per_task`` test questions per task, and the report is
+    stored in the profile's ``extra["additivity"]`` (the file is rewritten atomically)."""
+    from quota.eval.splits import calibration_split, test_split
+    from quota.models import testbed
+    from quota.profile.validate import check_additivity
+    from quota.quant.quantize import quantize_model
+
+    profile = Profile.load(profile_path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    tb = testbed.load(device, dtype)
+    quant = QuantConfig.from_dict(profile.quant)
+    calib = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask, "pixel_values": b.pixel_values}
+             for b in make_batches(tb.tokenizer, calibration_split(), 32, device, dtype)]
+    model = quantize_model(tb.model, quant, calib, inplace=True)
+    questions = test_split(limit=questions_per_task)
+    meter = DamageMeter(model, make_batches(tb.tokenizer, questions, 64, device, dtype), profile.score_weights)
+    report = check_additivity(profile, meter, count, seed).to_dict()
+    report["questions"] = len(questions)
+    data = profile.to_dict()
+    data["extra"] = {**data.get("extra", {}), "additivity": report}
+    Profile.from_dict(data).save(profile_path)
+    return report
