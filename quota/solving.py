@@ -22,7 +22,10 @@ def shipped_profile_path(name: str = DEFAULT_PROFILE) -> Path:
     """Path of a profile shipped in the ``quota.profiles`` package data."""
     path = Path(str(resources.files("quota.profiles").joinpath(name)))
     if not path.is_file():
-        raise FileNotFoundError(f"no shipped profile named {name!r} (looked in {path.parent})")
+        raise FileNotFoundError(
+            f"no shipped profile named {name!r} (looked in {path.parent}); measure one with "
+            f"`quota profile -o profile.json` and pass `--profile profile.json`"
+        )
     return path
 
 

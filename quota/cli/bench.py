@@ -26,8 +26,9 @@ def run_kernels(args: argparse.Namespace) -> int:
     result = run_all(quick=args.quick)
     text = render_markdown(result)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_kernels.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-        (args.out / "bench_kernels.md").write_text(text)
+        from quota.atomic import write_text_atomic
+
+        write_text_atomic(args.out / "bench_kernels.json", json.dumps(result, indent=1, default=str) + "\n")
+        write_text_atomic(args.out / "bench_kernels.md", text)
     print(json.dumps(result, indent=1, default=str) if args.json else text)
     return 0  # a missed target is a measurement, reported in the table, not an error
