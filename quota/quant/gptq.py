@@ -53,7 +53,7 @@ def gptq_quantize(
     """
     w = weight.detach().to(torch.float64).clone()  # [N, K]
     n, k = w.shape
-    h = hessian.detach().to(torch.float64).clone()
+    h = hessian.detach().to(w.device, torch.float64).clone()
     if h.shape != (k, k):
         raise ValueError(f"Hessian shape {tuple(h.shape)} does not match weight K={k}")
     dead = torch.diagonal(h) == 0
@@ -65,13 +65,13 @@ def gptq_quantize(
     scale = weight_scale(w.float(), bits, group_size, clip)  # [N, 1] or [N, G]
     col_scale = expand_group_scale(scale, group_size, k).double().expand(n, k)  # [N, K]
 
-    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(k)
+    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(k, device=w.device)
     w, h, col_scale = w[:, perm], h[perm][:, perm], col_scale[:, perm]
 
-    h += damp * torch.mean(torch.diagonal(h)) * torch.eye(k, dtype=torch.float64)
+    h += damp * torch.mean(torch.diagonal(h)) * torch.eye(k, dtype=torch.float64, device=h.device)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
-    codes = torch.zeros(n, k, dtype=torch.int8)
+    codes = torch.zeros(n, k, dtype=torch.int8, device=w.device)
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
         w1 = w[:, i1:i2].clone()

@@ -116,7 +116,7 @@ def search_weight_clip(
     """
     w = w.float()
     absmax = _grouped_absmax(w, group_size)
-    d = torch.ones(w.shape[-1]) if input_sq_norm is None else input_sq_norm.float().to(w.device)
+    d = torch.ones(w.shape[-1], device=w.device) if input_sq_norm is None else input_sq_norm.float().to(w.device)
     best_err = torch.full_like(absmax, float("inf"))
     best = torch.ones_like(absmax)
     for ratio in grid:

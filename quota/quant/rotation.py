@@ -89,7 +89,7 @@ def _rotate_writer(lin: nn.Linear, q: torch.Tensor) -> None:
 @torch.no_grad()
 def _rotate_value_heads(v_proj: nn.Linear, o_proj: nn.Linear, head_dim: int) -> None:
     """v <- v H per kv head (rows of v_proj), and o_proj's input columns per q head by H."""
-    h = hadamard_matrix(head_dim, torch.float64)
+    h = hadamard_matrix(head_dim, torch.float64).to(v_proj.weight.device)
     wv = v_proj.weight.detach().double()  # [Hkv*D, d]
     wv = (h.T @ wv.view(-1, head_dim, wv.shape[-1])).reshape_as(wv)
     _set_weight(v_proj, wv)
@@ -111,7 +111,8 @@ def rotate_language_model(
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     untie_lm_head(model, spec)
     fold_norms(model, spec)
-    q = random_hadamard_rotation(hidden, seed, mix_blocks=mix_blocks)  # [d, d] float64
+    device = spec.embeddings_of(model).weight.device
+    q = random_hadamard_rotation(hidden, seed, mix_blocks=mix_blocks).to(device)  # [d, d] float64
 
     emb = spec.embeddings_of(model)
     emb.weight.data = (emb.weight.detach().double() @ q).to(emb.weight.dtype)
