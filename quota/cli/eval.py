@@ -22,6 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref-lowbit", default=None, help="result JSON of the same low-bit model with all tokens")
     p.add_argument("-o", "--output", default=None, help="write the JSON result here (atomically)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--suite", default=None, metavar="DIR",
+                   help="comparison suite into DIR: all-token references and every --plans x --budgets row, "
+                        "in bf16 and on the low-bit model (loaded and quantized once)")
+    p.add_argument("--plans", nargs="*", default=["fastv", "pyramiddrop", "sparsevlm", "visionzip", "random"],
+                   help="suite plans: baseline names, fastv_keep, or recipe:PATH")
+    p.add_argument("--budgets", nargs="*", type=float, default=[64, 128, 192], help="suite budgets (equivalent tokens)")
+    p.add_argument("--resume", action="store_true", help="suite: keep rows already written in DIR")
     p.set_defaults(func=run)
 
 
@@ -39,6 +46,13 @@ def parse_quant(value: str | None):
 def run(args: argparse.Namespace) -> int:
     from quota.eval.run import evaluate
 
+    if args.suite:
+        from quota.eval.suite import markdown, run_suite
+
+        results = run_suite(args.suite, args.plans, args.budgets, parse_quant(args.quant), args.limit, args.tasks,
+                            args.batch_size, args.device, resume=args.resume)
+        print(markdown(results))
+        return 0
     refs = {k: v for k, v in (("bf16_all_tokens", args.ref_bf16), ("lowbit_all_tokens", args.ref_lowbit)) if v}
     result = evaluate(args.model, args.tasks, args.limit, args.device, None, args.batch_size, args.weights,
                       args.output, quant=parse_quant(args.quant), recipe=args.recipe, baseline=args.baseline,

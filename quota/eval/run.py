@@ -59,7 +59,9 @@ def prepare_model(model, tokenizer, quant: QuantConfig | None, recipe=None, base
     else:
         plan = {"schedule": None}
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    calib = calibration_inputs(tokenizer, device, dtype) if quant is not None and not quant.is_identity else None
+    from quota.quant.quantize import needs_calibration
+
+    calib = calibration_inputs(tokenizer, device, dtype) if quant is not None and needs_calibration(quant) else None
     return apply(model, {**plan, "quant": quant.to_dict() if quant is not None else None}, calib)
 
 

@@ -156,6 +156,13 @@ def _quantize_other_linears(root: nn.Module, config: QuantConfig) -> None:
             set_submodule(root, name, _build_linear(module, config.replace(weight_method="rtn"), None, None))
 
 
+def needs_calibration(config: QuantConfig) -> bool:
+    """Whether ``config`` needs calibration data (GPTQ, or the activation clipping search)."""
+    return (config.quantizes_weights and config.weight_method == "gptq") or (
+        config.quantizes_activations and config.a_clip_search
+    )
+
+
 def quantize_model(
     model: nn.Module,
     config: QuantConfig,
@@ -176,12 +183,9 @@ def quantize_model(
     spec = spec_for(model)
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
-    needs_calibration = config.quantizes_weights and (config.weight_method == "gptq") or (
-        config.quantizes_activations and config.a_clip_search
-    )
     vocab = getattr(spec.text_config_of(model), "vocab_size", None)
     batches = validate_batches(calibration_batches, vocab) if (
-        needs_calibration or calibration_batches is not None
+        needs_calibration(config) or calibration_batches is not None
     ) else None
     if not inplace:
         model = copy.deepcopy(model)

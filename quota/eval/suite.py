@@ -1,0 +1,137 @@
+"""A comparison suite: many pruning plans evaluated on one loaded model, in bf16 and on the low-bit model,
+with retention against both all-token references. The testbed is loaded and quantized once; every row
+re-uses it through :func:`quota.runtime.apply.apply` (which only attaches the plan). Results are written
+per row (atomically) so an interrupted run keeps what it finished and ``resume`` skips those rows.
+
+Rows: ``bf16/all``, ``lowbit/all`` (the two references), then for each precision, budget and plan name
+``<precision>/<plan>@<tokens>``; plans are stage-wise baselines (:data:`quota.runtime.baselines.BASELINES`,
+``fastv_keep`` is FastV's "keep R from layer 2" form) or recipes (``recipe:<path>``, their own budget).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from quota.atomic import write_json_atomic, write_text_atomic
+from quota.eval.harness import EvalResult, answer_questions, retention, summarize
+from quota.eval.run import calibration_inputs, load_result
+from quota.eval.splits import test_split
+from quota.eval.tasks import TASKS
+from quota.quant.config import QuantConfig
+
+
+@dataclass(frozen=True)
+class Row:
+    precision: str  # "bf16" | "lowbit"
+    plan: str  # "all", a baseline name, "fastv_keep", or "recipe:<path>"
+    tokens: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.precision}/{self.plan}" + (f"@{self.tokens:g}" if self.tokens is not None else "")
+
+    @property
+    def file_stem(self) -> str:
+        return self.name.replace("/", "__").replace(":", "_").replace("@", "_at_").replace(".json", "")
+
+
+def suite_rows(plans: Sequence[str], budgets: Sequence[float], precisions: Sequence[str] = ("bf16", "lowbit")) -> list[Row]:
+    rows = [Row(p, "all") for p in precisions]
+    for precision in precisions:
+        for plan in plans:
+            if plan.startswith("recipe:"):
+                rows.append(Row(precision, plan))
+            else:
+                rows += [Row(precision, plan, float(t)) for t in budgets]
+    return rows
+
+
+def plan_of(row: Row, model) -> dict | None:
+    """The runtime plan (schedule + scoring) of a row, or None for all tokens."""
+    from quota.models.registry import spec_for
+    from quota.runtime.baselines import baseline_plan
+    from quota.runtime.vision import expected_visual_tokens
+
+    if row.plan == "all":
+        return None
+    if row.plan.startswith("recipe:"):
+        from quota.recipe import Recipe
+
+        r = Recipe.load(row.plan[len("recipe:"):])
+        return {"schedule": r.schedule, "score_weights": r.score_weights}
+    n_layers = len(spec_for(model).layers_of(model))
+    name, options = (("fastv", {"form": "keep"}) if row.plan == "fastv_keep" else (row.plan, {}))
+    p = baseline_plan(name, row.tokens, expected_visual_tokens(model), n_layers, **options)
+    return {"schedule": p.schedule, "scoring": p.scoring.to_dict()}
+
+
+def run_suite(
+    out_dir: str | Path, plans: Sequence[str], budgets: Sequence[float], quant: QuantConfig | None = None,
+    limit: int | None = None, tasks: Sequence[str] | None = None, batch_size: int = 64, device: str | None = None,
+    precisions: Sequence[str] = ("bf16", "lowbit"), resume: bool = False, model=None, tokenizer=None,
+) -> dict[str, EvalResult]:
+    """Evaluate every row; returns ``{row name: result}`` and writes ``<row>.json`` files and ``suite.md``."""
+    from quota.quant.quantize import needs_calibration, quantize_model
+    from quota.runtime.apply import apply
+
+    out = Path(out_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if model is None:
+        from quota.models import testbed
+
+        tb = testbed.load(device, dtype)
+        model, tokenizer = tb.model, tb.tokenizer
+    quant = quant or QuantConfig(impl="auto")
+    questions = [q for t in (tasks or TASKS) for q in test_split(t, limit)]
+    rows = suite_rows(plans, budgets, precisions)
+    results: dict[str, EvalResult] = {}
+    models = {"bf16": model}
+    for row in rows:
+        path = out / f"{row.file_stem}.json"
+        if resume and path.is_file():
+            results[row.name] = load_result(path)
+            continue
+        if row.precision not in models:
+            dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
+            calib = calibration_inputs(tokenizer, dev, dt) if needs_calibration(quant) else None
+            models[row.precision] = quantize_model(model, quant, calib)
+        base = models[row.precision]
+        plan = plan_of(row, base)
+        runnable = base if plan is None else apply(base, {**plan, "quant": None})
+        answers = answer_questions(runnable, tokenizer, questions, batch_size, progress=False)
+        runner = getattr(runnable, "runner", None)
+        meta = {"row": row.name, "precision": row.precision, "plan": row.plan, "tokens": row.tokens,
+                "quant": quant.short_name() if row.precision == "lowbit" else "BF16",
+                "schedule": list(runner.schedule) if runner is not None else None,
+                "equivalent_tokens": sum(runner.schedule) / len(runner.schedule) if runner is not None else None,
+                "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
+        result = summarize(questions, answers, meta)
+        write_json_atomic(path, result.to_dict())
+        results[row.name] = result
+    refs = {"bf16_all_tokens": results.get("bf16/all"), "lowbit_all_tokens": results.get("lowbit/all")}
+    for result in results.values():
+        result.meta["retention"] = {k: retention(result, r) for k, r in refs.items() if r is not None}
+    write_text_atomic(out / "suite.md", markdown(results))
+    write_json_atomic(out / "suite.json", {k: r.to_dict() for k, r in results.items()})
+    return results
+
+
+def markdown(results: dict[str, EvalResult]) -> str:
+    tasks = [t for t in TASKS if any(t in r.tasks for r in results.values())]
+    head = ["row", "eq. tokens", *tasks, "average (95% CI)", "ret. vs bf16", "ret. vs low-bit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        ret = r.meta.get("retention", {})
+        eq = r.meta.get("equivalent_tokens")
+        cells = [name, "all" if eq is None else f"{eq:.1f}"]
+        cells += [f"{100 * r.tasks[t].accuracy:.1f}" if t in r.tasks else "-" for t in tasks]
+        cells.append(f"{100 * r.average:.1f} ({100 * r.average_ci[0]:.1f}-{100 * r.average_ci[1]:.1f})")
+        cells += [f"{100 * ret[k]:.1f}%" if k in ret else "-" for k in ("bf16_all_tokens", "lowbit_all_tokens")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,29 @@
+"""The comparison suite on the CPU: the two-layer testbed, one question per task, bf16 and low-bit rows."""
+
+import json
+
+from quota.eval.suite import Row, run_suite, suite_rows
+from quota.quant.config import QuantConfig
+
+
+def test_rows_and_names():
+    rows = suite_rows(["fastv", "recipe:r.json"], [64, 192])
+    names = [r.name for r in rows]
+    assert names[:2] == ["bf16/all", "lowbit/all"]
+    assert "bf16/fastv@64" in names and "lowbit/fastv@192" in names and "lowbit/recipe:r.json" in names
+    assert Row("bf16", "fastv", 64.0).file_stem == "bf16__fastv_at_64"
+
+
+def test_suite_runs_writes_and_resumes(small_testbed, tmp_path):
+    model, tok = small_testbed
+    quant = QuantConfig(weight_method="rtn", a_clip_search=False, kv_group_size=64)
+    kw = dict(plans=["random"], budgets=[64], quant=quant, limit=1, tasks=["counting"], batch_size=2,
+              device="cpu", model=model, tokenizer=tok)
+    results = run_suite(tmp_path, **kw)
+    assert set(results) == {"bf16/all", "lowbit/all", "bf16/random@64", "lowbit/random@64"}
+    assert results["bf16/random@64"].meta["equivalent_tokens"] == 64
+    assert "ret. vs bf16" in (tmp_path / "suite.md").read_text()
+    stored = json.loads((tmp_path / "lowbit__random_at_64.json").read_text())
+    assert stored["meta"]["quant"] == "W4A4-KV4"
+    again = run_suite(tmp_path, resume=True, **kw)  # every row is read back, nothing recomputed
+    assert again["lowbit/random@64"].average == results["lowbit/random@64"].average
