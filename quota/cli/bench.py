@@ -17,6 +17,16 @@ def register(subparsers) -> None:
     kernels.add_argument("--quick", action="store_true", help="fewer shapes and shorter timings")
     kernels.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     kernels.set_defaults(func=run_kernels)
+    e2e = sub.add_parser("e2e", help="time to first token, decode speed and memory of a VLM-shaped model")
+    e2e.add_argument("--arch", default="llava-1.5-7b", help="architecture (random weights): llava-1.5-7b, tiny-llava")
+    e2e.add_argument("--batches", nargs="*", type=int, default=[1, 16])
+    e2e.add_argument("--prompt-tokens", type=int, default=64)
+    e2e.add_argument("--new-tokens", type=int, default=512)
+    e2e.add_argument("--budget", type=float, default=0.3, help="pruned variant's mean keep ratio (default 0.3)")
+    e2e.add_argument("--recipe", default=None, help="use this recipe's schedule for the pruned variant")
+    e2e.add_argument("--repeats", type=int, default=3)
+    e2e.add_argument("--out", type=Path, default=None, help="write bench_e2e.json and bench_e2e.md here")
+    e2e.set_defaults(func=run_e2e)
     bench.set_defaults(func=lambda args: bench.print_help() or 0)
 
 
@@ -32,3 +42,33 @@ def run_kernels(args: argparse.Namespace) -> int:
         write_text_atomic(args.out / "bench_kernels.md", text)
     print(json.dumps(result, indent=1, default=str) if args.json else text)
     return 0  # a missed target is a measurement, reported in the table, not an error
+
+
+def run_e2e(args: argparse.Namespace) -> int:
+    import torch
+
+    from quota.runtime.speed import run_speed
+
+    schedule = None
+    if args.recipe:
+        from quota.recipe import Recipe
+
+        schedule = Recipe.load(args.recipe).schedule
+    rows = run_speed(args.arch, args.batches, args.prompt_tokens, args.new_tokens, args.budget, args.repeats,
+                     schedule=schedule)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    head = "| variant | batch | mean visual tokens | TTFT ms | decode tok/s | peak GiB | KV cache MiB |"
+    lines = [f"# End-to-end speed: {args.arch} (random weights) on {device}", "",
+             f"One image + {args.prompt_tokens} prompt tokens, {args.new_tokens} generated tokens, median of "
+             f"{args.repeats} runs after a warm-up.", "", head, "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.variant} | {r.batch} | {r.schedule_mean:.1f} | {r.ttft_ms:.1f} | "
+                     f"{r.decode_tokens_per_s:.1f} | {r.peak_memory_gib:.2f} | {r.kv_cache_mib:.1f} |")
+    text = "\n".join(lines) + "\n"
+    if args.out is not None:
+        from quota.atomic import write_json_atomic, write_text_atomic
+
+        write_json_atomic(args.out / "bench_e2e.json", {"device": device, "rows": [r.to_dict() for r in rows]})
+        write_text_atomic(args.out / "bench_e2e.md", text)
+    print(text)
+    return 0

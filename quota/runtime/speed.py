@@ -1,0 +1,150 @@
+"""End-to-end speed and memory of a VLM under the runtime: time to first token, decode tokens per second
+and peak memory with the KV cache, for bf16 with all tokens, W4A4 + KV4 with all tokens, and W4A4 + KV4
+with a pruning schedule. Weights are random (speed does not depend on trained weights); the architectures
+are written from published configuration numbers (:data:`ARCHITECTURES`), so nothing is downloaded.
+
+One image of ``N`` visual tokens plus a text prompt per sample; greedy decoding of ``new_tokens`` tokens
+(EOS disabled so every run decodes the same count). Timings are medians over ``repeats`` after a warm-up,
+synchronized around each region.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+def llava15_7b_config():
+    """LLaVA-1.5-7B: CLIP ViT-L/14 at 336 px (576 tokens), 2-layer GELU projector, Llama-2-7B (32 x 4096)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14, projection_dim=768)
+    text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                       rms_norm_eps=1e-5, pad_token_id=0)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=32000, projector_hidden_act="gelu",
+                       vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576)
+
+
+def tiny_llava_config():
+    """A few-layer LLaVA-shaped config for tests (16 visual tokens)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    text = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=255, vision_feature_select_strategy="default",
+                       image_seq_length=16)
+
+
+ARCHITECTURES: dict[str, Callable] = {"llava-1.5-7b": llava15_7b_config, "tiny-llava": tiny_llava_config}
+
+
+@dataclass
+class SpeedRow:
+    variant: str
+    batch: int
+    schedule_mean: float
+    ttft_ms: float
+    decode_tokens_per_s: float
+    peak_memory_gib: float
+    kv_cache_mib: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_random(arch: str, device: str, dtype: torch.dtype):
+    from transformers import LlavaForConditionalGeneration
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+    config = ARCHITECTURES[arch]()
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(config)
+    return model.to(dtype).eval()
+
+
+def inputs(model, batch: int, prompt_tokens: int, device: str, dtype: torch.dtype):
+    """``input_ids`` ``[B, N + prompt]`` (the image span first) and random ``pixel_values``."""
+    cfg = model.config
+    n = cfg.image_seq_length
+    g = torch.Generator().manual_seed(1)
+    text = torch.randint(1, cfg.image_token_id - 1, (batch, prompt_tokens), generator=g)
+    ids = torch.cat([torch.full((batch, n), cfg.image_token_id), text], dim=1).to(device)
+    size = cfg.vision_config.image_size
+    pixels = torch.randn(batch, 3, size, size, generator=g).to(device, dtype)
+    return ids, torch.ones_like(ids), pixels
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(runner, ids, mask, pixels, new_tokens: int, repeats: int, device: str) -> tuple[float, float, float, float]:
+    """(ttft seconds, decode tokens/s, peak GiB, KV MiB) medians over ``repeats``."""
+    ttfts, rates, kv = [], [], 0.0
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(repeats + 1):  # the first run warms up (compilation, autotuning)
+        _sync(device)
+        t0 = time.perf_counter()
+        logits, state = runner.prefill(ids, mask, pixels, reserve=new_tokens)
+        token = logits.argmax(-1)
+        _sync(device)
+        t1 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            token = runner.decode_step(token, state).argmax(-1)
+        _sync(device)
+        t2 = time.perf_counter()
+        ttfts.append(t1 - t0)
+        rates.append(ids.shape[0] * (new_tokens - 1) / max(t2 - t1, 1e-9))
+        kv = state.cache.nbytes() / 2**20
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+    med = lambda xs: sorted(xs[1:])[len(xs[1:]) // 2]  # noqa: E731
+    return med(ttfts), med(rates), peak, kv
+
+
+def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prompt_tokens: int = 64,
+              new_tokens: int = 512, budget: float = 0.3, repeats: int = 3, device: str | None = None,
+              schedule: Sequence[int] | None = None) -> list[SpeedRow]:
+    """bf16 all tokens, W4A4 + KV4 all tokens, W4A4 + KV4 with ``schedule`` (default: the PyramidDrop-shaped
+    schedule at ``budget`` of the visual tokens), each at every batch size, in one process."""
+    from quota.quant.config import QuantConfig
+    from quota.quant.quantize import quantize_model
+    from quota.runtime.baselines import baseline_plan
+    from quota.runtime.generate import PrunedRunner
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    impl = "triton" if device.startswith("cuda") else "reference"
+    model = build_random(arch, device, dtype)
+    n, layers = model.config.image_seq_length, model.config.text_config.num_hidden_layers
+    full = [n] * layers
+    pruned = list(schedule) if schedule is not None else list(baseline_plan("pyramiddrop", budget * n, n, layers).schedule)
+    weights = {"attn_last": 1.0, "magnitude": 0.1}
+    rows = []
+    for b in batches:  # bf16 first: the model is then quantized in place
+        ids, mask, pixels = inputs(model, b, prompt_tokens, device, dtype)
+        r = PrunedRunner(model, full, weights, impl="reference")
+        rows.append(SpeedRow("bf16, all tokens", b, float(n), *_scaled(measure(r, ids, mask, pixels, new_tokens, repeats, device))))
+    quant = QuantConfig(weight_method="rtn", w_clip_search=False, a_clip_search=False, impl=impl)
+    qmodel = quantize_model(model, quant, None, inplace=True)
+    for b in batches:
+        ids, mask, pixels = inputs(qmodel, b, prompt_tokens, device, dtype)
+        for name, sched in (("W4A4+KV4, all tokens", full), (f"W4A4+KV4, schedule at {budget:g}", pruned)):
+            r = PrunedRunner(qmodel, sched, weights, impl=impl)
+            rows.append(SpeedRow(name, b, sum(sched) / layers, *_scaled(measure(r, ids, mask, pixels, new_tokens, repeats, device))))
+    return rows
+
+
+def _scaled(values: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    ttft, rate, peak, kv = values
+    return ttft * 1e3, rate, peak, kv
