@@ -10,7 +10,6 @@ Rows: ``bf16/all``, ``lowbit/all`` (the two references), then for each precision
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence

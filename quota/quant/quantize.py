@@ -13,7 +13,7 @@ import torch.nn as nn
 from quota.models.registry import spec_for
 from quota.models.spec import ArchSpec, get_submodule, set_submodule
 from quota.quant.calibration import LayerInputs, capture_first_layer_inputs, run_layer, validate_batches
-from quota.quant.config import FULL_PRECISION, QuantConfig
+from quota.quant.config import QuantConfig
 from quota.quant.gptq import HessianAccumulator, gptq_quantize
 from quota.quant.hadamard import apply_block_hadamard, hadamard_block_size
 from quota.quant.kv import KVQuantizer, install_kv_quantizer, use_quota_attention
@@ -76,14 +76,14 @@ def _quantize_weight(w: torch.Tensor, stats: _InputStats | None, config: QuantCo
     return quantize_weight_rtn(w, config.w_bits, config.w_group_size, clip)
 
 
-def _search_act_clip(module: QuantLinear, reference: nn.Linear | None, samples: torch.Tensor) -> float:
-    """The clipping ratio in ACT_CLIP_GRID minimizing the output error of ``module`` on ``samples``."""
-    w_ref = module.dequantized_weight()  # [N, K], transformed basis
-    target = samples @ (reference.weight.float().T if reference is not None else w_ref.T)
+def _search_act_clip(module: QuantLinear, weight: torch.Tensor, samples: torch.Tensor) -> float:
+    """The clipping ratio in ACT_CLIP_GRID minimizing ``||Q_a(x) W_q^T - x W^T||^2`` on ``samples``
+    (``weight``: the full-precision ``[N, K]`` weight in the module's input basis)."""
+    w_q = module.dequantized_weight()  # [N, K]
+    target = samples @ weight.float().T  # [n, N]
     best, best_err = 1.0, float("inf")
     for ratio in ACT_CLIP_GRID:
-        y = fake_quantize_activation(samples, module.a_bits, ratio) @ w_ref.T
-        err = (y - target).pow(2).mean().item()
+        err = (fake_quantize_activation(samples, module.a_bits, ratio) @ w_q.T - target).pow(2).mean().item()
         if err < best_err:
             best, best_err = ratio, err
     return best
@@ -101,10 +101,7 @@ def _build_linear(
         qw, bias, config.a_bits, config.a_clip_ratio, hadamard_block, config.impl, dtype=linear.weight.dtype
     )
     if config.quantizes_activations and config.a_clip_search and stats is not None and stats.samples:
-        x = torch.cat(stats.samples)  # [n, K], already transformed
-        reference = nn.Linear(w.shape[1], w.shape[0], bias=False)
-        reference.weight.data = w
-        module.a_clip_ratio = _search_act_clip(module, reference, x)
+        module.a_clip_ratio = _search_act_clip(module, w, torch.cat(stats.samples))  # samples: [n, K], transformed
     return module.to(linear.weight.device)
 
 
