@@ -1,8 +1,6 @@
 """Profiling end to end on the CPU: the testbed architecture cut to two decoder layers, four questions."""
 
 import numpy as np
-import pytest
-import torch
 
 from quota.profile.api import ProfileSettings, profile_model
 from quota.profile.io import Profile
