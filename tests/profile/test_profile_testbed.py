@@ -1,4 +1,4 @@
-"""Profiling end to end on the CPU: the testbed architecture cut to two decoder layers, four questions."""
+"""Profiling end to end on the CPU: the testbed architecture cut to two decoder layers, two questions."""
 
 import numpy as np
 
