@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plans", nargs="*", default=["fastv", "pyramiddrop", "sparsevlm", "visionzip", "random"],
                    help="suite plans: baseline names, fastv_keep, or recipe:PATH")
     p.add_argument("--budgets", nargs="*", type=float, default=[64, 128, 192], help="suite budgets (equivalent tokens)")
+    p.add_argument("--precisions", nargs="*", default=["bf16", "lowbit"], choices=("bf16", "lowbit"),
+                   help="suite: which models to run the plans on (default both)")
     p.add_argument("--resume", action="store_true", help="suite: keep rows already written in DIR")
     p.set_defaults(func=run)
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         from quota.eval.suite import markdown, run_suite
 
         results = run_suite(args.suite, args.plans, args.budgets, parse_quant(args.quant), args.limit, args.tasks,
-                            args.batch_size, args.device, resume=args.resume)
+                            args.batch_size, args.device, precisions=args.precisions, resume=args.resume)
         print(markdown(results))
         return 0
     refs = {k: v for k, v in (("bf16_all_tokens", args.ref_bf16), ("lowbit_all_tokens", args.ref_lowbit)) if v}
