@@ -133,8 +133,8 @@ def summarize(result: SolveResult) -> dict[str, Any]:
     damage = prob.damage if prob.damage.ndim == 2 else prob.damage.sum(axis=0)  # [L, G]
     per_layer = []
     for layer, (k, g) in enumerate(zip(s.schedule, idx)):
-        row = {"layer": layer, "tokens": int(k), "damage": float(damage[layer, g])}
-        row.update({kind: float(curve[layer, g]) for kind, curve in p.costs.items()})
+        row = {"layer": layer, "tokens": int(k), "damage": float(damage[layer, g]),
+               "costs": {kind: float(curve[layer, g]) for kind, curve in p.costs.items()}}
         per_layer.append(row)
     totals = {kind: float(sum(curve[layer, g] for layer, g in enumerate(idx))) for kind, curve in p.costs.items()}
     full = {kind: float(curve[:, -1].sum()) for kind, curve in p.costs.items()}

@@ -38,7 +38,7 @@ def print_schedule(summary: dict[str, Any], recipe_path: str | Path | None = Non
     table.add_column("")
     n = summary["n_visual_tokens"]
     for row in summary["per_layer"]:
-        cost = row.get(kind, row["tokens"]) / UNITS.get(kind, (kind, 1))[1]
+        cost = row["costs"].get(kind, row["tokens"]) / UNITS.get(kind, (kind, 1))[1]
         table.add_row(str(row["layer"]), str(row["tokens"]), f"{cost:.4g}", f"{row['damage']:.4f}",
                       f"[cyan]{bar(row['tokens'], n)}[/cyan]")
     console.print(table)
