@@ -23,6 +23,8 @@ def test_solve_writes_a_feasible_recipe(tmp_path, profile_path, capsys):
     assert recipe.equivalent_tokens <= 0.3 * 64 + 1e-9
     assert summary["status"] == "optimal" and recipe.solver["name"] == "cpsat"
     assert {"flops", "kv", "latency"} <= set(summary["totals"])
+    assert [r["tokens"] for r in summary["per_layer"]] == list(recipe.schedule)
+    assert all(isinstance(r["tokens"], int) and set(r["costs"]) == set(summary["totals"]) for r in summary["per_layer"])
 
 
 def test_keep_tokens_and_budget_kinds(tmp_path, profile_path, capsys):
