@@ -116,7 +116,10 @@ def load(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
     shards = sorted(folder.glob(VISION_GLOB))
     missing = [f for f in (LORA_FILE, CARD_FILE) if not (folder / f).is_file()] + ([] if shards else [VISION_GLOB])
     if missing:
-        raise TestbedWeightsMissingError(f"testbed weights missing in {folder}: {missing}")
+        raise TestbedWeightsMissingError(
+            f"testbed weights missing in {folder}: {missing}; train them on a GPU with "
+            f"`python examples/train_testbed.py --export {folder}` (see the README)"
+        )
     card = json.loads((folder / CARD_FILE).read_text())
     model, tokenizer = build_testbed(torch.float32, "cpu")
     vision = {k: v for shard in shards for k, v in load_file(shard).items()}
