@@ -2,8 +2,8 @@
 pruning for vision-language models.
 
 Public API (imported lazily, so ``import quota`` stays light):
-``QuantConfig``, ``quantize_model``, ``Recipe``, ``Profile``, ``AllocationProblem``, ``Solution``,
-``solve`` (profile -> recipe), ``evaluate``.
+``QuantConfig``, ``quantize_model``, ``apply`` (recipe -> runnable model), ``profile`` (model -> Profile),
+``Profile``, ``solve`` (profile -> recipe), ``Recipe``, ``AllocationProblem``, ``Solution``, ``evaluate``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ _EXPORTS = {
     "QuantConfig": "quota.quant.config",
     "quantize_model": "quota.quant.quantize",
     "Recipe": "quota.recipe",
-    "Profile": "quota.profile.io",
+    "Profile": "quota.profiling.io",
+    "profile": "quota.profiling.api",
+    "apply": "quota.runtime.apply",
     "AllocationProblem": "quota.solvers",
     "Solution": "quota.solvers",
     "solve": "quota.solving",

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from quota import __version__
-from quota.profile.io import Profile, ProfileError
+from quota.profiling.io import Profile, ProfileError
 from quota.recipe import BUDGET_KINDS, Recipe
 from quota.solvers import AllocationProblem, Solution
 from quota.solvers import solve as run_solver

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quota.profile.io import Profile
+from quota.profiling.io import Profile
 from quota.quant.config import QuantConfig
 from quota.solvers import default_grid
 

@@ -22,5 +22,5 @@ def test_wheel_has_console_script_and_profiles(tmp_path):
     shipped = sorted(p.name for p in (ROOT / "profiles").glob("*.json"))
     in_wheel = sorted(Path(n).name for n in names if n.startswith("quota/profiles/") and n.endswith(".json"))
     assert in_wheel == shipped
-    for package in ("quant", "kernels", "models", "runtime", "profile", "solvers", "eval", "cli"):
+    for package in ("quant", "kernels", "models", "runtime", "profiling", "solvers", "eval", "cli"):
         assert f"quota/{package}/__init__.py" in names

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from quota.cli.render import bar
-    from quota.profile.io import PROFILE_SCHEMA, Profile
+    from quota.profiling.io import PROFILE_SCHEMA, Profile
     from quota.recipe import RECIPE_SCHEMA, Recipe
 
     path = Path(args.file)

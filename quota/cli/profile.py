@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from quota.profile.api import ProfileSettings, profile_testbed
+    from quota.profiling.api import ProfileSettings, profile_testbed
     from quota.quant.config import QuantConfig
 
     if args.validate_only:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from quota.profile.api import validate_testbed_profile
+    from quota.profiling.api import validate_testbed_profile
 
     if args.validate < 3:
         raise ValueError(f"--validate needs at least 3 schedules for a rank correlation, got {args.validate}")

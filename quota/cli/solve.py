@@ -36,7 +36,7 @@ def parse_sweep(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from quota.cli import render
-    from quota.profile.io import Profile
+    from quota.profiling.io import Profile
     from quota.solving import budget_from_keep_tokens, check_budget, shipped_profile_path, solve, summarize
 
     if args.budget is not None and args.keep_tokens is not None:

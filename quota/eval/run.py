@@ -30,7 +30,7 @@ def load_result(path: str | Path) -> EvalResult:
 def calibration_inputs(tokenizer, device, dtype, batch_size: int = 32) -> list[dict]:
     """The calibration split as model inputs (prompts with images): GPTQ and clipping data."""
     from quota.eval.splits import calibration_split
-    from quota.profile.sensitivity import make_batches
+    from quota.profiling.sensitivity import make_batches
 
     return [{"input_ids": b.input_ids, "attention_mask": b.attention_mask, "pixel_values": b.pixel_values}
             for b in make_batches(tokenizer, calibration_split(), batch_size, device, dtype)]

@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from quota.profile.sharding import run_sharded
+from quota.profiling.sharding import run_sharded
 
 ITEMS = [(layer, k) for layer in range(3) for k in (0, 4, 8, 16)]
 
@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     import torch.distributed as dist
-    from quota.profile.sharding import init_from_env, run_sharded, world
+    from quota.profiling.sharding import init_from_env, run_sharded, world
     assert init_from_env("gloo")
     items = [(layer, k) for layer in range(3) for k in (0, 4, 8, 16)]
     out = run_sharded(items, lambda it: {"damage": (it[0] + 1) * (16 - it[1]) ** 2 / 256, "rank": world()[0]},

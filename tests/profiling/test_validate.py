@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from quota.profile.sensitivity import ScheduleDamage
-from quota.profile.validate import check_additivity, predicted_damage, random_schedules
+from quota.profiling.sensitivity import ScheduleDamage
+from quota.profiling.validate import check_additivity, predicted_damage, random_schedules
 from tests.synthetic_profile import synthetic_profile
 
 

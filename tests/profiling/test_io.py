@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from quota.profile.io import Profile, ProfileError
+from quota.profiling.io import Profile, ProfileError
 from tests.synthetic_profile import synthetic_profile
 
 

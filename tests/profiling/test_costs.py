@@ -1,7 +1,7 @@
 import numpy as np
 from transformers import LlamaConfig
 
-from quota.profile.costs import analytic_costs, kv_bytes_per_token, layer_flops, measure_latency
+from quota.profiling.costs import analytic_costs, kv_bytes_per_token, layer_flops, measure_latency
 from quota.quant.config import BF16, QuantConfig
 
 CFG = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, head_dim=64)
@@ -29,7 +29,7 @@ def test_curves_are_non_decreasing_and_shaped():
 
 
 def test_latency_is_made_monotone(monkeypatch):
-    import quota.profile.costs as costs_mod
+    import quota.profiling.costs as costs_mod
 
     ticks = iter([0.0, 3.0, 0.0, 1.0, 0.0, 4.0])  # start/stop pairs: 3 s, 1 s, 4 s
     monkeypatch.setattr(costs_mod.time, "perf_counter", lambda: next(ticks))

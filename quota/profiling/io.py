@@ -2,7 +2,7 @@
 
 Layout (``schema_version`` 1)::
 
-    {"schema": "quota.profile", "schema_version": 1,
+    {"schema": "quota.profiling", "schema_version": 1,
      "model_id", "model_hash", "data_version", "device", "versions": {torch, transformers, triton, quota},
      "n_layers": L, "n_visual_tokens": N, "grid": [G keep counts, ascending, ending with N],
      "damage": {"kl": [[L x G]], "task_loss": [[L x G]], "per_task": {task: [[L x G]]}},
@@ -26,7 +26,7 @@ import numpy as np
 from quota.atomic import write_json_atomic
 from quota.quant.config import QuantConfig
 
-PROFILE_SCHEMA = "quota.profile"
+PROFILE_SCHEMA = "quota.profiling"
 PROFILE_VERSION = 1
 DAMAGE_KINDS = ("kl", "task_loss")
 

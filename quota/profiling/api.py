@@ -1,5 +1,5 @@
 """``profile``: sensitivity and cost curves of a model under its deployed quantization (the Python form of
-``quota profile``), written as a :class:`quota.profile.io.Profile`."""
+``quota profile``), written as a :class:`quota.profiling.io.Profile`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from quota import __version__
-from quota.profile.costs import analytic_costs, measure_latency
-from quota.profile.io import Profile
-from quota.profile.sensitivity import DamageMeter, make_batches, measure_grid, per_layer_contributions, prune_from_schedule
-from quota.profile.sharding import clear_partials, init_from_env, run_sharded, world
+from quota.profiling.costs import analytic_costs, measure_latency
+from quota.profiling.io import Profile
+from quota.profiling.sensitivity import DamageMeter, make_batches, measure_grid, per_layer_contributions, prune_from_schedule
+from quota.profiling.sharding import clear_partials, init_from_env, run_sharded, world
 from quota.quant.config import QuantConfig
 from quota.solvers import default_grid
 
@@ -187,7 +187,7 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
     stored in the profile's ``extra["additivity"]`` (the file is rewritten atomically)."""
     from quota.eval.splits import calibration_split, test_split
     from quota.models import testbed
-    from quota.profile.validate import check_additivity
+    from quota.profiling.validate import check_additivity
     from quota.quant.quantize import quantize_model
 
     profile = Profile.load(profile_path)
@@ -206,3 +206,18 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
     data["extra"] = {**data.get("extra", {}), "additivity": report}
     Profile.from_dict(data).save(profile_path)
     return report
+
+
+def profile(
+    model: str = "testbed", output: str | Path | None = None, quant: QuantConfig | None = None, grid_steps: int = 32,
+    batch_size: int = 64, resume: bool = False, device: str | None = None, limit: int | None = None,
+    latency: bool = True,
+) -> Profile | None:
+    """The Python form of ``quota profile``: profile ``model`` (the testbed) under ``quant`` (default W4A4 GPTQ
+    + rotation + KV4 on the deployed kernels) and write the profile to ``output`` atomically."""
+    if model != "testbed":
+        raise ValueError(f"unknown model {model!r}; supported: testbed")
+    if not isinstance(grid_steps, int) or grid_steps < 1:
+        raise ValueError(f"grid_steps must be a positive integer, got {grid_steps!r}")
+    settings = ProfileSettings(grid_steps=grid_steps, batch_size=batch_size, latency=latency)
+    return profile_testbed(quant, settings, output, resume, device, limit)

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from quota.profile.api import ProfileSettings, profile_model
-from quota.profile.io import Profile
+from quota.profiling.api import ProfileSettings, profile_model
+from quota.profiling.io import Profile
 from quota.quant.config import QuantConfig
 from quota.quant.quantize import quantize_model
 

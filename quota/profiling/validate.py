@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from quota.profile.io import Profile
-from quota.profile.sensitivity import DamageMeter
+from quota.profiling.io import Profile
+from quota.profiling.sensitivity import DamageMeter
 
 
 @dataclass

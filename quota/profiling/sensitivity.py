@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quota.profile.sharding import item_key
+from quota.profiling.sharding import item_key
 from quota.runtime.generate import PrunedRunner
 
 
@@ -141,7 +141,7 @@ def measure_grid(
 ) -> dict[tuple[int, int], ScheduleDamage] | None:
     """Damage of every prune-from-layer schedule of the grid (``k = N`` is not measured: it is 0).
 
-    ``run_items(items, compute)`` may distribute the items (e.g. :func:`quota.profile.sharding.run_sharded`);
+    ``run_items(items, compute)`` may distribute the items (e.g. :func:`quota.profiling.sharding.run_sharded`);
     it returns ``{item_key(item): value}``, or ``None`` on ranks other than 0, which then return ``None``."""
     items = [(layer, k) for layer in range(n_layers) for k in grid if k < n_visual]
 
