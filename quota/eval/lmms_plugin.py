@@ -62,15 +62,11 @@ class QuotaVLM:
 
             return apply(model, Recipe.load(recipe))
         if baseline is not None:
-            from quota.models.registry import spec_for
-            from quota.runtime.baselines import baseline_plan
-            from quota.runtime.vision import expected_visual_tokens
+            from quota.runtime.baselines import baseline_plan_for
 
             if tokens is None:
                 raise ValueError(f"baseline={baseline} needs tokens=<equivalent visual tokens>")
-            n_layers = len(spec_for(model).layers_of(model))
-            plan = baseline_plan(baseline, float(tokens), expected_visual_tokens(model), n_layers)
-            return apply(model, {"schedule": plan.schedule, "scoring": plan.scoring.to_dict()})
+            return apply(model, baseline_plan_for(model, baseline, tokens))
         return model
 
     # lmms-eval interface --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from quota.atomic import write_json_atomic
 from quota.eval.harness import EvalResult, TaskScore, answer_questions, retention, summarize
 from quota.eval.splits import test_split
 from quota.eval.tasks import TASKS, check_task
+from quota.profiling.sensitivity import calibration_inputs
 from quota.quant.config import QuantConfig
 
 SUPPORTED_MODELS = ("testbed",)
@@ -25,15 +26,6 @@ def load_result(path: str | Path) -> EvalResult:
     d = json.loads(Path(path).read_text())
     tasks = {t: TaskScore(**s) for t, s in d["tasks"].items()}
     return EvalResult(tasks, d["average"], tuple(d["average_ci"]), d.get("data_version", ""), d.get("meta", {}))
-
-
-def calibration_inputs(tokenizer, device, dtype, batch_size: int = 32) -> list[dict]:
-    """The calibration split as model inputs (prompts with images): GPTQ and clipping data."""
-    from quota.eval.splits import calibration_split
-    from quota.profiling.sensitivity import make_batches
-
-    return [{"input_ids": b.input_ids, "attention_mask": b.attention_mask, "pixel_values": b.pixel_values}
-            for b in make_batches(tokenizer, calibration_split(), batch_size, device, dtype)]
 
 
 def prepare_model(model, tokenizer, quant: QuantConfig | None, recipe=None, baseline: str | None = None,
@@ -47,15 +39,11 @@ def prepare_model(model, tokenizer, quant: QuantConfig | None, recipe=None, base
         plan = {"schedule": recipe.schedule, "score_weights": recipe.score_weights}
         quant = quant or recipe.quant_config
     elif baseline is not None:
-        from quota.models.registry import spec_for
-        from quota.runtime.baselines import baseline_plan
-        from quota.runtime.vision import expected_visual_tokens
+        from quota.runtime.baselines import baseline_plan_for
 
         if tokens is None:
             raise ValueError(f"--baseline {baseline} needs --tokens (equivalent visual tokens per layer)")
-        n_layers = len(spec_for(model).layers_of(model))
-        p = baseline_plan(baseline, float(tokens), expected_visual_tokens(model), n_layers)
-        plan = {"schedule": p.schedule, "scoring": p.scoring.to_dict()}
+        plan = baseline_plan_for(model, baseline, tokens)
     else:
         plan = {"schedule": None}
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype

@@ -18,7 +18,8 @@ import torch
 
 from quota.atomic import write_json_atomic, write_text_atomic
 from quota.eval.harness import EvalResult, answer_questions, retention, summarize
-from quota.eval.run import calibration_inputs, load_result
+from quota.eval.run import load_result
+from quota.profiling.sensitivity import calibration_inputs
 from quota.eval.splits import test_split
 from quota.eval.tasks import TASKS
 from quota.quant.config import QuantConfig
@@ -52,9 +53,7 @@ def suite_rows(plans: Sequence[str], budgets: Sequence[float], precisions: Seque
 
 def plan_of(row: Row, model) -> dict | None:
     """The runtime plan (schedule + scoring) of a row, or None for all tokens."""
-    from quota.models.registry import spec_for
-    from quota.runtime.baselines import baseline_plan
-    from quota.runtime.vision import expected_visual_tokens
+    from quota.runtime.baselines import baseline_plan_for
 
     if row.plan == "all":
         return None
@@ -63,10 +62,8 @@ def plan_of(row: Row, model) -> dict | None:
 
         r = Recipe.load(row.plan[len("recipe:"):])
         return {"schedule": r.schedule, "score_weights": r.score_weights}
-    n_layers = len(spec_for(model).layers_of(model))
     name, options = (("fastv", {"form": "keep"}) if row.plan == "fastv_keep" else (row.plan, {}))
-    p = baseline_plan(name, row.tokens, expected_visual_tokens(model), n_layers, **options)
-    return {"schedule": p.schedule, "scoring": p.scoring.to_dict()}
+    return baseline_plan_for(model, name, row.tokens, **options)
 
 
 def run_suite(

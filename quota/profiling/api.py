@@ -15,7 +15,9 @@ import torch
 from quota import __version__
 from quota.profiling.costs import analytic_costs, measure_latency
 from quota.profiling.io import Profile
-from quota.profiling.sensitivity import DamageMeter, make_batches, measure_grid, per_layer_contributions, prune_from_schedule
+from quota.profiling.sensitivity import (
+    DamageMeter, calibration_inputs, make_batches, measure_grid, per_layer_contributions, prune_from_schedule,
+)
 from quota.profiling.sharding import clear_partials, init_from_env, run_sharded, world
 from quota.quant.config import QuantConfig
 from quota.solvers import default_grid
@@ -170,8 +172,7 @@ def profile_testbed(
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tb = testbed.load(device, dtype)
     questions = calibration_split()[:limit] if limit else calibration_split()
-    calib = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask, "pixel_values": b.pixel_values}
-             for b in make_batches(tb.tokenizer, questions, 32, device, dtype)]
+    calib = calibration_inputs(tb.tokenizer, device, dtype, questions=questions)
     model = quantize_model(tb.model, quant, calib, inplace=True)
     return profile_model(model, tb.tokenizer, questions, quant, model_id=testbed.MODEL_ID,
                          model_hash=testbed.model_hash(), data_version=DATA_VERSION, settings=settings,
@@ -185,7 +186,7 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
     The testbed is quantized as the profile says (calibrated on the calibration split), ``count`` random
     feasible schedules are measured on ``questions_per_task`` test questions per task, and the report is
     stored in the profile's ``extra["additivity"]`` (the file is rewritten atomically)."""
-    from quota.eval.splits import calibration_split, test_split
+    from quota.eval.splits import test_split
     from quota.models import testbed
     from quota.profiling.validate import check_additivity
     from quota.quant.quantize import quantize_model
@@ -195,8 +196,7 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tb = testbed.load(device, dtype)
     quant = QuantConfig.from_dict(profile.quant)
-    calib = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask, "pixel_values": b.pixel_values}
-             for b in make_batches(tb.tokenizer, calibration_split(), 32, device, dtype)]
+    calib = calibration_inputs(tb.tokenizer, device, dtype)
     model = quantize_model(tb.model, quant, calib, inplace=True)
     questions = test_split(limit=questions_per_task)
     meter = DamageMeter(model, make_batches(tb.tokenizer, questions, 64, device, dtype), profile.score_weights)

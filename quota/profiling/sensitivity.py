@@ -63,6 +63,16 @@ def make_batches(tokenizer, questions, batch_size: int, device, dtype) -> list[C
     return out
 
 
+def calibration_inputs(tokenizer, device, dtype, batch_size: int = 32, questions=None) -> list[dict]:
+    """Model inputs (prompts with images) of ``questions`` (default: the calibration split), without the
+    answers: the data GPTQ and the clipping searches calibrate on."""
+    from quota.eval.splits import calibration_split
+
+    questions = calibration_split() if questions is None else questions
+    return [{"input_ids": b.input_ids, "attention_mask": b.attention_mask, "pixel_values": b.pixel_values}
+            for b in make_batches(tokenizer, questions, batch_size, device, dtype)]
+
+
 @torch.no_grad()
 def answer_logprobs(runner: PrunedRunner, batch: CalibrationBatch) -> torch.Tensor:
     """float32 log-probabilities ``[B, A, V]`` of each answer position under teacher forcing."""

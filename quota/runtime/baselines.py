@@ -148,3 +148,14 @@ def baseline_plan(name: str, tokens: float, n_visual: int, num_layers: int, **op
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
     return BASELINES[name](tokens, n_visual, num_layers, **options)
+
+
+def baseline_plan_for(model, name: str, tokens: float, **options) -> dict:
+    """The runtime plan (``{"schedule", "scoring"}``, what :func:`quota.runtime.apply.apply` takes) of
+    baseline ``name`` at ``tokens`` equivalent tokens, sized to ``model``'s layers and visual tokens."""
+    from quota.models.registry import spec_for
+    from quota.runtime.vision import expected_visual_tokens
+
+    n_layers = len(spec_for(model).layers_of(model))
+    plan = baseline_plan(name, float(tokens), expected_visual_tokens(model), n_layers, **options)
+    return {"schedule": plan.schedule, "scoring": plan.scoring.to_dict()}
