@@ -19,7 +19,8 @@ import sys
 from typing import Any
 
 import numpy as np
-import torch
+
+from quota.device import placement
 
 MODEL_NAME = "quota"
 
@@ -35,7 +36,7 @@ class QuotaVLM:
                  tokens: float | None = None, device: str | None = None, max_new_tokens: int = 16,
                  batch_size: int = 1, model=None, tokenizer=None, **_: Any) -> None:
         super().__init__()
-        self.device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device_name, dtype = placement(device)
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size_per_gpu = int(batch_size)
         if model is None:
@@ -46,7 +47,6 @@ class QuotaVLM:
                 )
             from quota.models import testbed
 
-            dtype = torch.bfloat16 if self.device_name.startswith("cuda") else torch.float32
             tb = testbed.load(self.device_name, dtype)
             model, tokenizer = tb.model, tb.tokenizer
         self.tokenizer = tokenizer

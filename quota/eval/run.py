@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from quota.atomic import write_json_atomic
+from quota.device import placement
 from quota.eval.harness import EvalResult, TaskScore, answer_questions, retention, summarize
 from quota.eval.splits import test_split
 from quota.eval.tasks import TASKS, check_task
@@ -75,8 +76,8 @@ def evaluate(
         raise ValueError(f"unknown model {model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}")
     tasks = [check_task(t) for t in (tasks or TASKS)]
     refs = {name: (r if isinstance(r, EvalResult) else load_result(r)) for name, r in (references or {}).items()}
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    device, default_dtype = placement(device)
+    dtype = dtype or default_dtype
     from quota.models import testbed
 
     rec = None

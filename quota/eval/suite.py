@@ -17,11 +17,12 @@ from typing import Sequence
 import torch
 
 from quota.atomic import write_json_atomic, write_text_atomic
+from quota.device import placement
 from quota.eval.harness import EvalResult, answer_questions, retention, summarize
 from quota.eval.run import load_result
-from quota.profiling.sensitivity import calibration_inputs
 from quota.eval.splits import test_split
 from quota.eval.tasks import TASKS
+from quota.profiling.sensitivity import calibration_inputs
 from quota.quant.config import QuantConfig
 
 
@@ -76,8 +77,7 @@ def run_suite(
     from quota.runtime.apply import apply
 
     out = Path(out_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    device, dtype = placement(device)
     if model is None:
         from quota.models import testbed
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from quota import __version__
+from quota.device import placement
 from quota.profiling.costs import analytic_costs, measure_latency
 from quota.profiling.io import Profile
 from quota.profiling.sensitivity import (
@@ -166,10 +167,9 @@ def profile_testbed(
 
     init_from_env()
     quant = quant or QuantConfig(impl="auto")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device, dtype = placement(device)
     if device == "cuda" and world()[1] > 1:
         device = f"cuda:{torch.cuda.current_device()}"
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tb = testbed.load(device, dtype)
     questions = calibration_split()[:limit] if limit else calibration_split()
     calib = calibration_inputs(tb.tokenizer, device, dtype, questions=questions)
@@ -192,8 +192,7 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
     from quota.quant.quantize import quantize_model
 
     profile = Profile.load(profile_path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    device, dtype = placement(device)
     tb = testbed.load(device, dtype)
     quant = QuantConfig.from_dict(profile.quant)
     calib = calibration_inputs(tb.tokenizer, device, dtype)

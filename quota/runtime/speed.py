@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from quota.device import placement
+
 
 def llava15_7b_config():
     """LLaVA-1.5-7B: CLIP ViT-L/14 at 336 px (576 tokens), 2-layer GELU projector, Llama-2-7B (32 x 4096)."""
@@ -122,8 +124,7 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
     from quota.runtime.baselines import baseline_plan
     from quota.runtime.generate import PrunedRunner
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    device, dtype = placement(device)
     impl = "triton" if device.startswith("cuda") else "reference"
     model = build_random(arch, device, dtype)
     n, layers = model.config.image_seq_length, model.config.text_config.num_hidden_layers
