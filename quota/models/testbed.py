@@ -58,23 +58,27 @@ def testbed_config(text_config):
 
 
 class NormalizedProjector(nn.Module):
-    """LayerNorm over the vision features, then Llava's two-layer projector.
+    """LayerNorm over the vision features, Llava's two-layer projector, then an RMSNorm whose gain starts at
+    the language model's token-embedding RMS.
 
     Llava feeds the projector the vision tower's last hidden state, which in a CLIP encoder is the raw
     residual stream (no final norm). Trained from scratch, that stream grows (measured: per-token norms
     25 -> 73 while image tokens reached 150x the text embeddings' scale and the language model stopped
-    using them); normalizing it first bounds the scale the projector sees.
+    using them). The input norm bounds what the projector sees; the output norm puts image tokens on the
+    scale of the text embeddings they sit between (``embedding_rms``), and keeps them there while training.
     """
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, embedding_rms: float = 1.0) -> None:
         super().__init__()
         from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
         self.norm = nn.LayerNorm(config.vision_config.hidden_size)
         self.mlp = LlavaMultiModalProjector(config)
+        self.out_norm = nn.RMSNorm(config.text_config.hidden_size, eps=1e-6)
+        nn.init.constant_(self.out_norm.weight, embedding_rms)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm(image_features))  # [B, N, d_vision] -> [B, N, d_text]
+        return self.out_norm(self.mlp(self.norm(image_features)))  # [B, N, d_vision] -> [B, N, d_text]
 
 
 def build_testbed(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -84,7 +88,8 @@ def build_testbed(dtype: torch.dtype = torch.float32, device: str | torch.device
     lm, tokenizer = load_smollm2(dtype, "cpu")
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(testbed_config(lm.config))
-    model.model.multi_modal_projector = NormalizedProjector(model.config)
+    embedding_rms = float(lm.model.embed_tokens.weight.detach().float().pow(2).mean().sqrt())
+    model.model.multi_modal_projector = NormalizedProjector(model.config, embedding_rms)
     model = model.to(dtype)
     model.model.language_model.load_state_dict(lm.model.state_dict())
     model.lm_head.weight.data.copy_(lm.lm_head.weight.data)
