@@ -1,5 +1,9 @@
 """Train the testbed VLM's vision tower, projector and LoRA adapters on the synthetic suite's train stream.
 
+Each training image carries several questions of every task as one conversation (the first turn is the
+evaluation prompt); a per-patch loss on the vision tower and a grounding loss on the image tokens
+(:class:`GroundingHead`) speed up learning.
+
 Runs on one GPU in pieces: ``--minutes`` bounds one run, checkpoints go to ``--ckpt`` and ``--resume``
 continues from there. ``--export DIR`` writes the shipped safetensors and the model card.
 
@@ -22,11 +26,13 @@ import torch.nn.functional as F
 
 from quota.eval.scenes import COLOUR_IDS, SHAPE_IDS
 from quota.eval.font import CHAR_IDS
-from quota.eval.splits import DATA_VERSION, iter_train, load_scene
+from quota.eval.scenes import make_layout, make_scene
+from quota.eval.splits import DATA_VERSION, MAX_INDEX, MAX_STREAMS, scene_seed
+from quota.eval.tasks import TASKS, draw_goal, pose
 from quota.models.lora import add_lora, lora_factors
 from quota.models.testbed import (
-    CARD_FILE, LORA_FILE, MODEL_ID, VISION, VISION_FILE, VISION_GLOB, build_testbed, encode_batch, pixel_values,
-    shard_state_dict,
+    CARD_FILE, LORA_FILE, MODEL_ID, VISION, VISION_FILE, VISION_GLOB, answer_ids, build_testbed, pixel_values,
+    prompt_ids, shard_state_dict,
 )
 
 LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -71,27 +77,73 @@ class GroundingHead(nn.Module):
 
 
 class TrainStream(torch.utils.data.IterableDataset):
-    """Endless (question, answer, image, patch labels) from the train split; one stream per worker."""
+    """Endless training scenes, each with several questions: ``(qa pairs, image, patch labels)``.
 
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
+    A scene's 576 visual tokens cost most of a step, one short answer gives little gradient, so every
+    scene carries ``per_task`` questions of each task (a multi-turn conversation). Scene seeds come from
+    the training namespace (``scene_seed("train", ...)``), never from the calibration or test split; goals
+    are drawn first and re-drawn up to ``GOAL_TRIES`` times when the scene cannot support one.
+    One stream per data-loader worker.
+    """
+
+    GOAL_TRIES = 6
+
+    def __init__(self, seed: int, per_task: int) -> None:
+        self.seed, self.per_task = seed, per_task
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        stream = (self.seed * 1000 + (info.id if info else 0)) % (1 << 20)  # iter_train takes seeds < 2**20
-        for q in iter_train(stream):
-            s = load_scene(q)
+        stream = (self.seed * 1000 + (info.id if info else 0)) % MAX_STREAMS
+        for index in range(MAX_INDEX):
+            seed = scene_seed("train", stream, index, 0)
+            rng = np.random.default_rng((stream, index))
+            layout = make_layout(seed)
+            pairs, seen = [], set()
+            for task in TASKS:
+                for _ in range(self.per_task):
+                    for _ in range(self.GOAL_TRIES):
+                        posed = pose(task, layout, draw_goal(task, rng), rng)
+                        if posed is not None and posed[0] not in seen:  # a repeated question would see its answer
+                            seen.add(posed[0])
+                            pairs.append((posed[0], posed[1]))
+                            break
+            order = rng.permutation(len(pairs))
+            s = make_scene(seed)
             labels = np.stack([s.patch_shape, s.patch_colour, s.patch_char]).reshape(3, -1)  # [3, 576]
-            yield q.question, q.answer, s.image, labels
+            yield [pairs[i] for i in order], s.image, labels
 
 
-def collate(tokenizer):
+def encode_conversation(tokenizer, pairs: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one image with several question/answer turns. The first turn is exactly the
+    evaluation prompt (``prompt_ids``) and answer; labels are -100 except on answer tokens."""
+    ids = prompt_ids(tokenizer, pairs[0][0])
+    labels = [-100] * len(ids)
+    for k, (question, answer) in enumerate(pairs):
+        if k:
+            turn = tokenizer(f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
+                             add_special_tokens=False)["input_ids"]
+            ids, labels = ids + turn, labels + [-100] * len(turn)
+        a = answer_ids(tokenizer, answer)
+        ids, labels = ids + a, labels + a
+    return ids, labels
+
+
+def collate(tokenizer, pad_id: int = 2):
     def fn(items):
-        qs, ans, imgs, labels = zip(*items)
-        batch = encode_batch(tokenizer, list(qs), list(ans))
-        batch["pixel_values"] = pixel_values(np.stack(imgs))
-        batch["patch_labels"] = torch.as_tensor(np.stack(labels))  # [B, 3, 576]
-        return batch
+        rows = [encode_conversation(tokenizer, pairs) for pairs, _, _ in items]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, (ids, lab) in enumerate(rows):  # left padding, as at evaluation
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            mask[i, width - len(ids):] = 1
+            labels[i, width - len(ids):] = torch.tensor(lab)
+        return {
+            "input_ids": input_ids, "attention_mask": mask, "labels": labels,
+            "pixel_values": pixel_values(np.stack([img for _, img, _ in items])),
+            "patch_labels": torch.as_tensor(np.stack([lab for _, _, lab in items])),  # [B, 3, 576]
+        }
     return fn
 
 
@@ -104,6 +156,8 @@ def main() -> None:
     p.add_argument("--aux-weight", type=float, default=1.0)
     p.add_argument("--ground-weight", type=float, default=1.0, help="weight of the GroundingHead loss")
     p.add_argument("--lora-lr-mult", type=float, default=1.0)
+    p.add_argument("--per-task", type=int, default=2, help="questions of each task per training image")
+    p.add_argument("--init", default=None, help="start from exported weights in this folder (fresh optimizer)")
     p.add_argument("--minutes", type=float, default=8.0)
     p.add_argument("--ckpt", default=os.path.expanduser("~/ckpt"))
     p.add_argument("--resume", action="store_true")
@@ -131,6 +185,9 @@ def main() -> None:
         {"params": lora_params, "lr": args.lr * args.lora_lr_mult, "weight_decay": 0.0},
     ], betas=(0.9, 0.98))
     base_lrs = [g["lr"] for g in opt.param_groups]
+    end_id = tok.convert_tokens_to_ids("<|im_end|>")
+    if args.init:
+        load_init(model, Path(args.init))
     step, log = 0, []
     ckpt = Path(args.ckpt) / "train_state.pt"
     if args.resume and ckpt.is_file():
@@ -143,7 +200,7 @@ def main() -> None:
         step, log = state["step"], state["log"]
         print(f"resumed at step {step}", flush=True)
 
-    loader = torch.utils.data.DataLoader(TrainStream(args.seed + step), batch_size=args.batch,
+    loader = torch.utils.data.DataLoader(TrainStream(args.seed + step, args.per_task), batch_size=args.batch,
                                          num_workers=args.workers, collate_fn=collate(tok), persistent_workers=False,
                                          prefetch_factor=4 if args.workers else None)
     model.train()
@@ -187,7 +244,7 @@ def main() -> None:
         step += 1
         if step % 25 == 0:
             rate = (step - step0) / (time.time() - t_train)  # this piece only (step0 > 0 after --resume)
-            acc = answer_accuracy(answer_logits.detach(), targets, scored)
+            acc = answer_accuracy(answer_logits.detach(), targets[scored], end_id)
             entry = {"step": step, "lm_loss": float(lm_loss.detach()), "aux_loss": float(aux_loss.detach()),
                      "ground_loss": float(ground_loss.detach()), "answer_acc": acc, "lr_mult": mult}
             log.append(entry)
@@ -202,15 +259,27 @@ def main() -> None:
         export(model, lm, args, step, log, time.time() - start)
 
 
-def answer_accuracy(answer_logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor) -> float:
-    """Fraction of rows whose every answer token is the argmax under teacher forcing.
+def answer_accuracy(answer_logits: torch.Tensor, answer_targets: torch.Tensor, end_id: int) -> float:
+    """Teacher-forced accuracy on answer tokens other than the end-of-turn token: ``answer_logits`` ``[n, V]``,
+    ``answer_targets`` ``[n]``."""
+    content = answer_targets != end_id
+    return float((answer_logits.argmax(-1) == answer_targets)[content].float().mean())
 
-    ``answer_logits`` ``[n, V]`` are the logits at the ``n`` True places of ``scored`` ``[B, S]`` (row-major),
-    ``targets`` ``[B, S]`` the tokens they predict.
-    """
-    wrong = torch.zeros_like(scored)
-    wrong[scored] = answer_logits.argmax(-1) != targets[scored]
-    return float(1.0 - wrong.any(dim=1).float().mean())
+
+def load_init(model, folder: Path) -> None:
+    """Copy exported weights (vision tower and projector shards, LoRA factors) into a model being trained."""
+    from safetensors.torch import load_file
+
+    vision = {k: v.float() for f in sorted(folder.glob(VISION_GLOB)) for k, v in load_file(f).items()}
+    missing = set(vision) - set(model.state_dict())
+    if not vision or missing:
+        raise ValueError(f"--init {folder}: no vision shards, or keys the model lacks: {sorted(missing)[:3]}")
+    model.load_state_dict(vision, strict=False)
+    for key, value in load_file(folder / LORA_FILE).items():
+        path, name = key.rsplit(".", 1)  # "<linear path>", "lora_A" | "lora_B"
+        delta = model.get_submodule(path).parametrizations.weight[0]
+        getattr(delta, name).data.copy_(value.float())
+    print(f"initialised from {folder}", flush=True)
 
 
 def export(model, lm, args, step, log, seconds) -> None:
