@@ -71,8 +71,10 @@ def run_suite(
     out_dir: str | Path, plans: Sequence[str], budgets: Sequence[float], quant: QuantConfig | None = None,
     limit: int | None = None, tasks: Sequence[str] | None = None, batch_size: int = 64, device: str | None = None,
     precisions: Sequence[str] = ("bf16", "lowbit"), resume: bool = False, model=None, tokenizer=None,
+    weights_dir: str | Path | None = None,
 ) -> dict[str, EvalResult]:
-    """Evaluate every row; returns ``{row name: result}`` and writes ``<row>.json`` files and ``suite.md``."""
+    """Evaluate every row; returns ``{row name: result}`` and writes ``<row>.json`` files and ``suite.md``.
+    Without ``model``, the testbed is loaded from ``weights_dir`` (default: the shipped weights)."""
     from quota.quant.quantize import needs_calibration, quantize_model
     from quota.runtime.apply import apply
 
@@ -81,7 +83,7 @@ def run_suite(
     if model is None:
         from quota.models import testbed
 
-        tb = testbed.load(device, dtype)
+        tb = testbed.load(device, dtype, weights_dir)
         model, tokenizer = tb.model, tb.tokenizer
     quant = quant or QuantConfig(impl="auto")
     questions = [q for t in (tasks or TASKS) for q in test_split(t, limit)]

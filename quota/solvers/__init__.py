@@ -14,22 +14,45 @@ infeasible problem raises ``InfeasibleError`` stating the least achievable cost 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from quota.solvers.constraints import FEAS_RTOL, CostCap, FixedLayer, LinearConstraint, MinKeepBefore
-from quota.solvers.cpsat import solve_cpsat
 from quota.solvers.dp import solve_dp
 from quota.solvers.greedy import solve_greedy
-from quota.solvers.mip import solve_mip
 from quota.solvers.problem import COST_KINDS, AllocationProblem, ProblemError, default_grid
-from quota.solvers.relax import solve_relax, solve_sweep
 from quota.solvers.solution import InfeasibleError, Solution, UnsupportedFeatureError
 
+_BACKEND_FUNCTIONS = {  # name -> module that imports OR-Tools or cvxpy at its top
+    "solve_cpsat": "quota.solvers.cpsat",
+    "solve_mip": "quota.solvers.mip",
+    "solve_relax": "quota.solvers.relax",
+    "solve_sweep": "quota.solvers.relax",
+}
+
+
+def _backend(name: str) -> Callable[..., Any]:
+    """A function of a backend module, imported on first call."""
+
+    def call(*args: Any, **kw: Any) -> Any:
+        return getattr(importlib.import_module(_BACKEND_FUNCTIONS[name]), name)(*args, **kw)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def __getattr__(name: str) -> Any:
+    """``from quota.solvers import solve_cpsat`` (etc.) imports the backend module then."""
+    if name in _BACKEND_FUNCTIONS:
+        return getattr(importlib.import_module(_BACKEND_FUNCTIONS[name]), name)
+    raise AttributeError(f"module 'quota.solvers' has no attribute {name!r}")
+
+
 SOLVERS: dict[str, Callable[..., Solution]] = {
-    "cpsat": solve_cpsat,
-    "mip": solve_mip,
-    "relax": solve_relax,
+    "cpsat": _backend("solve_cpsat"),
+    "mip": _backend("solve_mip"),
+    "relax": _backend("solve_relax"),
     "dp": solve_dp,
     "greedy": solve_greedy,
 }
