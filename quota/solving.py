@@ -15,18 +15,23 @@ from quota.recipe import BUDGET_KINDS, Recipe
 from quota.solvers import AllocationProblem, Solution
 from quota.solvers import solve as run_solver
 
-DEFAULT_PROFILE = "testbed_h100.json"
+DEFAULT_PROFILES = ("testbed_h100.json", "testbed_cpu.json")
+"""Shipped testbed profiles in order of preference: measured on the H100 under the Triton kernels, else
+measured on a CPU under the reference low-bit path."""
 
 
-def shipped_profile_path(name: str = DEFAULT_PROFILE) -> Path:
-    """Path of a profile shipped in the ``quota.profiles`` package data."""
-    path = Path(str(resources.files("quota.profiles").joinpath(name)))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no shipped profile named {name!r} (looked in {path.parent}); measure one with "
-            f"`quota profile -o profile.json` and pass `--profile profile.json`"
-        )
-    return path
+def shipped_profile_path(name: str | None = None) -> Path:
+    """Path of the profile ``name`` shipped in the ``quota.profiles`` package data; without ``name``, the
+    first of ``DEFAULT_PROFILES`` that is shipped."""
+    folder = Path(str(resources.files("quota.profiles")))
+    names = (name,) if name else DEFAULT_PROFILES
+    for candidate in names:
+        if (folder / candidate).is_file():
+            return folder / candidate
+    raise FileNotFoundError(
+        f"no shipped profile named {' or '.join(map(repr, names))} (looked in {folder}); measure one with "
+        f"`quota profile -o profile.json` and pass `--profile profile.json`"
+    )
 
 
 def check_budget(budget: float) -> float:

@@ -84,3 +84,20 @@ def test_inspect_shows_recipe_and_profile(tmp_path, profile_path, capsys):
     assert "recipe" in capsys.readouterr().out
     assert main(["inspect", str(profile_path)]) == 0
     assert "profile" in capsys.readouterr().out
+
+
+def test_default_profile_is_the_first_shipped_one_in_preference_order():
+    from pathlib import Path
+
+    import pytest
+
+    from quota.solving import DEFAULT_PROFILES, shipped_profile_path
+
+    shipped = [n for n in DEFAULT_PROFILES if (Path(__file__).parents[2] / "profiles" / n).is_file()]
+    if shipped:
+        assert shipped_profile_path().name == shipped[0]
+    else:
+        with pytest.raises(FileNotFoundError, match="testbed_h100.json"):
+            shipped_profile_path()
+    with pytest.raises(FileNotFoundError, match="'nope.json'.*quota profile"):
+        shipped_profile_path("nope.json")
