@@ -59,6 +59,7 @@ PREFILL = [  # b, hq, hkv, t, length, s_cap, d, bits, gs, dtype, padded
     (1, 2, 2, 17, 17, 20, 96, 4, 32, torch.float16, False),
     (2, 6, 2, 33, 50, 64, 64, 8, 64, torch.bfloat16, True),
     (1, 3, 3, 17, 64, 64, 128, 4, 64, torch.float32, True),
+    (2, 4, 2, 9, 9, 12, 16, 4, 16, torch.float32, True),  # the runtime tests' tiny Llama: head_dim 16, fp32
 ]
 
 
@@ -76,6 +77,7 @@ DECODE = [  # b, hq, hkv, length, s_cap, d, bits, gs, dtype, padded
     (2, 6, 2, 50, 64, 64, 8, 64, torch.bfloat16, True),
     (3, 3, 1, 70, 80, 96, 4, 32, torch.float16, True),
     (1, 4, 4, 21, 21, 128, 4, 64, torch.float32, False),
+    (2, 4, 2, 13, 16, 16, 4, 16, torch.float32, True),  # head_dim 16, fp32
 ]
 
 

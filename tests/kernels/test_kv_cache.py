@@ -35,7 +35,8 @@ def _equal_with_nan(a, b):
     "b,h,t,d,s_cap,start,bits,gs,clip,dtype",
     [(1, 1, 1, 64, 8, 7, 4, 64, 1.0, torch.bfloat16), (2, 3, 5, 64, 16, 3, 4, 32, 1.0, torch.float16),
      (1, 2, 17, 96, 40, 20, 4, 32, 0.9, torch.float32), (2, 1, 7, 128, 9, 2, 8, 64, 1.0, torch.bfloat16),
-     (3, 2, 33, 64, 33, 0, 8, 16, 0.95, torch.float32), (1, 4, 3, 96, 5, 1, 4, 32, 1.0, torch.bfloat16)],
+     (3, 2, 33, 64, 33, 0, 8, 16, 0.95, torch.float32), (1, 4, 3, 96, 5, 1, 4, 32, 1.0, torch.bfloat16),
+     (2, 2, 9, 16, 12, 1, 4, 16, 1.0, torch.float32)],  # the runtime tests' tiny Llama: head_dim 16
 )  # fmt: skip
 def test_write_is_bit_exact_and_in_place(b, h, t, d, s_cap, start, bits, gs, clip, dtype):
     x = _x((b, h, t, d), dtype, seed=t * 10 + d)
