@@ -14,6 +14,7 @@ COMMANDS = {
     "solve": "quota.cli.solve",
     "inspect": "quota.cli.inspect",
     "profile": "quota.cli.profile",
+    "apply": "quota.cli.apply",
 }
 
 
