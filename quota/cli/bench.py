@@ -18,14 +18,14 @@ def register(subparsers) -> None:
     kernels.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     kernels.set_defaults(func=run_kernels)
     e2e = sub.add_parser("e2e", help="time to first token, decode speed and memory of a VLM-shaped model")
-    e2e.add_argument("--arch", default="llava-1.5-7b", help="architecture (random weights): llava-1.5-7b, tiny-llava")
+    e2e.add_argument("--arch", default="llava-1.5-7b", help="architecture (random weights): llava-1.5-7b, qwen2-vl-7b, tiny-llava, tiny-qwen2-vl")
     e2e.add_argument("--batches", nargs="*", type=int, default=[1, 16])
     e2e.add_argument("--prompt-tokens", type=int, default=64)
     e2e.add_argument("--new-tokens", type=int, default=512)
     e2e.add_argument("--budget", type=float, default=0.3, help="pruned variant's mean keep ratio (default 0.3)")
     e2e.add_argument("--recipe", default=None, help="use this recipe's schedule for the pruned variant")
     e2e.add_argument("--repeats", type=int, default=3)
-    e2e.add_argument("--out", type=Path, default=None, help="write bench_e2e.json and bench_e2e.md here")
+    e2e.add_argument("--out", type=Path, default=None, help="write bench_e2e_<arch>.json and .md here")
     e2e.set_defaults(func=run_e2e)
     bench.set_defaults(func=lambda args: bench.print_help() or 0)
 
@@ -68,7 +68,8 @@ def run_e2e(args: argparse.Namespace) -> int:
     if args.out is not None:
         from quota.atomic import write_json_atomic, write_text_atomic
 
-        write_json_atomic(args.out / "bench_e2e.json", {"device": device, "rows": [r.to_dict() for r in rows]})
-        write_text_atomic(args.out / "bench_e2e.md", text)
+        stem = f"bench_e2e_{args.arch}"
+        write_json_atomic(args.out / f"{stem}.json", {"device": device, "arch": args.arch, "rows": [r.to_dict() for r in rows]})
+        write_text_atomic(args.out / f"{stem}.md", text)
     print(text)
     return 0

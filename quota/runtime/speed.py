@@ -44,7 +44,44 @@ def tiny_llava_config():
                        image_seq_length=16)
 
 
-ARCHITECTURES: dict[str, Callable] = {"llava-1.5-7b": llava15_7b_config, "tiny-llava": tiny_llava_config}
+def qwen2_vl_7b_config():
+    """Qwen2-VL-7B: 675M ViT (32 blocks x 1280, patch 14, 2 x 2 merge), Qwen2-7B text model (28 x 3584, GQA 28/4,
+    M-RoPE sections 16/24/24)."""
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+                         rms_norm_eps=1e-6, rope_theta=1e6, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+                         bos_token_id=151643, eos_token_id=151645),
+        vision_config=dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        bos_token_id=151643, eos_token_id=151645,
+    )
+
+
+def tiny_qwen2_vl_config():
+    """A few-layer Qwen2-VL-shaped config for tests (16 visual tokens: an 8 x 8 patch grid merged 2 x 2)."""
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        text_config=dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=4,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=250, video_token_id=251, vision_start_token_id=252, vision_end_token_id=253,
+        bos_token_id=1, eos_token_id=2,
+    )
+
+
+ARCHITECTURES: dict[str, Callable] = {
+    "llava-1.5-7b": llava15_7b_config, "qwen2-vl-7b": qwen2_vl_7b_config,
+    "tiny-llava": tiny_llava_config, "tiny-qwen2-vl": tiny_qwen2_vl_config,
+}
+VISUAL_TOKENS = {"llava-1.5-7b": 576, "qwen2-vl-7b": 576, "tiny-llava": 16, "tiny-qwen2-vl": 16}
+"""Visual tokens of the one image per sample (Qwen2-VL: a 48 x 48 patch grid, 672 px, merged 2 x 2 to 576)."""
 
 
 @dataclass
@@ -62,27 +99,47 @@ class SpeedRow:
 
 
 def build_random(arch: str, device: str, dtype: torch.dtype):
-    from transformers import LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
     config = ARCHITECTURES[arch]()
+    cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else LlavaForConditionalGeneration
     torch.manual_seed(0)
     with torch.device(device):
-        model = LlavaForConditionalGeneration(config)
+        model = cls(config)
     return model.to(dtype).eval()
 
 
-def inputs(model, batch: int, prompt_tokens: int, device: str, dtype: torch.dtype):
-    """``input_ids`` ``[B, N + prompt]`` (the image span first) and random ``pixel_values``."""
+def inputs(model, batch: int, prompt_tokens: int, n_visual: int, device: str, dtype: torch.dtype):
+    """``(input_ids [B, S], attention_mask [B, S], pixel_values, vision_inputs)`` for one image of ``n_visual``
+    tokens per sample followed by ``prompt_tokens`` random text tokens.
+
+    LLaVA: the image span first, ``pixel_values`` ``[B, 3, H, W]``. Qwen2-VL: vision start, the image span,
+    vision end, then the text; ``pixel_values`` are the flattened patches ``[B * g * g, 3 * 2 * p * p]`` of a
+    ``g x g`` patch grid (``g = 2 sqrt(n_visual)``) and ``vision_inputs`` holds ``image_grid_thw`` ``[B, 3]``.
+    """
     cfg = model.config
-    n = cfg.image_seq_length
     g = torch.Generator().manual_seed(1)
-    text = torch.randint(1, cfg.image_token_id - 1, (batch, prompt_tokens), generator=g)
-    ids = torch.cat([torch.full((batch, n), cfg.image_token_id), text], dim=1).to(device)
+    low = 3
+    high = min(cfg.image_token_id, getattr(cfg, "vision_start_token_id", cfg.image_token_id)) - 1
+    text = torch.randint(low, high, (batch, prompt_tokens), generator=g)
+    image = torch.full((batch, n_visual), cfg.image_token_id)
+    if cfg.model_type == "qwen2_vl":
+        grid = 2 * round(n_visual ** 0.5)
+        if (grid // 2) ** 2 != n_visual:
+            raise ValueError(f"Qwen2-VL speed inputs need a square number of visual tokens, got {n_visual}")
+        start = torch.full((batch, 1), cfg.vision_start_token_id)
+        end = torch.full((batch, 1), cfg.vision_end_token_id)
+        ids = torch.cat([start, image, end, text], dim=1).to(device)
+        v = cfg.vision_config
+        pixels = torch.randn(batch * grid * grid, v.in_channels * v.temporal_patch_size * v.patch_size**2, generator=g)
+        extra = {"image_grid_thw": torch.tensor([[1, grid, grid]] * batch, device=device)}
+        return ids, torch.ones_like(ids), pixels.to(device, dtype), extra
+    ids = torch.cat([image, text], dim=1).to(device)
     size = cfg.vision_config.image_size
     pixels = torch.randn(batch, 3, size, size, generator=g).to(device, dtype)
-    return ids, torch.ones_like(ids), pixels
+    return ids, torch.ones_like(ids), pixels, {}
 
 
 def _sync(device: str) -> None:
@@ -90,15 +147,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(runner, ids, mask, pixels, new_tokens: int, repeats: int, device: str) -> tuple[float, float, float, float]:
-    """(ttft seconds, decode tokens/s, peak GiB, KV MiB) medians over ``repeats``."""
+def measure(runner, ids, mask, pixels, extra: dict, new_tokens: int, repeats: int,
+            device: str) -> tuple[float, float, float, float]:  # fmt: skip
+    """(ttft seconds, decode tokens/s, peak GiB, KV MiB) medians over ``repeats``; ``extra``: vision inputs."""
     ttfts, rates, kv = [], [], 0.0
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     for _ in range(repeats + 1):  # the first run warms up (compilation, autotuning)
         _sync(device)
         t0 = time.perf_counter()
-        logits, state = runner.prefill(ids, mask, pixels, reserve=new_tokens)
+        logits, state = runner.prefill(ids, mask, pixels, reserve=new_tokens, **extra)
         token = logits.argmax(-1)
         _sync(device)
         t1 = time.perf_counter()
@@ -127,22 +185,24 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
     device, dtype = placement(device)
     impl = "triton" if device.startswith("cuda") else "reference"
     model = build_random(arch, device, dtype)
-    n, layers = model.config.image_seq_length, model.config.text_config.num_hidden_layers
+    n, layers = VISUAL_TOKENS[arch], model.config.text_config.num_hidden_layers
     full = [n] * layers
     pruned = list(schedule) if schedule is not None else list(baseline_plan("pyramiddrop", budget * n, n, layers).schedule)
     weights = {"attn_last": 1.0, "magnitude": 0.1}
     rows = []
     for b in batches:  # bf16 first: the model is then quantized in place
-        ids, mask, pixels = inputs(model, b, prompt_tokens, device, dtype)
+        ids, mask, pixels, extra = inputs(model, b, prompt_tokens, n, device, dtype)
         r = PrunedRunner(model, full, weights, impl="reference")
-        rows.append(SpeedRow("bf16, all tokens", b, float(n), *_scaled(measure(r, ids, mask, pixels, new_tokens, repeats, device))))
+        rows.append(SpeedRow("bf16, all tokens", b, float(n),
+                             *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device))))
     quant = QuantConfig(weight_method="rtn", w_clip_search=False, a_clip_search=False, impl=impl)
     qmodel = quantize_model(model, quant, None, inplace=True)
     for b in batches:
-        ids, mask, pixels = inputs(qmodel, b, prompt_tokens, device, dtype)
+        ids, mask, pixels, extra = inputs(qmodel, b, prompt_tokens, n, device, dtype)
         for name, sched in (("W4A4+KV4, all tokens", full), (f"W4A4+KV4, schedule at {budget:g}", pruned)):
             r = PrunedRunner(qmodel, sched, weights, impl=impl)
-            rows.append(SpeedRow(name, b, sum(sched) / layers, *_scaled(measure(r, ids, mask, pixels, new_tokens, repeats, device))))
+            rows.append(SpeedRow(name, b, sum(sched) / layers,
+                                 *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device))))
     return rows
 
 
