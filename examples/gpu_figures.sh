@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every figure of the README that needs a GPU, one section at a time (each fits a 10-minute slot on one H100,
+# except where noted). Usage: examples/gpu_figures.sh SECTION OUT_DIR
+#   tests    GPU runs of the kernel and runtime tests (about 3 minutes)
+#   e2e      end-to-end speed and memory, LLaVA-1.5-7B- and Qwen2-VL-7B-shaped models (random weights)
+#   suite    every stage-wise baseline at 64/128/192 equivalent tokens, bf16 and W4A4+KV4, 200 questions/task
+#   profile  the testbed profile under W4A4+KV4 (grid of 8 keep counts; --resume continues it) and the
+#            additivity check on 30 random schedules
+#   fpprof   the same profile measured in full precision (for the "what calibrating under the deployed
+#            operators is worth" row)
+#   table    quota's recipes (64, 128, 192 tokens and budget 0.3, from both profiles) on the low-bit testbed
+# Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
+# solves with `--solver dp` (pure Python) so that it runs where they are not installed.
+set -euo pipefail
+section="${1:?section: tests|e2e|suite|profile|fpprof|table}"
+out="${2:?output folder}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+q="python3 -m quota"
+
+case "$section" in
+  tests)
+    timeout 400 python3 -m pytest -q -rf -p no:cacheprovider tests/kernels tests/runtime > "$out/tests_gpu.log" 2>&1 || true
+    tail -15 "$out/tests_gpu.log" ;;
+  e2e)
+    timeout 280 $q bench e2e --arch llava-1.5-7b --out "$out" > "$out/e2e_llava.log" 2>&1 || true
+    timeout 280 $q bench e2e --arch qwen2-vl-7b --out "$out" > "$out/e2e_qwen2vl.log" 2>&1 || true
+    tail -12 "$out"/e2e_*.log ;;
+  suite)
+    timeout 560 $q eval --suite "$out/suite" --limit 200 --resume > "$out/suite.log" 2>&1 || true
+    tail -40 "$out/suite.log" ;;
+  profile)
+    timeout 560 $q profile -o "$out/testbed_h100.json" --grid-steps 8 --resume --validate 30 > "$out/profile.log" 2>&1 || true
+    tail -20 "$out/profile.log" ;;
+  fpprof)
+    printf '{"type": "quota.QuantConfig", "version": 1, "w_bits": 16, "a_bits": 16, "kv_bits": 16, "rotate": false}\n' > "$out/bf16.json"
+    timeout 560 $q profile -o "$out/testbed_h100_fp.json" --quant "$out/bf16.json" --grid-steps 8 --resume --no-latency \
+      > "$out/fpprof.log" 2>&1 || true
+    tail -5 "$out/fpprof.log" ;;
+  table)
+    plans=()
+    for prof in testbed_h100 testbed_h100_fp; do
+      for k in 64 128 192; do
+        $q solve --profile "$out/$prof.json" --solver dp --keep-tokens "$k" -o "$out/recipe_${prof}_k$k.json" > /dev/null
+        plans+=("recipe:$out/recipe_${prof}_k$k.json")
+      done
+      $q solve --profile "$out/$prof.json" --solver dp --budget 0.3 -o "$out/recipe_${prof}_b0.3.json" > /dev/null
+      plans+=("recipe:$out/recipe_${prof}_b0.3.json")
+    done
+    timeout 560 $q eval --suite "$out/suite" --plans "${plans[@]}" --precisions lowbit --limit 200 --resume \
+      > "$out/table.log" 2>&1 || true
+    tail -30 "$out/table.log" ;;
+  *) echo "unknown section $section" >&2; exit 2 ;;
+esac
