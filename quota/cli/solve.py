@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.budget is not None and args.keep_tokens is not None:
         raise ValueError("give --budget or --keep-tokens, not both")
-    profile = Profile.load(args.profile or shipped_profile_path())
+    profile_path = args.profile or shipped_profile_path()
+    profile = Profile.load(profile_path)
+    if not args.json:
+        print(f"profile {Path(profile_path).name}: {profile.model_id}, measured on {profile.device or 'an unrecorded device'}")
     if args.sweep:
         rows = [summarize(solve(profile, b, args.budget_kind, args.solver, args.damage, args.time_limit))
                 for b in parse_sweep(args.sweep)]
