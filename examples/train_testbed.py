@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from quota.eval.scenes import COLOUR_IDS, SHAPE_IDS
+from quota.eval.scenes import COLOUR_IDS, SHAPE_IDS, SIZE_IDS, TEXTURE_IDS
 from quota.eval.font import CHAR_IDS
 from quota.eval.scenes import make_layout, make_scene
 from quota.eval.splits import DATA_VERSION, MAX_INDEX, MAX_STREAMS, scene_seed
@@ -37,14 +37,15 @@ from quota.models.testbed import (
 
 LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-N_CLASSES = (len(SHAPE_IDS) + 1, len(COLOUR_IDS) + 1, len(CHAR_IDS) + 1)
+LABEL_FAMILIES = (SHAPE_IDS, COLOUR_IDS, CHAR_IDS, SIZE_IDS, TEXTURE_IDS)  # per-patch labels, 0 = none
+N_CLASSES = tuple(len(ids) + 1 for ids in LABEL_FAMILIES)
 
 
 class GroundingHead(nn.Module):
     """Per-patch classification of the image tokens against the language model's own word embeddings.
 
-    Class ``c`` of a label family (shape, colour, character) is the word the questions use for it
-    (" star", " red", "7"); its logit is the cosine between the image token and that word's input
+    Class ``c`` of a label family (shape, colour, character, size, texture) is the word the questions use
+    for it (" star", " red", "7", " small", " striped"); its logit is the cosine between the image token and that word's input
     embedding (plus a learned one for "none"). Minimising it pulls each image token towards the words
     describing its patch, so the frozen language model can match question words against image tokens
     the way it matches words in text. Training only; nothing of it is shipped.
@@ -53,9 +54,7 @@ class GroundingHead(nn.Module):
     def __init__(self, embed: torch.Tensor, tokenizer, temperature: float = 10.0) -> None:
         super().__init__()
         families = [
-            [" " + w for w in sorted(SHAPE_IDS, key=SHAPE_IDS.get)],
-            [" " + w for w in sorted(COLOUR_IDS, key=COLOUR_IDS.get)],
-            sorted(CHAR_IDS, key=CHAR_IDS.get),
+            [("" if ids is CHAR_IDS else " ") + w for w in sorted(ids, key=ids.get)] for ids in LABEL_FAMILIES
         ]
         words = []
         for family in families:
@@ -63,7 +62,7 @@ class GroundingHead(nn.Module):
             words.append(F.normalize(embed[ids].detach().float(), dim=-1))  # [C_f, d_text]
         for i, w in enumerate(words):
             self.register_buffer(f"words_{i}", w)
-        self.none = nn.Parameter(torch.randn(len(words), embed.shape[1]) * 0.02)  # [3, d_text]
+        self.none = nn.Parameter(torch.randn(len(words), embed.shape[1]) * 0.02)  # [families, d_text]
         self.temperature = temperature
 
     def forward(self, image_tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -109,7 +108,8 @@ class TrainStream(torch.utils.data.IterableDataset):
                             break
             order = rng.permutation(len(pairs))
             s = make_scene(seed)
-            labels = np.stack([s.patch_shape, s.patch_colour, s.patch_char]).reshape(3, -1)  # [3, 576]
+            labels = np.stack([s.patch_shape, s.patch_colour, s.patch_char, s.patch_size, s.patch_texture])
+            labels = labels.reshape(len(LABEL_FAMILIES), -1)  # [5, 576], in LABEL_FAMILIES order
             yield [pairs[i] for i in order], s.image, labels
 
 
@@ -142,7 +142,7 @@ def collate(tokenizer, pad_id: int = 2):
         return {
             "input_ids": input_ids, "attention_mask": mask, "labels": labels,
             "pixel_values": pixel_values(np.stack([img for _, img, _ in items])),
-            "patch_labels": torch.as_tensor(np.stack([lab for _, _, lab in items])),  # [B, 3, 576]
+            "patch_labels": torch.as_tensor(np.stack([lab for _, _, lab in items])),  # [B, 5, 576]
         }
     return fn
 

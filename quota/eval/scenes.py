@@ -47,6 +47,8 @@ SIZES: dict[str, int] = {"small": 10, "medium": 14, "large": 20}  # bounding-box
 TEXTURES = ("solid", "striped", "dotted")
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(SHAPES)}  # 0 = background
 COLOUR_IDS = {c: i + 1 for i, c in enumerate(COLOURS)}  # 0 = background
+SIZE_IDS = {z: i + 1 for i, z in enumerate(SIZES)}  # 0 = background
+TEXTURE_IDS = {t: i + 1 for i, t in enumerate(TEXTURES)}  # 0 = background
 REGIONS = (
     "top left", "top middle", "top right",
     "middle left", "centre", "middle right",
@@ -139,8 +141,9 @@ class Layout:
 class Scene:
     """A rendered scene: image plus annotation and per-patch labels for the vision tower's auxiliary loss.
 
-    ``patch_shape`` / ``patch_colour`` hold the shape / colour id (``SHAPE_IDS`` / ``COLOUR_IDS``) of the
-    object covering the most pixels of each 8 x 8 patch (at least ``MIN_PATCH_PIXELS``), 0 if none;
+    ``patch_shape`` / ``patch_colour`` / ``patch_size`` / ``patch_texture`` hold the shape / colour / size /
+    texture id (``SHAPE_IDS`` / ``COLOUR_IDS`` / ``SIZE_IDS`` / ``TEXTURE_IDS``) of the object covering the
+    most pixels of each 8 x 8 patch (at least ``MIN_PATCH_PIXELS``), 0 if none;
     ``patch_char`` the ``font.CHAR_IDS`` id of the character whose ``char_boxes`` cell covers the most
     pixels of the patch (same threshold). Ties go to the earlier object / character.
     """
@@ -150,6 +153,8 @@ class Scene:
     patch_shape: np.ndarray  # [24, 24] int64
     patch_colour: np.ndarray  # [24, 24] int64
     patch_char: np.ndarray  # [24, 24] int64
+    patch_size: np.ndarray  # [24, 24] int64
+    patch_texture: np.ndarray  # [24, 24] int64
 
     @property
     def seed(self) -> int:
@@ -527,6 +532,8 @@ def render_scene(layout: Layout) -> Scene:
 
     patch_shape = np.zeros((GRID, GRID), dtype=np.int64)  # [24, 24]
     patch_colour = np.zeros((GRID, GRID), dtype=np.int64)  # [24, 24]
+    patch_size = np.zeros((GRID, GRID), dtype=np.int64)  # [24, 24]
+    patch_texture = np.zeros((GRID, GRID), dtype=np.int64)  # [24, 24]
     best = np.zeros((GRID, GRID), dtype=np.int32)  # [24, 24] pixel count of the current label
     for o in layout.objects:
         x0, y0, x1, y1 = o.bbox
@@ -539,6 +546,8 @@ def render_scene(layout: Layout) -> Scene:
         win, rows, cols = _claim(best, counts, py0, px0)
         patch_shape[rows, cols][win] = SHAPE_IDS[o.shape]
         patch_colour[rows, cols][win] = COLOUR_IDS[o.colour]
+        patch_size[rows, cols][win] = SIZE_IDS[o.size]
+        patch_texture[rows, cols][win] = TEXTURE_IDS[o.texture]
 
     patch_char = np.zeros((GRID, GRID), dtype=np.int64)  # [24, 24]
     best_char = np.zeros((GRID, GRID), dtype=np.int32)
@@ -553,7 +562,7 @@ def render_scene(layout: Layout) -> Scene:
             win, rows, cols = _claim(best_char, counts, py0, px0)
             patch_char[rows, cols][win] = font.CHAR_IDS[ch]
 
-    return Scene(layout, img, patch_shape, patch_colour, patch_char)
+    return Scene(layout, img, patch_shape, patch_colour, patch_char, patch_size, patch_texture)
 
 
 def make_scene(seed: int) -> Scene:

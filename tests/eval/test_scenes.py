@@ -9,8 +9,8 @@ import pytest
 
 from quota.eval import font
 from quota.eval.scenes import (
-    CELL, COLOURS, GRID, IMAGE_SIZE, MIN_PATCH_PIXELS, PATCH, SHAPE_IDS, SHAPES, SIZES, COLOUR_IDS, TEXTURES,
-    dark_shade, encode_png, make_layout, make_scene, render_scene, shape_mask, texture_mask,
+    CELL, COLOURS, GRID, IMAGE_SIZE, MIN_PATCH_PIXELS, PATCH, SHAPE_IDS, SHAPES, SIZE_IDS, SIZES, COLOUR_IDS,
+    TEXTURE_IDS, TEXTURES, dark_shade, encode_png, make_layout, make_scene, render_scene, shape_mask, texture_mask,
 )
 from quota.eval.splits import DATA_VERSION, scene_seed
 
@@ -56,7 +56,7 @@ def test_rejects_negative_or_non_integer_seed():
 def test_image_and_label_shapes(scenes):
     for sc in scenes:
         assert sc.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and sc.image.dtype == np.uint8
-        for lab in (sc.patch_shape, sc.patch_colour, sc.patch_char):
+        for lab in (sc.patch_shape, sc.patch_colour, sc.patch_char, sc.patch_size, sc.patch_texture):
             assert lab.shape == (GRID, GRID) == (24, 24) and lab.dtype == np.int64
 
 
@@ -141,6 +141,8 @@ def test_patch_labels_match_an_independent_recount(scenes):
             obj_ids[y0:y1, x0:x1][shape_mask(o.shape, x1 - x0)] = k
         assert np.array_equal(sc.patch_shape, _expected_labels(obj_ids, [SHAPE_IDS[o.shape] for o in sc.objects]))
         assert np.array_equal(sc.patch_colour, _expected_labels(obj_ids, [COLOUR_IDS[o.colour] for o in sc.objects]))
+        assert np.array_equal(sc.patch_size, _expected_labels(obj_ids, [SIZE_IDS[o.size] for o in sc.objects]))
+        assert np.array_equal(sc.patch_texture, _expected_labels(obj_ids, [TEXTURE_IDS[o.texture] for o in sc.objects]))
         char_ids = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.int32)
         chars = [(ch, box) for t in sc.texts for ch, box in zip(t.text, t.char_boxes)]
         for k, (_, (x0, y0, x1, y1)) in enumerate(chars, start=1):
