@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="testbed", choices=("testbed",))
     p.add_argument("--weights", default=None, help="folder of testbed weights (default: the shipped ones)")
     p.add_argument("--questions", type=int, default=5, help="test questions to answer, spread over the tasks")
+    p.add_argument("--calibration", type=int, default=None, metavar="N",
+                   help="calibrate the low-bit model on the first N calibration questions (default: all 256; "
+                        "GPTQ on a CPU takes minutes per 16 questions)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print the answers and the run as JSON")
     p.set_defaults(func=run)
@@ -35,17 +38,18 @@ def spread_questions(count: int):
 def run(args: argparse.Namespace) -> int:
     from quota.device import placement
     from quota.eval.harness import answer_questions
-    from quota.eval.run import prepare_model
+    from quota.eval.run import check_calibration_limit, prepare_model
     from quota.eval.tasks import score
     from quota.models import testbed
     from quota.recipe import Recipe
 
+    check_calibration_limit(args.calibration)
     recipe = Recipe.load(args.recipe, model_id=testbed.MODEL_ID)
     questions = spread_questions(args.questions)
     device, dtype = placement(args.device)
     tb = testbed.load(device, dtype, args.weights)
     same_weights = recipe.model_hash == testbed.model_hash(args.weights)
-    model = prepare_model(tb.model, tb.tokenizer, None, recipe)
+    model = prepare_model(tb.model, tb.tokenizer, None, recipe, calibration_limit=args.calibration)
     predictions = answer_questions(model, tb.tokenizer, questions, batch_size=len(questions), progress=False)
     runner = getattr(model, "runner", None)
     kept = [int(k.shape[-1]) for k in runner.kept_indices] if runner is not None and runner.kept_indices else None

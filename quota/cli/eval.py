@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="questions per task (default: all)")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--calibration", type=int, default=None, metavar="N",
+                   help="calibrate the low-bit model on the first N calibration questions (default: all 256)")
     p.add_argument("--weights", default=None, help="folder of testbed weights (default: the shipped ones)")
     p.add_argument("--ref-bf16", default=None, help="result JSON of bf16 with all tokens (for retention)")
     p.add_argument("--ref-lowbit", default=None, help="result JSON of the same low-bit model with all tokens")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     refs = {k: v for k, v in (("bf16_all_tokens", args.ref_bf16), ("lowbit_all_tokens", args.ref_lowbit)) if v}
     result = evaluate(args.model, args.tasks, args.limit, args.device, None, args.batch_size, args.weights,
                       args.output, quant=parse_quant(args.quant), recipe=args.recipe, baseline=args.baseline,
-                      tokens=args.tokens, references=refs)
+                      tokens=args.tokens, references=refs, calibration_limit=args.calibration)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

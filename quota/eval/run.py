@@ -29,9 +29,17 @@ def load_result(path: str | Path) -> EvalResult:
     return EvalResult(tasks, d["average"], tuple(d["average_ci"]), d.get("data_version", ""), d.get("meta", {}))
 
 
+def check_calibration_limit(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--calibration must be a number of calibration questions >= 1, got {limit!r}")
+    return limit
+
+
 def prepare_model(model, tokenizer, quant: QuantConfig | None, recipe=None, baseline: str | None = None,
-                  tokens: float | None = None):
-    """Quantize (``quant``, or the recipe's config) and attach pruning (the recipe's or a baseline's plan)."""
+                  tokens: float | None = None, calibration_limit: int | None = None):
+    """Quantize (``quant``, or the recipe's config) and attach pruning (the recipe's or a baseline's plan).
+    Calibration uses the first ``calibration_limit`` questions of the calibration split (default: all 256)."""
+    check_calibration_limit(calibration_limit)
     from quota.runtime.apply import apply
 
     if recipe is not None and baseline is not None:
@@ -50,7 +58,11 @@ def prepare_model(model, tokenizer, quant: QuantConfig | None, recipe=None, base
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     from quota.quant.quantize import needs_calibration
 
-    calib = calibration_inputs(tokenizer, device, dtype) if quant is not None and needs_calibration(quant) else None
+    calib = None
+    if quant is not None and needs_calibration(quant):
+        from quota.eval.splits import calibration_split
+
+        calib = calibration_inputs(tokenizer, device, dtype, questions=calibration_split()[:calibration_limit])
     return apply(model, {**plan, "quant": quant.to_dict() if quant is not None else None}, calib)
 
 
@@ -69,12 +81,14 @@ def evaluate(
     baseline: str | None = None,
     tokens: float | None = None,
     references: dict[str, str | Path | EvalResult] | None = None,
+    calibration_limit: int | None = None,
 ) -> EvalResult:
     """Accuracy on the test split (``limit`` questions per task) with 95% intervals; with ``references``
     (name -> result or result file), the retention against each."""
     if model_name not in SUPPORTED_MODELS:
         raise ValueError(f"unknown model {model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}")
     tasks = [check_task(t) for t in (tasks or TASKS)]
+    check_calibration_limit(calibration_limit)
     refs = {name: (r if isinstance(r, EvalResult) else load_result(r)) for name, r in (references or {}).items()}
     device, default_dtype = placement(device)
     dtype = dtype or default_dtype
@@ -86,7 +100,7 @@ def evaluate(
 
         rec = Recipe.load(recipe, model_id=testbed.MODEL_ID)
     tb = testbed.load(device, dtype, weights_dir)
-    model = prepare_model(tb.model, tb.tokenizer, quant, rec, baseline, tokens)
+    model = prepare_model(tb.model, tb.tokenizer, quant, rec, baseline, tokens, calibration_limit)
     questions = [q for t in tasks for q in test_split(t, limit)]
     start = time.time()
     answers = answer_questions(model, tb.tokenizer, questions, batch_size, progress=progress)
@@ -101,6 +115,7 @@ def evaluate(
         "schedule": list(runner.schedule) if runner is not None else None,
         "equivalent_tokens": (sum(runner.schedule) / len(runner.schedule)) if runner is not None else testbed.N_VISUAL_TOKENS,
         "questions_per_task": limit,
+        "calibration_questions": calibration_limit,  # None: the whole calibration split (when calibrated)
         "seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
     }

@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 
 from quota.eval.harness import bootstrap_ci, retention, summarize
@@ -61,3 +62,29 @@ def test_recipe_for_another_model_is_refused(tmp_path):
                   score_weights={}, quant=QuantConfig().to_dict()).save(tmp_path / "r.json")
     with pytest.raises(RecipeError, match="not 'quota-testbed"):
         evaluate(recipe=path, limit=1)
+
+
+def test_calibration_limit_takes_a_prefix_of_the_calibration_split(monkeypatch):
+    import importlib
+
+    import quota.eval.run as run
+
+    apply_module = importlib.import_module("quota.runtime.apply")  # the package re-exports the function as `apply`
+    from quota.eval.splits import calibration_split
+    from quota.quant.config import QuantConfig
+
+    seen = {}
+
+    def fake_inputs(tokenizer, device, dtype, batch_size=32, questions=None):
+        seen["questions"] = questions
+        return ["batch"]
+
+    monkeypatch.setattr(run, "calibration_inputs", fake_inputs)
+    monkeypatch.setattr(apply_module, "apply", lambda model, plan, calib: (model, calib))
+    model = torch.nn.Linear(2, 2)
+    out = run.prepare_model(model, None, QuantConfig(), calibration_limit=3)
+    assert out == (model, ["batch"])
+    assert [q.qid for q in seen["questions"]] == [q.qid for q in calibration_split()[:3]]
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="--calibration"):
+            run.prepare_model(model, None, QuantConfig(), calibration_limit=bad)
