@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--questions", type=int, default=5, help="test questions to answer, spread over the tasks")
     p.add_argument("--calibration", type=int, default=None, metavar="N",
                    help="calibrate the low-bit model on the first N calibration questions (default: all 256; "
-                        "GPTQ on a CPU takes minutes per 16 questions)")
+                        "GPTQ over all of them is slow on a CPU)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print the answers and the run as JSON")
     p.set_defaults(func=run)
