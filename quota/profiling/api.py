@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -61,6 +62,27 @@ def calibrate_score_weights(meter: DamageMeter, n_layers: int, n_visual: int, se
     return best["weights"], search
 
 
+def report(message: str) -> None:
+    """One progress line on stderr (rank-prefixed under torchrun), flushed so that logs survive a timeout."""
+    rank, size = world()
+    print(f"[quota profile{f' rank {rank}' if size > 1 else ''}] {message}", file=sys.stderr, flush=True)
+
+
+def progress_reporter(label: str, every_s: float = 30.0) -> Callable[[int, int], None]:
+    """``on_item(done, total)`` that reports progress and a time estimate at most every ``every_s`` seconds
+    (and at the last item)."""
+    start, last = time.time(), [0.0]
+
+    def on_item(done: int, total: int) -> None:
+        now = time.time()
+        if done == total or now - last[0] >= every_s:
+            last[0] = now
+            left = (now - start) / done * (total - done)
+            report(f"{label}: {done}/{total} in {now - start:.0f} s, about {left:.0f} s left")
+
+    return on_item
+
+
 def profile_model(
     model, tokenizer, questions, quant: QuantConfig, *, model_id: str, model_hash: str, data_version: str,
     settings: ProfileSettings | None = None, output: str | Path | None = None, resume: bool = False,
@@ -83,12 +105,15 @@ def profile_model(
 
     meter = DamageMeter(model, batches, dict(settings.score_candidates[0]), impl=settings.impl)
     t0 = time.time()
+    report(f"calibrating score weights ({len(settings.score_candidates)} candidates, {len(questions)} questions)")
     weights, search = calibrate_score_weights(meter, n_layers, n_visual, settings)
+    report(f"score weights {weights} after {time.time() - t0:.0f} s; measuring the grid")
     meter.score_weights = weights
     t_weights = time.time() - t0
 
     stem = Path(output).with_suffix("") if output is not None else None
-    runner = (lambda items, fn: run_sharded(items, fn, stem, resume)) if stem is not None else None
+    on_item = progress_reporter("grid items")
+    runner = (lambda items, fn: run_sharded(items, fn, stem, resume, on_item)) if stem is not None else None
     t0 = time.time()
     grid_results = measure_grid(meter, n_layers, n_visual, grid, runner)
     t_grid = time.time() - t0
