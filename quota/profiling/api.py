@@ -224,7 +224,8 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
     model = quantize_model(tb.model, quant, calib, inplace=True)
     questions = test_split(limit=questions_per_task)
     meter = DamageMeter(model, make_batches(tb.tokenizer, questions, 64, device, dtype), profile.score_weights)
-    report = check_additivity(profile, meter, count, seed).to_dict()
+    result = check_additivity(profile, meter, count, seed, on_item=progress_reporter("additivity schedules"))
+    report = result.to_dict()
     report["questions"] = len(questions)
     data = profile.to_dict()
     data["extra"] = {**data.get("extra", {}), "additivity": report}

@@ -5,6 +5,7 @@ reported as a Spearman rank correlation."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -48,13 +49,17 @@ def predicted_damage(profile: Profile, schedule, damage: str = "kl") -> float:
     return float(sum(curve[layer, profile.grid.index(k)] for layer, k in enumerate(schedule)))
 
 
-def check_additivity(profile: Profile, meter: DamageMeter, count: int = 30, seed: int = 0, damage: str = "kl") -> AdditivityReport:
-    """Measure ``count`` random schedules with ``meter`` and correlate with the profile's prediction."""
+def check_additivity(profile: Profile, meter: DamageMeter, count: int = 30, seed: int = 0, damage: str = "kl",
+                     on_item: Callable[[int, int], None] | None = None) -> AdditivityReport:  # fmt: skip
+    """Measure ``count`` random schedules with ``meter`` and correlate with the profile's prediction;
+    ``on_item(done, total)`` is called after each schedule."""
     schedules = random_schedules(profile, count, seed)
     predicted = [predicted_damage(profile, s, damage) for s in schedules]
     measured = []
-    for s in schedules:
+    for i, s in enumerate(schedules):
         d = meter.measure(s, profile.n_visual_tokens)
         measured.append(d.kl if damage == "kl" else d.task_loss)
+        if on_item is not None:
+            on_item(i + 1, len(schedules))
     rho, p = spearmanr(predicted, measured)
     return AdditivityReport([list(s) for s in schedules], predicted, measured, float(rho), float(p), damage)
