@@ -31,8 +31,8 @@ from quota.eval.splits import DATA_VERSION, MAX_INDEX, MAX_STREAMS, scene_seed
 from quota.eval.tasks import TASKS, draw_goal, pose
 from quota.models.lora import add_lora, lora_factors
 from quota.models.testbed import (
-    CARD_FILE, LORA_FILE, MODEL_ID, VISION, VISION_FILE, VISION_GLOB, answer_ids, build_testbed, pixel_values,
-    prompt_ids, shard_state_dict,
+    CARD_FILE, LORA_FILE, MODEL_ID, VISION, VISION_FILE, VISION_GLOB, answer_ids, build_testbed, left_pad,
+    pixel_values, prompt_ids, shard_state_dict, vision_weights,
 )
 
 LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -131,16 +131,8 @@ def encode_conversation(tokenizer, pairs: list[tuple[str, str]]) -> tuple[list[i
 def collate(tokenizer, pad_id: int = 2):
     def fn(items):
         rows = [encode_conversation(tokenizer, pairs) for pairs, _, _ in items]
-        width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        for i, (ids, lab) in enumerate(rows):  # left padding, as at evaluation
-            input_ids[i, width - len(ids):] = torch.tensor(ids)
-            mask[i, width - len(ids):] = 1
-            labels[i, width - len(ids):] = torch.tensor(lab)
         return {
-            "input_ids": input_ids, "attention_mask": mask, "labels": labels,
+            **left_pad([ids for ids, _ in rows], [lab for _, lab in rows], pad_id),  # as at evaluation
             "pixel_values": pixel_values(np.stack([img for _, img, _ in items])),
             "patch_labels": torch.as_tensor(np.stack([lab for _, _, lab in items])),  # [B, 5, 576]
         }
@@ -270,7 +262,7 @@ def load_init(model, folder: Path) -> None:
     """Copy exported weights (vision tower and projector shards, LoRA factors) into a model being trained."""
     from safetensors.torch import load_file
 
-    vision = {k: v.float() for f in sorted(folder.glob(VISION_GLOB)) for k, v in load_file(f).items()}
+    vision = {k: v.float() for k, v in vision_weights(folder).items()}
     missing = set(vision) - set(model.state_dict())
     if not vision or missing:
         raise ValueError(f"--init {folder}: no vision shards, or keys the model lacks: {sorted(missing)[:3]}")

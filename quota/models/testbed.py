@@ -127,7 +127,7 @@ def load(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
         )
     card = json.loads((folder / CARD_FILE).read_text())
     model, tokenizer = build_testbed(torch.float32, "cpu")
-    vision = {k: v for shard in shards for k, v in load_file(shard).items()}
+    vision = vision_weights(folder)
     expected = {k for k in model.state_dict() if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
     if set(vision) != expected:
         raise ValueError(
@@ -138,6 +138,13 @@ def load(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
     lora = load_file(folder / LORA_FILE)
     merge_lora(model, lora, float(card["lora"]["alpha"]) / float(card["lora"]["rank"]))
     return Testbed(model.to(device=device, dtype=dtype).eval(), tokenizer, card)
+
+
+def vision_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The vision tower and projector tensors of the shards in ``folder``, keyed as in the model's state dict."""
+    from safetensors.torch import load_file
+
+    return {k: v for shard in sorted(Path(folder).glob(VISION_GLOB)) for k, v in load_file(shard).items()}
 
 
 def shard_state_dict(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
@@ -188,6 +195,15 @@ def encode_batch(tokenizer, questions: list[str], answers: list[str] | None = No
             ids, lab = ids + a, lab + a
         rows.append(ids)
         labels.append(lab)
+    out = left_pad(rows, labels, pad_id)
+    if answers is None:
+        del out["labels"]
+    return out
+
+
+def left_pad(rows: list[list[int]], labels: list[list[int]], pad_id: int = 2) -> dict[str, torch.Tensor]:
+    """``input_ids``, ``attention_mask`` and ``labels`` ``[B, S]`` of token rows (and their per-token labels,
+    ``-100`` where unscored), padded on the left to the longest row, as generation expects."""
     width = max(map(len, rows))
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -196,10 +212,7 @@ def encode_batch(tokenizer, questions: list[str], answers: list[str] | None = No
         input_ids[i, width - len(ids):] = torch.tensor(ids)
         mask[i, width - len(ids):] = 1
         label_t[i, width - len(ids):] = torch.tensor(lab)
-    out = {"input_ids": input_ids, "attention_mask": mask}
-    if answers is not None:
-        out["labels"] = label_t
-    return out
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t}
 
 
 def model_hash(weights_dir: str | Path | None = None) -> str:
