@@ -9,10 +9,13 @@
 #   fpprof   the same profile measured in full precision (for the "what calibrating under the deployed
 #            operators is worth" row)
 #   table    quota's recipes (64, 128, 192 tokens and budget 0.3, from both profiles) on the low-bit testbed
+#   pipeline profile, suite, fpprof, validation and table in one go (about 20 minutes), several processes
+#            sharing the GPU (the testbed is small, its forward launch-bound): meant to run detached
+#            (setsid) on a warm machine while other calls go on; writes OUT_DIR/pipeline.done at the end
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
-section="${1:?section: tests|e2e|suite|profile|fpprof|table}"
+section="${1:?section: tests|e2e|suite|profile|fpprof|table|pipeline}"
 out="${2:?output folder}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -50,5 +53,42 @@ case "$section" in
     timeout 560 $q eval --suite "$out/suite" --plans "${plans[@]}" --precisions lowbit --limit 200 --resume \
       > "$out/table.log" 2>&1 || true
     tail -30 "$out/table.log" ;;
+  pipeline)
+    ranks="${RANKS:-4}"
+    baselines=(fastv pyramiddrop sparsevlm visionzip random)
+    printf '{"type": "quota.QuantConfig", "version": 1, "w_bits": 16, "a_bits": 16, "kv_bits": 16, "rotate": false}\n' > "$out/bf16.json"
+    date +"%T profile (W4A4+KV4) on $ranks ranks" >> "$out/pipeline.log"
+    timeout 1200 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main profile -o "$out/testbed_h100.json" \
+      --grid-steps 8 --resume > "$out/profile.log" 2>&1 || true
+    date +"%T validation, suite, full-precision profile" >> "$out/pipeline.log"
+    timeout 1200 $q profile -o "$out/testbed_h100.json" --validate 30 --validate-only > "$out/validate.log" 2>&1 &
+    timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions bf16 > "$out/suite_bf16.log" 2>&1 &
+    timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions lowbit --plans fastv pyramiddrop sparsevlm \
+      > "$out/suite_lowbit1.log" 2>&1 &
+    timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions lowbit --plans visionzip random \
+      > "$out/suite_lowbit2.log" 2>&1 &
+    timeout 1200 torchrun --standalone --nproc_per_node 3 -m quota.cli.main profile -o "$out/testbed_h100_fp.json" \
+      --quant "$out/bf16.json" --grid-steps 8 --resume --no-latency > "$out/fpprof.log" 2>&1 &
+    wait
+    timeout 300 $q eval --suite "$out/suite" --limit 200 --resume > "$out/suite.log" 2>&1 || true
+    date +"%T table" >> "$out/pipeline.log"
+    mkdir -p "$out/table" && cp "$out"/suite/lowbit__*.json "$out"/suite/bf16__all.json "$out/table/"
+    all=()
+    for prof in testbed_h100 testbed_h100_fp; do
+      plans=()
+      for k in 64 128 192; do
+        $q solve --profile "$out/$prof.json" --solver dp --keep-tokens "$k" -o "$out/recipe_${prof}_k$k.json" > /dev/null
+        plans+=("recipe:$out/recipe_${prof}_k$k.json")
+      done
+      $q solve --profile "$out/$prof.json" --solver dp --budget 0.3 -o "$out/recipe_${prof}_b0.3.json" > /dev/null
+      plans+=("recipe:$out/recipe_${prof}_b0.3.json")
+      all+=("${plans[@]}")
+      timeout 1200 $q eval --suite "$out/table" --plans "${plans[@]}" --precisions lowbit --limit 200 --resume \
+        > "$out/table_$prof.log" 2>&1 &
+    done
+    wait
+    timeout 300 $q eval --suite "$out/table" --plans "${baselines[@]}" "${all[@]}" --precisions lowbit --limit 200 \
+      --resume > "$out/table.log" 2>&1 || true
+    date +"%T done" >> "$out/pipeline.log" && touch "$out/pipeline.done" ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
 esac

@@ -42,6 +42,9 @@ class Row:
 
 
 def suite_rows(plans: Sequence[str], budgets: Sequence[float], precisions: Sequence[str] = ("bf16", "lowbit")) -> list[Row]:
+    """Every (precision, plan, budget) row, after the all-token row of each precision. The all-token rows of
+    both precisions are always included (those of precisions not asked for come last), since retention is
+    reported against both references."""
     rows = [Row(p, "all") for p in precisions]
     for precision in precisions:
         for plan in plans:
@@ -49,7 +52,7 @@ def suite_rows(plans: Sequence[str], budgets: Sequence[float], precisions: Seque
                 rows.append(Row(precision, plan))
             else:
                 rows += [Row(precision, plan, float(t)) for t in budgets]
-    return rows
+    return rows + [Row(p, "all") for p in ("bf16", "lowbit") if p not in precisions]
 
 
 def plan_of(row: Row, model) -> dict | None:

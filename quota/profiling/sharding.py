@@ -1,5 +1,5 @@
 """The (layer, keep) grid of a profile is embarrassingly parallel: shard it over ``torch.distributed``
-ranks (``torchrun``; NCCL on GPUs, gloo on CPUs), each rank checkpointing what it finished so an
+ranks (``torchrun``; NCCL with one GPU per rank, gloo on CPUs or when ranks share GPUs), each rank checkpointing what it finished so an
 interrupted run resumes, and gather everything on rank 0.
 
 Checkpoint files: ``<stem>.rank<r>of<w>.partial.json``, a JSON object ``{key: value}`` rewritten
@@ -32,10 +32,15 @@ def init_from_env(backend: str | None = None) -> bool:
         return dist.is_initialized()
     import torch
 
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # NCCL needs one GPU per rank; more ranks than GPUs (several processes sharing one GPU, which pays off
+    # for a small model whose forward is launch-bound) gather their results over gloo instead.
+    backend = backend or ("nccl" if gpus >= local_size else "gloo")
     dist.init_process_group(backend)
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if gpus:
+        torch.cuda.set_device(local_rank % gpus)
     return True
 
 

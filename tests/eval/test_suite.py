@@ -27,3 +27,8 @@ def test_suite_runs_writes_and_resumes(small_testbed, tmp_path):
     assert stored["meta"]["quant"] == "W4A4-KV4"
     again = run_suite(tmp_path, resume=True, **kw)  # every row is read back, nothing recomputed
     assert again["lowbit/random@64"].average == results["lowbit/random@64"].average
+
+
+def test_rows_of_one_precision_still_end_with_both_references():
+    names = [r.name for r in suite_rows(["fastv"], [64], precisions=["lowbit"])]
+    assert names == ["lowbit/all", "lowbit/fastv@64", "bf16/all"]
