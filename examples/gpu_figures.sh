@@ -11,7 +11,8 @@
 #   table    quota's recipes (64, 128, 192 tokens and budget 0.3, from both profiles) on the low-bit testbed
 #   pipeline profile, suite, fpprof, validation and table in one go (about 20 minutes), several processes
 #            sharing the GPU (the testbed is small, its forward launch-bound): meant to run detached
-#            (setsid) on a warm machine while other calls go on; writes OUT_DIR/pipeline.done at the end
+#            (setsid) on a warm machine while other calls go on; writes OUT_DIR/pipeline.done at the end.
+#            Finished pieces already in OUT_DIR (profiles, suite rows) are kept, so seeding it resumes the run.
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
@@ -58,17 +59,18 @@ case "$section" in
     baselines=(fastv pyramiddrop sparsevlm visionzip random)
     printf '{"type": "quota.QuantConfig", "version": 1, "w_bits": 16, "a_bits": 16, "kv_bits": 16, "rotate": false}\n' > "$out/bf16.json"
     date +"%T profile (W4A4+KV4) on $ranks ranks" >> "$out/pipeline.log"
-    timeout 1200 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main profile -o "$out/testbed_h100.json" \
-      --grid-steps 8 --resume > "$out/profile.log" 2>&1 || true
+    [ -f "$out/testbed_h100.json" ] || timeout 1200 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main \
+      profile -o "$out/testbed_h100.json" --grid-steps 8 --resume > "$out/profile.log" 2>&1 || true
     date +"%T validation, suite, full-precision profile" >> "$out/pipeline.log"
     timeout 1200 $q profile -o "$out/testbed_h100.json" --validate 30 --validate-only > "$out/validate.log" 2>&1 &
     timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions bf16 > "$out/suite_bf16.log" 2>&1 &
-    timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions lowbit --plans fastv pyramiddrop sparsevlm \
-      > "$out/suite_lowbit1.log" 2>&1 &
-    timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions lowbit --plans visionzip random \
-      > "$out/suite_lowbit2.log" 2>&1 &
-    timeout 1200 torchrun --standalone --nproc_per_node 3 -m quota.cli.main profile -o "$out/testbed_h100_fp.json" \
-      --quant "$out/bf16.json" --grid-steps 8 --resume --no-latency > "$out/fpprof.log" 2>&1 &
+    for plans in "fastv pyramiddrop" "sparsevlm visionzip" "random"; do
+      timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions lowbit --plans $plans \
+        > "$out/suite_lowbit_${plans%% *}.log" 2>&1 &
+    done
+    [ -f "$out/testbed_h100_fp.json" ] || timeout 1200 torchrun --standalone --nproc_per_node 3 -m quota.cli.main \
+      profile -o "$out/testbed_h100_fp.json" --quant "$out/bf16.json" --grid-steps 8 --resume --no-latency \
+      > "$out/fpprof.log" 2>&1 &
     wait
     timeout 300 $q eval --suite "$out/suite" --limit 200 --resume > "$out/suite.log" 2>&1 || true
     date +"%T table" >> "$out/pipeline.log"

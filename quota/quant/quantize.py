@@ -99,10 +99,11 @@ def _build_linear(
     bias = linear.bias.detach() if linear.bias is not None else None
     module = QuantLinear.from_quantized(
         qw, bias, config.a_bits, config.a_clip_ratio, hadamard_block, config.impl, dtype=linear.weight.dtype
-    )
+    ).to(linear.weight.device)
     if config.quantizes_activations and config.a_clip_search and stats is not None and stats.samples:
-        module.a_clip_ratio = _search_act_clip(module, w, torch.cat(stats.samples))  # samples: [n, K], transformed
-    return module.to(linear.weight.device)
+        samples = torch.cat(stats.samples).to(linear.weight.device)  # [n, K], transformed basis
+        module.a_clip_ratio = _search_act_clip(module, w, samples)
+    return module
 
 
 def _linear_targets(spec: ArchSpec, config: QuantConfig, layer: nn.Module) -> dict[str, int | None]:
