@@ -23,7 +23,10 @@ measured on a CPU under the reference low-bit path."""
 def shipped_profile_path(name: str | None = None) -> Path:
     """Path of the profile ``name`` shipped in the ``quota.profiles`` package data; without ``name``, the
     first of ``DEFAULT_PROFILES`` that is shipped."""
-    folder = Path(str(resources.files("quota.profiles")))
+    try:
+        folder = Path(str(resources.files("quota.profiles")))
+    except ModuleNotFoundError:  # run from a source tree that is not installed: the repository's own folder
+        folder = Path(__file__).resolve().parent.parent / "profiles"
     names = (name,) if name else DEFAULT_PROFILES
     for candidate in names:
         if (folder / candidate).is_file():

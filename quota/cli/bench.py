@@ -49,13 +49,14 @@ def run_e2e(args: argparse.Namespace) -> int:
 
     from quota.runtime.speed import run_speed
 
-    schedule = None
+    schedule, source_visual = None, None
     if args.recipe:
         from quota.recipe import Recipe
 
-        schedule = Recipe.load(args.recipe).schedule
+        recipe = Recipe.load(args.recipe)
+        schedule, source_visual = recipe.schedule, recipe.n_visual_tokens
     rows = run_speed(args.arch, args.batches, args.prompt_tokens, args.new_tokens, args.budget, args.repeats,
-                     schedule=schedule)
+                     schedule=schedule, source_visual=source_visual)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     head = "| variant | batch | mean visual tokens | TTFT ms | decode tok/s | peak GiB | KV cache MiB |"
     lines = [f"# End-to-end speed: {args.arch} (random weights) on {device}", "",

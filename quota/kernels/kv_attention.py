@@ -48,6 +48,10 @@ def _cast(v, DOT: tl.constexpr):
 
 @triton.jit
 def _dot(a, b, acc, DOT: tl.constexpr):
+    """``acc + a @ b`` in float32. ``tl.dot`` needs an inner dimension of at least 16; a narrower one (the
+    even/odd halves of head_dim 16 are 8 wide) is a broadcast multiply and a sum instead."""
+    if a.shape[1] < 16:
+        return acc + tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
     if DOT == 0:
         return tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float32)
     else:

@@ -172,11 +172,25 @@ def measure(runner, ids, mask, pixels, extra: dict, new_tokens: int, repeats: in
     return med(ttfts), med(rates), peak, kv
 
 
+def resample_schedule(schedule: Sequence[int], layers: int, n_visual: int, source_visual: int) -> list[int]:
+    """A per-layer keep schedule carried to a model of ``layers`` layers and ``n_visual`` visual tokens: layer
+    ``i`` takes the keep ratio of the source layer at the same relative depth (``floor(i * L_src / layers)``),
+    rounded to tokens. Non-increasing schedules stay non-increasing."""
+    if not schedule:
+        raise ValueError("the schedule to resample is empty")
+    if any(not 0 <= k <= source_visual for k in schedule):
+        raise ValueError(f"schedule entries must lie in [0, {source_visual}], got {list(schedule)}")
+    src = len(schedule)
+    return [round(schedule[i * src // layers] / source_visual * n_visual) for i in range(layers)]
+
+
 def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prompt_tokens: int = 64,
               new_tokens: int = 512, budget: float = 0.3, repeats: int = 3, device: str | None = None,
-              schedule: Sequence[int] | None = None) -> list[SpeedRow]:
+              schedule: Sequence[int] | None = None, source_visual: int | None = None) -> list[SpeedRow]:
     """bf16 all tokens, W4A4 + KV4 all tokens, W4A4 + KV4 with ``schedule`` (default: the PyramidDrop-shaped
-    schedule at ``budget`` of the visual tokens), each at every batch size, in one process."""
+    schedule at ``budget`` of the visual tokens), each at every batch size, in one process. A ``schedule`` of
+    another layer count (a recipe solved for the testbed) is resampled by relative depth
+    (:func:`resample_schedule`; ``source_visual``: its visual-token count, default this model's)."""
     from quota.quant.config import QuantConfig
     from quota.quant.quantize import quantize_model
     from quota.runtime.baselines import baseline_plan
@@ -186,8 +200,12 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
     impl = "triton" if device.startswith("cuda") else "reference"
     model = build_random(arch, device, dtype)
     n, layers = VISUAL_TOKENS[arch], model.config.text_config.num_hidden_layers
+    source_visual = source_visual or n
     full = [n] * layers
-    pruned = list(schedule) if schedule is not None else list(baseline_plan("pyramiddrop", budget * n, n, layers).schedule)
+    if schedule is not None:
+        pruned = list(schedule) if len(schedule) == layers else resample_schedule(schedule, layers, n, source_visual)
+    else:
+        pruned = list(baseline_plan("pyramiddrop", budget * n, n, layers).schedule)
     weights = {"attn_last": 1.0, "magnitude": 0.1}
     rows = []
     for b in batches:  # bf16 first: the model is then quantized in place

@@ -35,3 +35,26 @@ def test_qwen2_vl_7b_config_matches_the_published_numbers():
         3584, 18944, 28, 28, 4)
     assert (v.depth, v.embed_dim, v.patch_size, v.spatial_merge_size) == (32, 1280, 14, 2)
     assert VISUAL_TOKENS["qwen2-vl-7b"] == 576
+
+
+def test_resample_schedule_keeps_ratios_by_relative_depth():
+    import pytest
+
+    from quota.runtime.speed import resample_schedule
+
+    src = [576, 576, 432, 288, 144, 72, 0]
+    out = resample_schedule(src, 14, 16, 576)
+    assert len(out) == 14 and out[:4] == [16, 16, 16, 16] and out[-2:] == [0, 0]
+    assert all(a >= b for a, b in zip(out, out[1:]))
+    assert resample_schedule(src, 7, 576, 576) == src
+    with pytest.raises(ValueError, match="outside|lie in"):
+        resample_schedule([600], 4, 16, 576)
+
+
+def test_e2e_bench_takes_a_testbed_recipe(tmp_path):
+    recipe = tmp_path / "recipe.json"
+    assert main(["solve", "--budget", "0.3", "--solver", "dp", "-o", str(recipe)]) == 0
+    assert main(["bench", "e2e", "--arch", "tiny-llava", "--batches", "1", "--new-tokens", "2",
+                 "--repeats", "1", "--recipe", str(recipe), "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench_e2e_tiny-llava.json").read_text())["rows"]
+    assert rows[1]["schedule_mean"] == 16 and rows[2]["schedule_mean"] < 16 * 0.5
