@@ -29,7 +29,7 @@ case "$section" in
   e2e)
     $q solve --budget 0.3 --solver dp -o "$out/recipe_e2e_b0.3.json" > /dev/null  # the shipped profile's 30% recipe
     for arch in llava-1.5-7b qwen2-vl-7b; do
-      timeout "${E2E_TIMEOUT:-280}" $q bench e2e --arch "$arch" --recipe "$out/recipe_e2e_b0.3.json" --out "$out" \
+      timeout "${E2E_TIMEOUT:-280}" $q bench e2e --arch "$arch" --repeats "${E2E_REPEATS:-3}" --recipe "$out/recipe_e2e_b0.3.json" --out "$out" \
         > "$out/e2e_$arch.log" 2>&1 || true
     done
     tail -12 "$out"/e2e_*.log ;;

@@ -37,7 +37,7 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _cast(v, DOT: tl.constexpr):
-    """Dot operand dtype: 0 float32, 1 bfloat16, 2 float16."""
+    """Dot operand dtype: 0 and 3 float32, 1 bfloat16, 2 float16."""
     if DOT == 1:
         return v.to(tl.bfloat16)
     elif DOT == 2:
@@ -48,11 +48,11 @@ def _cast(v, DOT: tl.constexpr):
 
 @triton.jit
 def _dot(a, b, acc, DOT: tl.constexpr):
-    """``acc + a @ b`` in float32. ``tl.dot`` needs an inner dimension of at least 16; a narrower one (the
-    even/odd halves of head_dim 16 are 8 wide) is a broadcast multiply and a sum instead."""
-    if a.shape[1] < 16:
+    """``acc + a @ b`` in float32. ``DOT`` 3: a broadcast multiply and a sum, for tiles too narrow for
+    ``tl.dot`` (it needs an inner dimension of at least 16; the even/odd halves of head_dim 16 are 8 wide)."""
+    if DOT == 3:
         return acc + tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
-    if DOT == 0:
+    elif DOT == 0:
         return tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float32)
     else:
         return tl.dot(a, b, acc, out_dtype=tl.float32)
@@ -289,7 +289,10 @@ def _asm(bits: int, dtype: torch.dtype, asm: bool | None = None) -> bool:
     return bool(asm) and bits == 4 and dtype == torch.bfloat16 and not INTERPRET
 
 
-def _dot_kind(dtype: torch.dtype) -> int:
+def _dot_kind(dtype: torch.dtype, half_width: int) -> int:
+    """0 float32 ``tl.dot``, 1 bf16, 2 fp16, 3 multiply-and-sum (even/odd halves narrower than 16 columns)."""
+    if half_width < 16:
+        return 3
     if INTERPRET:
         return 0
     return {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0)
@@ -383,7 +386,7 @@ def kv_attention_prefill(
         t, length, s_cap, hq, hkv, sm_scale * _LOG2E,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         HAS_START=kv_start is not None, BITS=bits, D=d, G=groups, GP=next_power_of_2(groups), GS=group_size,
-        DOT=_dot_kind(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
+        DOT=_dot_kind(q.dtype, next_power_of_2(groups) * group_size // 2), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
         ASM=_asm(bits, q.dtype),
     )  # fmt: skip
     return out
@@ -438,7 +441,8 @@ def kv_attention_decode(
         q, part_o, part_ml, *k_cache, *v_cache, kv_start if kv_start is not None else part_ml,
         length, s_cap, hkv, chunk, splits, sm_scale * _LOG2E, q.stride(0), q.stride(1),
         HAS_START=kv_start is not None, GQ=gq, GQP=max(16, next_power_of_2(gq)), BITS=bits, D=d, G=groups,
-        GP=next_power_of_2(groups), GS=group_size, DOT=_dot_kind(q.dtype), BLOCK_N=block_n,
+        GP=next_power_of_2(groups), GS=group_size, DOT=_dot_kind(q.dtype, next_power_of_2(groups) * group_size // 2),
+        BLOCK_N=block_n,
         num_warps=DECODE_WARPS, num_stages=DECODE_STAGES,
         ASM=_asm(bits, q.dtype, asm_dequant),
     )  # fmt: skip

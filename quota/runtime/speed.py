@@ -10,6 +10,7 @@ synchronized around each region.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -153,19 +154,20 @@ def measure(runner, ids, mask, pixels, extra: dict, new_tokens: int, repeats: in
     ttfts, rates, kv = [], [], 0.0
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(repeats + 1):  # the first run warms up (compilation, autotuning)
+    for run in range(repeats + 1):  # run 0 warms up (compilation, autotuning) with a few decode steps only
+        steps = min(new_tokens, 4) if run == 0 else new_tokens
         _sync(device)
         t0 = time.perf_counter()
         logits, state = runner.prefill(ids, mask, pixels, reserve=new_tokens, **extra)
         token = logits.argmax(-1)
         _sync(device)
         t1 = time.perf_counter()
-        for _ in range(new_tokens - 1):
+        for _ in range(steps - 1):
             token = runner.decode_step(token, state).argmax(-1)
         _sync(device)
         t2 = time.perf_counter()
         ttfts.append(t1 - t0)
-        rates.append(ids.shape[0] * (new_tokens - 1) / max(t2 - t1, 1e-9))
+        rates.append(ids.shape[0] * (steps - 1) / max(t2 - t1, 1e-9))
         kv = state.cache.nbytes() / 2**20
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
     med = lambda xs: sorted(xs[1:])[len(xs[1:]) // 2]  # noqa: E731
@@ -213,6 +215,7 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
         r = PrunedRunner(model, full, weights, impl="reference")
         rows.append(SpeedRow("bf16, all tokens", b, float(n),
                              *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device))))
+        _report(rows[-1])
     quant = QuantConfig(weight_method="rtn", w_clip_search=False, a_clip_search=False, impl=impl)
     qmodel = quantize_model(model, quant, None, inplace=True)
     for b in batches:
@@ -221,7 +224,15 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
             r = PrunedRunner(qmodel, sched, weights, impl=impl)
             rows.append(SpeedRow(name, b, sum(sched) / layers,
                                  *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device))))
+            _report(rows[-1])
     return rows
+
+
+def _report(row: SpeedRow) -> None:
+    """One line per measured row on stderr, flushed, so that a run cut short keeps what it measured."""
+    print(f"[quota bench e2e] {row.variant}, batch {row.batch}: TTFT {row.ttft_ms:.1f} ms, "
+          f"{row.decode_tokens_per_s:.1f} tok/s, peak {row.peak_memory_gib:.2f} GiB, KV {row.kv_cache_mib:.1f} MiB",
+          file=sys.stderr, flush=True)
 
 
 def _scaled(values: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
