@@ -37,7 +37,7 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _cast(v, DOT: tl.constexpr):
-    """Dot operand dtype: 0 and 3 float32, 1 bfloat16, 2 float16."""
+    """Dot operand dtype: 0 float32, 1 bfloat16, 2 float16."""
     if DOT == 1:
         return v.to(tl.bfloat16)
     elif DOT == 2:
@@ -48,11 +48,7 @@ def _cast(v, DOT: tl.constexpr):
 
 @triton.jit
 def _dot(a, b, acc, DOT: tl.constexpr):
-    """``acc + a @ b`` in float32. ``DOT`` 3: a broadcast multiply and a sum, for tiles too narrow for
-    ``tl.dot`` (it needs an inner dimension of at least 16; the even/odd halves of head_dim 16 are 8 wide)."""
-    if DOT == 3:
-        return acc + tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
-    elif DOT == 0:
+    if DOT == 0:
         return tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float32)
     else:
         return tl.dot(a, b, acc, out_dtype=tl.float32)
@@ -289,10 +285,13 @@ def _asm(bits: int, dtype: torch.dtype, asm: bool | None = None) -> bool:
     return bool(asm) and bits == 4 and dtype == torch.bfloat16 and not INTERPRET
 
 
-def _dot_kind(dtype: torch.dtype, half_width: int) -> int:
-    """0 float32 ``tl.dot``, 1 bf16, 2 fp16, 3 multiply-and-sum (even/odd halves narrower than 16 columns)."""
-    if half_width < 16:
-        return 3
+def _padded_groups(groups: int, group_size: int) -> int:
+    """Groups per row padded to a power of two and so that the even/odd halves (``GP * GS / 2`` columns) are at
+    least 16 wide, the least inner dimension of ``tl.dot`` (head_dim 16 would give 8). Padded groups load as 0."""
+    return max(next_power_of_2(groups), max(1, 32 // group_size))
+
+
+def _dot_kind(dtype: torch.dtype) -> int:
     if INTERPRET:
         return 0
     return {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0)
@@ -385,8 +384,8 @@ def kv_attention_prefill(
         q, out, *k_cache, *v_cache, kv_start if kv_start is not None else out,
         t, length, s_cap, hq, hkv, sm_scale * _LOG2E,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        HAS_START=kv_start is not None, BITS=bits, D=d, G=groups, GP=next_power_of_2(groups), GS=group_size,
-        DOT=_dot_kind(q.dtype, next_power_of_2(groups) * group_size // 2), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
+        HAS_START=kv_start is not None, BITS=bits, D=d, G=groups, GP=_padded_groups(groups, group_size), GS=group_size,
+        DOT=_dot_kind(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
         ASM=_asm(bits, q.dtype),
     )  # fmt: skip
     return out
@@ -441,8 +440,7 @@ def kv_attention_decode(
         q, part_o, part_ml, *k_cache, *v_cache, kv_start if kv_start is not None else part_ml,
         length, s_cap, hkv, chunk, splits, sm_scale * _LOG2E, q.stride(0), q.stride(1),
         HAS_START=kv_start is not None, GQ=gq, GQP=max(16, next_power_of_2(gq)), BITS=bits, D=d, G=groups,
-        GP=next_power_of_2(groups), GS=group_size, DOT=_dot_kind(q.dtype, next_power_of_2(groups) * group_size // 2),
-        BLOCK_N=block_n,
+        GP=_padded_groups(groups, group_size), GS=group_size, DOT=_dot_kind(q.dtype), BLOCK_N=block_n,
         num_warps=DECODE_WARPS, num_stages=DECODE_STAGES,
         ASM=_asm(bits, q.dtype, asm_dequant),
     )  # fmt: skip
