@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precisions", nargs="*", default=["bf16", "lowbit"], choices=("bf16", "lowbit"),
                    help="suite: which models to run the plans on (default both)")
     p.add_argument("--resume", action="store_true", help="suite: keep rows already written in DIR")
+    p.add_argument("--report-only", action="store_true",
+                   help="suite: evaluate nothing; write suite.md from the rows already in DIR and list the missing")
     p.set_defaults(func=run)
 
 
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
         results = run_suite(args.suite, args.plans, args.budgets, parse_quant(args.quant), args.limit, args.tasks,
                             args.batch_size, args.device, precisions=args.precisions, resume=args.resume,
-                            weights_dir=args.weights)
+                            weights_dir=args.weights, report_only=args.report_only)
         print(markdown(results))
         return 0
     refs = {k: v for k, v in (("bf16_all_tokens", args.ref_bf16), ("lowbit_all_tokens", args.ref_lowbit)) if v}

@@ -74,14 +74,21 @@ def run_suite(
     out_dir: str | Path, plans: Sequence[str], budgets: Sequence[float], quant: QuantConfig | None = None,
     limit: int | None = None, tasks: Sequence[str] | None = None, batch_size: int = 64, device: str | None = None,
     precisions: Sequence[str] = ("bf16", "lowbit"), resume: bool = False, model=None, tokenizer=None,
-    weights_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None, report_only: bool = False,
 ) -> dict[str, EvalResult]:
     """Evaluate every row; returns ``{row name: result}`` and writes ``<row>.json`` files and ``suite.md``.
-    Without ``model``, the testbed is loaded from ``weights_dir`` (default: the shipped weights)."""
+    Without ``model``, the testbed is loaded from ``weights_dir`` (default: the shipped weights). With
+    ``report_only``, nothing is evaluated: ``suite.md`` is written from the rows already in ``out_dir`` and
+    lists the rows that are not there."""
     from quota.quant.quantize import needs_calibration, quantize_model
     from quota.runtime.apply import apply
 
     out = Path(out_dir)
+    if report_only:
+        rows = suite_rows(plans, budgets, precisions)
+        files = {r.name: out / f"{r.file_stem}.json" for r in rows}
+        present = {name: load_result(path) for name, path in files.items() if path.is_file()}
+        return _write_report(out, present, [r.name for r in rows if r.name not in present])
     device, dtype = placement(device)
     if model is None:
         from quota.models import testbed
@@ -115,10 +122,19 @@ def run_suite(
         result = summarize(questions, answers, meta)
         write_json_atomic(path, result.to_dict())
         results[row.name] = result
+    return _write_report(out, results, [])
+
+
+def _write_report(out: Path, results: dict[str, EvalResult], missing: Sequence[str]) -> dict[str, EvalResult]:
+    """Retention against both references, then ``suite.md`` and ``suite.json`` (atomically)."""
     refs = {"bf16_all_tokens": results.get("bf16/all"), "lowbit_all_tokens": results.get("lowbit/all")}
     for result in results.values():
         result.meta["retention"] = {k: retention(result, r) for k, r in refs.items() if r is not None}
-    write_text_atomic(out / "suite.md", markdown(results))
+    text = markdown(results)
+    if missing:
+        text += f"\nNot measured ({len(missing)} row{'s' * (len(missing) != 1)}): {', '.join(missing)}.\n"
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "suite.md", text)
     write_json_atomic(out / "suite.json", {k: r.to_dict() for k, r in results.items()})
     return results
 

@@ -11,7 +11,10 @@ far less. Steps, for every decoder layer and the head:
    embeddings (``E <- E Q``), the stream readers (``W <- W Q``: q/k/v, gate/up, lm_head) and the stream
    writers (``W <- Q^T W``, ``b <- b Q``: o_proj, down_proj);
 3. optionally, a Hadamard of size head_dim is fused per head into v_proj's outputs and o_proj's inputs,
-   so values are quantized in a rotated basis too.
+   so values are quantized in a rotated basis too;
+4. in a VLM, the projector's output (the visual tokens that take the place of image-token embeddings) is
+   rotated too (:class:`RotatedOutput`); without it the image reaches the rotated stream in the wrong basis
+   and the model keeps its text skills but loses the picture.
 
 The online Hadamard on the ``down_proj`` input is not done here: it belongs to the quantized linear
 (:class:`quota.quant.modules.QuantLinear`), which folds ``H`` into its weight and applies it to inputs.
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from quota.models.spec import ArchSpec, get_submodule
+from quota.models.spec import ArchSpec, get_submodule, set_submodule
 from quota.quant.hadamard import hadamard_matrix, is_power_of_two, random_hadamard_rotation
 
 
@@ -36,6 +39,25 @@ class RotationInfo:
     seed: int
     mix_blocks: bool
     value_head_hadamard: bool
+    projector_rotated: bool = False
+
+
+class RotatedOutput(nn.Module):
+    """``inner`` followed by the residual-stream rotation: ``y = inner(x) @ Q`` (``Q`` ``[d, d]``, computed in at
+    least float32). Wraps a VLM projector whose last operation (a norm, say) does not commute with ``Q``, so
+    the rotation cannot be folded into a weight."""
+
+    def __init__(self, inner: nn.Module, rotation: torch.Tensor):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("rotation", rotation.detach().to(torch.float32).clone())  # [d, d]
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        out = self.inner(*args, **kwargs)  # [..., d]
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"RotatedOutput needs a projector that returns a tensor, got {type(out).__name__}")
+        compute = torch.promote_types(out.dtype, torch.float32)
+        return (out.to(compute) @ self.rotation.to(compute)).to(out.dtype)
 
 
 def _set_weight(linear: nn.Linear, value: torch.Tensor) -> None:
@@ -125,4 +147,11 @@ def rotate_language_model(
         if value_head_hadamard and is_power_of_two(head_dim):
             _rotate_value_heads(getattr(attn, lspec.v_proj), getattr(attn, lspec.o_proj), head_dim)
     _rotate_readers([spec.lm_head_of(model)], q)
-    return RotationInfo(hidden, seed, mix_blocks, value_head_hadamard and is_power_of_two(head_dim))
+    projector_rotated = False
+    if spec.projector is not None:
+        projector = get_submodule(model, spec.projector)
+        if isinstance(projector, RotatedOutput):
+            raise ValueError("the projector is already rotated: rotate_language_model was applied twice")
+        set_submodule(model, spec.projector, RotatedOutput(projector, q))
+        projector_rotated = True
+    return RotationInfo(hidden, seed, mix_blocks, value_head_hadamard and is_power_of_two(head_dim), projector_rotated)

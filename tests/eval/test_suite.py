@@ -32,3 +32,16 @@ def test_suite_runs_writes_and_resumes(small_testbed, tmp_path):
 def test_rows_of_one_precision_still_end_with_both_references():
     names = [r.name for r in suite_rows(["fastv"], [64], precisions=["lowbit"])]
     assert names == ["lowbit/all", "lowbit/fastv@64", "bf16/all"]
+
+
+def test_report_only_writes_the_table_of_present_rows_and_names_the_missing(small_testbed, tmp_path):
+    model, tok = small_testbed
+    kw = dict(plans=["random"], budgets=[64], limit=1, tasks=["counting"], batch_size=2, device="cpu",
+              model=model, tokenizer=tok, precisions=["bf16"])
+    run_suite(tmp_path, **kw)
+    (tmp_path / "suite.md").unlink()
+    report = run_suite(tmp_path, plans=["random", "fastv"], budgets=[64], precisions=["bf16"], report_only=True)
+    assert set(report) == {"bf16/all", "bf16/random@64", "lowbit/all"}  # both references are always rows
+    text = (tmp_path / "suite.md").read_text()
+    assert "bf16/random@64" in text and "Not measured (1 row): bf16/fastv@64." in text
+    assert report["bf16/random@64"].meta["retention"]["bf16_all_tokens"] >= 0

@@ -56,3 +56,25 @@ def test_rotation_spreads_massive_activations(smollm2):
     peak = lambda h: float((h.abs().amax(-1) / h.pow(2).mean(-1).sqrt()).max())  # noqa: E731
     assert peak(h_ref) > 15  # massive activation: one channel towers over the token's RMS
     assert peak(h_rot) < peak(h_ref) / 4
+
+
+def test_rotated_vlm_sees_the_same_image():
+    """The visual tokens replace image-token embeddings inside the rotated stream, so the projector's output
+    must be rotated too: with images, the rotated VLM gives the logits of the original."""
+    from quota.quant.rotation import RotatedOutput
+    from tests.runtime.models import left_pad, n_visual, pixels, prompt, tiny_llava
+
+    model = tiny_llava().double()
+    n = n_visual(model)
+    ids, mask = left_pad([prompt(n, 2, 3, 0), prompt(n, 1, 1, 1)])
+    pv = pixels(2, seed=5).double()
+    ref = model(input_ids=ids, attention_mask=mask, pixel_values=pv).logits
+    other = model(input_ids=ids, attention_mask=mask, pixel_values=pixels(2, seed=6).double()).logits
+    rotated = copy.deepcopy(model)
+    info = rotate_language_model(rotated, spec_for(rotated), seed=3)
+    assert info.projector_rotated and isinstance(rotated.model.multi_modal_projector, RotatedOutput)
+    out = rotated(input_ids=ids, attention_mask=mask, pixel_values=pv).logits
+    err = float((out - ref).abs().max())
+    assert err < 1e-4 < float((other - ref).abs().max()), err  # float32 rotation of the visual tokens
+    with pytest.raises(ValueError, match="twice"):
+        rotate_language_model(rotated, spec_for(rotated))
