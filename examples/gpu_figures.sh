@@ -2,7 +2,8 @@
 # Every figure of the README that needs a GPU, one section at a time (each fits a 10-minute slot on one H100,
 # except where noted). Usage: examples/gpu_figures.sh SECTION OUT_DIR
 #   tests    GPU runs of the kernel and runtime tests (about 3 minutes)
-#   e2e      end-to-end speed and memory, LLaVA-1.5-7B- and Qwen2-VL-7B-shaped models (random weights)
+#   e2e      end-to-end speed and memory, LLaVA-1.5-7B- and Qwen2-VL-7B-shaped models (random weights); one
+#            architecture takes about 8 minutes with E2E_REPEATS=1, so give each its own call (E2E_ARCHS=...)
 #   suite    every stage-wise baseline at 64/128/192 equivalent tokens, bf16 and W4A4+KV4, 200 questions/task
 #   profile  the testbed profile under W4A4+KV4 (grid of 8 keep counts; --resume continues it) and the
 #            additivity check on 30 random schedules
@@ -28,8 +29,8 @@ case "$section" in
     tail -15 "$out/tests_gpu.log" ;;
   e2e)
     $q solve --budget 0.3 --solver dp -o "$out/recipe_e2e_b0.3.json" > /dev/null  # the shipped profile's 30% recipe
-    for arch in llava-1.5-7b qwen2-vl-7b; do
-      timeout "${E2E_TIMEOUT:-280}" $q bench e2e --arch "$arch" --repeats "${E2E_REPEATS:-3}" --recipe "$out/recipe_e2e_b0.3.json" --out "$out" \
+    for arch in ${E2E_ARCHS:-llava-1.5-7b qwen2-vl-7b}; do
+      timeout "${E2E_TIMEOUT:-540}" $q bench e2e --arch "$arch" --repeats "${E2E_REPEATS:-3}" --recipe "$out/recipe_e2e_b0.3.json" --out "$out" \
         > "$out/e2e_$arch.log" 2>&1 || true
     done
     tail -12 "$out"/e2e_*.log ;;
