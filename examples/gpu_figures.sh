@@ -23,6 +23,21 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 q="python3 -m quota"
 
+bf16_config() {  # the full-precision QuantConfig of the fpprof rows, written to $out/bf16.json
+  printf '{"type": "quota.QuantConfig", "version": 1, "w_bits": 16, "a_bits": 16, "kv_bits": 16, "rotate": false}\n' \
+    > "$out/bf16.json"
+}
+
+solve_recipes() {  # quota's recipes (64, 128, 192 tokens, budget 0.3) from profile $out/$1.json, into plans=()
+  plans=()
+  for k in 64 128 192; do
+    $q solve --profile "$out/$1.json" --solver dp --keep-tokens "$k" -o "$out/recipe_${1}_k$k.json" > /dev/null
+    plans+=("recipe:$out/recipe_${1}_k$k.json")
+  done
+  $q solve --profile "$out/$1.json" --solver dp --budget 0.3 -o "$out/recipe_${1}_b0.3.json" > /dev/null
+  plans+=("recipe:$out/recipe_${1}_b0.3.json")
+}
+
 case "$section" in
   tests)
     timeout 400 python3 -m pytest -q -rf -p no:cacheprovider tests/kernels tests/runtime > "$out/tests_gpu.log" 2>&1 || true
@@ -41,27 +56,22 @@ case "$section" in
     timeout 560 $q profile -o "$out/testbed_h100.json" --grid-steps 8 --resume --validate 30 > "$out/profile.log" 2>&1 || true
     tail -20 "$out/profile.log" ;;
   fpprof)
-    printf '{"type": "quota.QuantConfig", "version": 1, "w_bits": 16, "a_bits": 16, "kv_bits": 16, "rotate": false}\n' > "$out/bf16.json"
+    bf16_config
     timeout 560 $q profile -o "$out/testbed_h100_fp.json" --quant "$out/bf16.json" --grid-steps 8 --resume --no-latency \
       > "$out/fpprof.log" 2>&1 || true
     tail -5 "$out/fpprof.log" ;;
   table)
-    plans=()
+    all=()
     for prof in testbed_h100 testbed_h100_fp; do
-      for k in 64 128 192; do
-        $q solve --profile "$out/$prof.json" --solver dp --keep-tokens "$k" -o "$out/recipe_${prof}_k$k.json" > /dev/null
-        plans+=("recipe:$out/recipe_${prof}_k$k.json")
-      done
-      $q solve --profile "$out/$prof.json" --solver dp --budget 0.3 -o "$out/recipe_${prof}_b0.3.json" > /dev/null
-      plans+=("recipe:$out/recipe_${prof}_b0.3.json")
+      solve_recipes "$prof" && all+=("${plans[@]}")
     done
-    timeout 560 $q eval --suite "$out/suite" --plans "${plans[@]}" --precisions lowbit --limit 200 --resume \
+    timeout 560 $q eval --suite "$out/suite" --plans "${all[@]}" --precisions lowbit --limit 200 --resume \
       > "$out/table.log" 2>&1 || true
     tail -30 "$out/table.log" ;;
   pipeline)
     ranks="${RANKS:-4}"
     baselines=(fastv pyramiddrop sparsevlm visionzip random)
-    printf '{"type": "quota.QuantConfig", "version": 1, "w_bits": 16, "a_bits": 16, "kv_bits": 16, "rotate": false}\n' > "$out/bf16.json"
+    bf16_config
     date +"%T profile (W4A4+KV4) on $ranks ranks" >> "$out/pipeline.log"
     [ -f "$out/testbed_h100.json" ] || timeout 1200 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main \
       profile -o "$out/testbed_h100.json" --grid-steps 8 --resume > "$out/profile.log" 2>&1 || true
@@ -81,14 +91,7 @@ case "$section" in
     mkdir -p "$out/table" && cp "$out"/suite/lowbit__*.json "$out"/suite/bf16__all.json "$out/table/"
     all=()
     for prof in testbed_h100 testbed_h100_fp; do
-      plans=()
-      for k in 64 128 192; do
-        $q solve --profile "$out/$prof.json" --solver dp --keep-tokens "$k" -o "$out/recipe_${prof}_k$k.json" > /dev/null
-        plans+=("recipe:$out/recipe_${prof}_k$k.json")
-      done
-      $q solve --profile "$out/$prof.json" --solver dp --budget 0.3 -o "$out/recipe_${prof}_b0.3.json" > /dev/null
-      plans+=("recipe:$out/recipe_${prof}_b0.3.json")
-      all+=("${plans[@]}")
+      solve_recipes "$prof" && all+=("${plans[@]}")
       timeout 1200 $q eval --suite "$out/table" --plans "${plans[@]}" --precisions lowbit --limit 200 --resume \
         > "$out/table_$prof.log" 2>&1 &
     done

@@ -384,8 +384,8 @@ def kv_attention_prefill(
         q, out, *k_cache, *v_cache, kv_start if kv_start is not None else out,
         t, length, s_cap, hq, hkv, sm_scale * _LOG2E,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        HAS_START=kv_start is not None, BITS=bits, D=d, G=groups, GP=_padded_groups(groups, group_size), GS=group_size,
-        DOT=_dot_kind(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
+        HAS_START=kv_start is not None, BITS=bits, D=d, G=groups, GP=_padded_groups(groups, group_size),
+        GS=group_size, DOT=_dot_kind(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
         ASM=_asm(bits, q.dtype),
     )  # fmt: skip
     return out

@@ -1,6 +1,6 @@
 """The (layer, keep) grid of a profile is embarrassingly parallel: shard it over ``torch.distributed``
-ranks (``torchrun``; NCCL with one GPU per rank, gloo on CPUs or when ranks share GPUs), each rank checkpointing what it finished so an
-interrupted run resumes, and gather everything on rank 0.
+ranks (``torchrun``; NCCL with one GPU per rank, gloo on CPUs or when ranks share GPUs), each rank
+checkpointing what it finished so an interrupted run resumes, and gather everything on rank 0.
 
 Checkpoint files: ``<stem>.rank<r>of<w>.partial.json``, a JSON object ``{key: value}`` rewritten
 atomically after each finished item. A resumed run loads every partial file of the same stem (any
