@@ -4,6 +4,20 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_quant_cache(tmp_path_factory):
+    """Quantized models cached by the tests go to a folder of this session, never to ~/.cache."""
+    import os
+
+    old = os.environ.get("QUOTA_QUANT_CACHE")
+    os.environ["QUOTA_QUANT_CACHE"] = str(tmp_path_factory.mktemp("quant_cache"))
+    yield
+    if old is None:
+        os.environ.pop("QUOTA_QUANT_CACHE", None)
+    else:
+        os.environ["QUOTA_QUANT_CACHE"] = old
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

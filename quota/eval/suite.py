@@ -80,6 +80,7 @@ def run_suite(
     Without ``model``, the testbed is loaded from ``weights_dir`` (default: the shipped weights). With
     ``report_only``, nothing is evaluated: ``suite.md`` is written from the rows already in ``out_dir`` and
     lists the rows that are not there."""
+    from quota.quant.cache import quantize_testbed
     from quota.quant.quantize import needs_calibration, quantize_model
     from quota.runtime.apply import apply
 
@@ -90,7 +91,8 @@ def run_suite(
         present = {name: load_result(path) for name, path in files.items() if path.is_file()}
         return _write_report(out, present, [r.name for r in rows if r.name not in present])
     device, dtype = placement(device)
-    if model is None:
+    loads_testbed = model is None  # then its quantized form comes from the cache (quota.quant.cache)
+    if loads_testbed:
         from quota.models import testbed
 
         tb = testbed.load(device, dtype, weights_dir)
@@ -106,9 +108,12 @@ def run_suite(
             results[row.name] = load_result(path)
             continue
         if row.precision not in models:
-            dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
-            calib = calibration_inputs(tokenizer, dev, dt) if needs_calibration(quant) else None
-            models[row.precision] = quantize_model(model, quant, calib)
+            if loads_testbed:
+                models[row.precision] = quantize_testbed(model, tokenizer, quant, weights_dir)
+            else:
+                dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
+                calib = calibration_inputs(tokenizer, dev, dt) if needs_calibration(quant) else None
+                models[row.precision] = quantize_model(model, quant, calib)
         base = models[row.precision]
         plan = plan_of(row, base)
         runnable = base if plan is None else apply(base, {**plan, "quant": None})

@@ -20,7 +20,7 @@ from quota.profiling.io import Profile
 from quota.profiling.sensitivity import (
     DamageMeter, calibration_inputs, make_batches, measure_grid, per_layer_contributions, prune_from_schedule,
 )
-from quota.profiling.sharding import clear_partials, init_from_env, run_sharded, world
+from quota.profiling.sharding import clear_partials, init_from_env, item_key, run_shared, run_sharded, world
 from quota.quant.config import QuantConfig
 from quota.solvers import default_grid
 
@@ -50,14 +50,23 @@ class ProfileSettings:
 
 
 def calibrate_score_weights(meter: DamageMeter, n_layers: int, n_visual: int, settings: ProfileSettings) -> tuple[dict, dict]:
-    """Pick the candidate weighting with the least mean KL over the probe schedules."""
-    results = []
-    for weights in settings.score_candidates:
-        kls = [meter.measure(prune_from_schedule(n_layers, n_visual, settings.probe_layer, max(1, round(f * n_visual))),
-                             n_visual, weights).kl for f in settings.probe_keeps]
-        results.append({"weights": dict(weights), "mean_kl": float(np.mean(kls))})
-    best = min(results, key=lambda r: r["mean_kl"])
-    search = {"probe_layer": settings.probe_layer, "probe_keeps": [round(f * n_visual) for f in settings.probe_keeps],
+    """Pick the candidate weighting with the least mean KL over the probe schedules. Under torchrun the
+    (candidate, probe) runs are shared out over the ranks and every rank gets every result, so all of them
+    measure the grid with the same weights."""
+    keeps = [max(1, round(f * n_visual)) for f in settings.probe_keeps]
+    candidates = [dict(w) for w in settings.score_candidates]
+
+    def probe(item) -> float:
+        c, k = item
+        schedule = prune_from_schedule(n_layers, n_visual, settings.probe_layer, keeps[k])
+        return meter.measure(schedule, n_visual, candidates[c]).kl
+
+    items = [(c, k) for c in range(len(candidates)) for k in range(len(keeps))]
+    kl = run_shared(items, probe)
+    results = [{"weights": w, "mean_kl": float(np.mean([kl[item_key((c, k))] for k in range(len(keeps))]))}
+               for c, w in enumerate(candidates)]
+    best = min(results, key=lambda r: r["mean_kl"])  # ties: the earlier candidate
+    search = {"probe_layer": settings.probe_layer, "probe_keeps": keeps,
               "candidates": results, "criterion": "mean KL on the calibration split"}
     return best["weights"], search
 
@@ -188,7 +197,7 @@ def profile_testbed(
     """Load the testbed, quantize it on the calibration split (the only data profiling may see) and profile it."""
     from quota.eval.splits import DATA_VERSION, calibration_split
     from quota.models import testbed
-    from quota.quant.quantize import quantize_model
+    from quota.quant.cache import quantize_testbed
 
     init_from_env()
     quant = quant or QuantConfig(impl="auto")
@@ -197,8 +206,7 @@ def profile_testbed(
         device = f"cuda:{torch.cuda.current_device()}"
     tb = testbed.load(device, dtype)
     questions = calibration_split()[:limit] if limit else calibration_split()
-    calib = calibration_inputs(tb.tokenizer, device, dtype, questions=questions)
-    model = quantize_model(tb.model, quant, calib, inplace=True)
+    model = quantize_testbed(tb.model, tb.tokenizer, quant, calibration_limit=limit, inplace=True)
     return profile_model(model, tb.tokenizer, questions, quant, model_id=testbed.MODEL_ID,
                          model_hash=testbed.model_hash(), data_version=DATA_VERSION, settings=settings,
                          output=output, resume=resume)
@@ -214,14 +222,13 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
     from quota.eval.splits import test_split
     from quota.models import testbed
     from quota.profiling.validate import check_additivity
-    from quota.quant.quantize import quantize_model
+    from quota.quant.cache import quantize_testbed
 
     profile = Profile.load(profile_path)
     device, dtype = placement(device)
     tb = testbed.load(device, dtype)
     quant = QuantConfig.from_dict(profile.quant)
-    calib = calibration_inputs(tb.tokenizer, device, dtype)
-    model = quantize_model(tb.model, quant, calib, inplace=True)
+    model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
     questions = test_split(limit=questions_per_task)
     meter = DamageMeter(model, make_batches(tb.tokenizer, questions, 64, device, dtype), profile.score_weights)
     result = check_additivity(profile, meter, count, seed, on_item=progress_reporter("additivity schedules"))

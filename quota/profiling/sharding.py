@@ -98,6 +98,18 @@ def run_sharded(
     return {item_key(it): mine[item_key(it)] for it in items}
 
 
+def run_shared(items: Sequence[Hashable], compute: Callable[[Hashable], Any]) -> dict[str, Any]:
+    """Like :func:`run_sharded` without checkpoints, but every rank gets every result (``all_gather``): for
+    the small decisions all ranks must share before the grid, such as the score weights."""
+    rank, size = world()
+    mine = {item_key(it): compute(it) for i, it in enumerate(items) if i % size == rank}
+    if size > 1:
+        gathered: list[dict[str, Any] | None] = [None] * size
+        dist.all_gather_object(gathered, mine)
+        mine = {k: v for part in gathered for k, v in (part or {}).items()}
+    return {item_key(it): mine[item_key(it)] for it in items}
+
+
 def clear_partials(checkpoint_stem: str | Path) -> None:
     stem = Path(checkpoint_stem)
     for path in stem.parent.glob(f"{stem.name}.rank*.partial.json"):

@@ -47,13 +47,15 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     import torch.distributed as dist
-    from quota.profiling.sharding import init_from_env, run_sharded, world
+    from quota.profiling.sharding import init_from_env, run_shared, run_sharded, world
     assert init_from_env("gloo")
     items = [(layer, k) for layer in range(3) for k in (0, 4, 8, 16)]
     out = run_sharded(items, lambda it: {"damage": (it[0] + 1) * (16 - it[1]) ** 2 / 256, "rank": world()[0]},
                       sys.argv[1])
     if world()[0] == 0:
         json.dump(out, open(sys.argv[2], "w"))
+    shared = run_shared(items[:5], lambda it: {"value": it[0] * 100 + it[1], "rank": world()[0]})
+    json.dump(shared, open(sys.argv[2] + f".shared{world()[0]}", "w"))
     dist.destroy_process_group()
     """
 )
@@ -76,3 +78,8 @@ def test_two_gloo_processes_gather_on_rank0(tmp_path):
     for item in ITEMS:
         assert out[json.dumps(list(item))]["damage"] == value(item)["damage"]
     assert len(list(tmp_path.glob("grid.rank*of2.partial.json"))) == 2
+    # run_shared: every rank holds every result, computed once, shared out over both ranks
+    shared = [json.loads(Path(f"{result}.shared{r}").read_text()) for r in (0, 1)]
+    assert shared[0] == shared[1] and len(shared[0]) == 5
+    assert {v["rank"] for v in shared[0].values()} == {0, 1}
+    assert [v["value"] for v in shared[0].values()] == [layer * 100 + k for layer, k in ITEMS[:5]]
