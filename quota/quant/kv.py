@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from quota.quant.config import FULL_PRECISION
 from quota.quant.hadamard import apply_block_hadamard, is_power_of_two
@@ -47,6 +48,13 @@ class KVQuantizer:
         return query, key, value
 
 
+# Decode steps leave cuDNN attention out: it builds (and caches) an execution graph per key length, so a step,
+# whose key length grows by one, paid about 1.8 ms of CPU time per layer for it on the H100 (torch 2.11), 60%
+# of a 7B model's bf16 decode step (examples/profile_decode.py). Flash and memory-efficient attention have no
+# per-shape set-up. Prefill, whose shapes repeat from one request to the next, keeps the default choice.
+_DECODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def quota_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
     """Attention function registered as ``"quota"``: KV quantization, then the model's SDPA.
 
@@ -69,6 +77,9 @@ def quota_attention(module: nn.Module, query, key, value, attention_mask, **kwar
     probe = getattr(module, "quota_probe", None)  # set by the pruning runtime for one forward
     if probe is not None:
         probe(module, query, key, attention_mask, kwargs.get("scaling"))
+    if query.shape[-2] == 1:  # a decode step
+        with sdpa_kernel(_DECODE_SDPA_BACKENDS):
+            return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
 

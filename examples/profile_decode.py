@@ -1,0 +1,77 @@
+"""Where a decode step's time goes: torch.profiler over a few decode steps of the runtime on a random-weight
+7B-shaped model (bf16 reference path, or W4A4 + KV4 kernels), next to Hugging Face's own ``generate`` decode
+rate for the same model as a baseline. Usage (GPU):
+
+    python examples/profile_decode.py --arch llava-1.5-7b --steps 16 [--lowbit] [--rows 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from quota.quant.config import QuantConfig
+from quota.quant.quantize import quantize_model
+from quota.runtime.generate import PrunedRunner
+from quota.runtime.speed import VISUAL_TOKENS, build_random, inputs
+
+
+def hf_decode_rate(model, ids, mask, pixels, extra, steps: int) -> float:
+    """Decode tokens/s of ``model.generate`` (greedy, EOS off): (time for steps + 1 tokens - time for 1) / steps."""
+    def timed(n: int) -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=n, min_new_tokens=n,
+                       do_sample=False, **extra)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    timed(2)  # warm-up
+    return ids.shape[0] * steps / (timed(steps + 1) - timed(1))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", default="llava-1.5-7b")
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--lowbit", action="store_true", help="W4A4 + KV4 (RTN weights) through the Triton kernels")
+    p.add_argument("--rows", type=int, default=30)
+    a = p.parse_args()
+    device, dtype = "cuda", torch.bfloat16
+    model = build_random(a.arch, device, dtype)
+    n, layers = VISUAL_TOKENS[a.arch], model.config.text_config.num_hidden_layers
+    ids, mask, pixels, extra = inputs(model, a.batch, 64, n, device, dtype)
+    if not a.lowbit:
+        print(f"HF generate decode: {hf_decode_rate(model, ids, mask, pixels, extra, a.steps):.1f} tok/s "
+              f"({a.arch}, batch {a.batch}, {torch.cuda.get_device_name()})", flush=True)
+    impl = "reference"
+    if a.lowbit:
+        quant = QuantConfig(weight_method="rtn", w_clip_search=False, a_clip_search=False, impl="triton")
+        model, impl = quantize_model(model, quant, None, inplace=True), "triton"
+    runner = PrunedRunner(model, [n] * layers, {"attn_last": 1.0, "magnitude": 0.1}, impl=impl)
+    logits, state = runner.prefill(ids, mask, pixels, reserve=4 * a.steps, **extra)
+    token = logits.argmax(-1)
+    for _ in range(a.steps):  # warm-up
+        token = runner.decode_step(token, state).argmax(-1)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        token = runner.decode_step(token, state).argmax(-1)
+    torch.cuda.synchronize()
+    per_step = (time.perf_counter() - t0) / a.steps
+    print(f"runtime decode ({'W4A4+KV4' if a.lowbit else 'bf16'}): {a.batch / per_step:.1f} tok/s, "
+          f"{per_step * 1e3:.2f} ms/step", flush=True)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(a.steps):
+            token = runner.decode_step(token, state).argmax(-1)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows // 2))
+
+
+if __name__ == "__main__":
+    main()
