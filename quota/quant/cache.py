@@ -149,7 +149,11 @@ def quantize_cached(
         return quantize_model(model, config, calibration() if needs_calibration(config) else None, inplace=inplace)
     param = next(model.parameters())
     key = cache_key(config, param.device, param.dtype, identity)
-    where.mkdir(parents=True, exist_ok=True)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only home, say: quantize without the cache rather than fail
+        print(f"[quota] quantized-model cache {where} unusable ({exc}); quantizing without it", file=sys.stderr)
+        return quantize_model(model, config, calibration(), inplace=inplace)
     path = where / f"{key}.safetensors"
     with _locked(where / f"{key}.lock"):
         if path.is_file():

@@ -103,3 +103,11 @@ def test_concurrent_callers_compute_once(tmp_path):
     assert calib.calls == 1 and len(results) == 3
     with torch.no_grad():
         assert all(torch.equal(r(IDS).logits, results[0](IDS).logits) for r in results)
+
+
+def test_unwritable_cache_folder_falls_back_to_quantizing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    calib = Calibration()
+    out = quantize_cached(tiny_llama(), CONFIG, calib, IDENTITY, folder=blocker / "cache")
+    assert calib.calls == 1 and isinstance(out.model.layers[0].mlp.down_proj, QuantLinear)
