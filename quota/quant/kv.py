@@ -50,7 +50,7 @@ class KVQuantizer:
 
 # Decode steps leave cuDNN attention out: it builds (and caches) an execution graph per key length, so a step,
 # whose key length grows by one, paid about 1.8 ms of CPU time per layer for it on the H100 (torch 2.11), 60%
-# of a 7B model's bf16 decode step (examples/profile_decode.py). Flash and memory-efficient attention have no
+# of a 7B model's bf16 decode step (examples/profile_step.py). Flash and memory-efficient attention have no
 # per-shape set-up. Prefill, whose shapes repeat from one request to the next, keeps the default choice.
 _DECODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 

@@ -1,8 +1,8 @@
-"""Where a decode step's time goes: torch.profiler over a few decode steps of the runtime on a random-weight
-7B-shaped model (bf16 reference path, or W4A4 + KV4 kernels), next to Hugging Face's own ``generate`` decode
-rate for the same model as a baseline. Usage (GPU):
+"""Where a prefill or a decode step's time goes: torch.profiler over a few prefills or decode steps of the
+runtime on a random-weight 7B-shaped model (bf16 reference path, or W4A4 + KV4 kernels), next to Hugging
+Face's own ``generate`` decode rate for the same model as a baseline. Usage (GPU):
 
-    python examples/profile_decode.py --arch llava-1.5-7b --steps 16 [--lowbit] [--rows 30]
+    python examples/profile_step.py --arch llava-1.5-7b --steps 16 [--lowbit] [--phase prefill] [--rows 30]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--lowbit", action="store_true", help="W4A4 + KV4 (RTN weights) through the Triton kernels")
     p.add_argument("--rows", type=int, default=30)
+    p.add_argument("--phase", choices=("decode", "prefill"), default="decode")
     a = p.parse_args()
     device, dtype = "cuda", torch.bfloat16
     model = build_random(a.arch, device, dtype)
@@ -65,9 +66,20 @@ def main() -> None:
     per_step = (time.perf_counter() - t0) / a.steps
     print(f"runtime decode ({'W4A4+KV4' if a.lowbit else 'bf16'}): {a.batch / per_step:.1f} tok/s, "
           f"{per_step * 1e3:.2f} ms/step", flush=True)
+    if a.phase == "prefill":
+        runner.prefill(ids, mask, pixels, reserve=4, **extra)  # warm-up at this reserve
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            runner.prefill(ids, mask, pixels, reserve=4, **extra)
+        torch.cuda.synchronize()
+        print(f"runtime prefill: {(time.perf_counter() - t0) / a.steps * 1e3:.1f} ms", flush=True)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(a.steps):
-            token = runner.decode_step(token, state).argmax(-1)
+            if a.phase == "prefill":
+                runner.prefill(ids, mask, pixels, reserve=4, **extra)
+            else:
+                token = runner.decode_step(token, state).argmax(-1)
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows // 2))
