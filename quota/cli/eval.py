@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
         results = run_suite(args.suite, args.plans, args.budgets, parse_quant(args.quant), args.limit, args.tasks,
                             args.batch_size, args.device, precisions=args.precisions, resume=args.resume,
-                            weights_dir=args.weights, report_only=args.report_only)
+                            weights_dir=args.weights, report_only=args.report_only,
+                            calibration_limit=args.calibration)
         print(markdown(results))
         return 0
     refs = {k: v for k, v in (("bf16_all_tokens", args.ref_bf16), ("lowbit_all_tokens", args.ref_lowbit)) if v}

@@ -19,8 +19,8 @@ import torch
 from quota.atomic import write_json_atomic, write_text_atomic
 from quota.device import placement
 from quota.eval.harness import EvalResult, answer_questions, retention, summarize
-from quota.eval.run import load_result
-from quota.eval.splits import test_split
+from quota.eval.run import check_calibration_limit, load_result
+from quota.eval.splits import calibration_split, test_split
 from quota.eval.tasks import TASKS
 from quota.profiling.sensitivity import calibration_inputs
 from quota.quant.config import QuantConfig
@@ -74,12 +74,13 @@ def run_suite(
     out_dir: str | Path, plans: Sequence[str], budgets: Sequence[float], quant: QuantConfig | None = None,
     limit: int | None = None, tasks: Sequence[str] | None = None, batch_size: int = 64, device: str | None = None,
     precisions: Sequence[str] = ("bf16", "lowbit"), resume: bool = False, model=None, tokenizer=None,
-    weights_dir: str | Path | None = None, report_only: bool = False,
+    weights_dir: str | Path | None = None, report_only: bool = False, calibration_limit: int | None = None,
 ) -> dict[str, EvalResult]:
     """Evaluate every row; returns ``{row name: result}`` and writes ``<row>.json`` files and ``suite.md``.
     Without ``model``, the testbed is loaded from ``weights_dir`` (default: the shipped weights). With
     ``report_only``, nothing is evaluated: ``suite.md`` is written from the rows already in ``out_dir`` and
-    lists the rows that are not there."""
+    lists the rows that are not there. ``calibration_limit``: calibrate the low-bit model on the first N
+    calibration questions only (default: all 256; fewer for quick CPU runs)."""
     from quota.quant.cache import quantize_testbed
     from quota.quant.quantize import needs_calibration, quantize_model
     from quota.runtime.apply import apply
@@ -90,6 +91,7 @@ def run_suite(
         files = {r.name: out / f"{r.file_stem}.json" for r in rows}
         present = {name: load_result(path) for name, path in files.items() if path.is_file()}
         return _write_report(out, present, [r.name for r in rows if r.name not in present])
+    check_calibration_limit(calibration_limit)
     device, dtype = placement(device)
     loads_testbed = model is None  # then its quantized form comes from the cache (quota.quant.cache)
     if loads_testbed:
@@ -109,10 +111,11 @@ def run_suite(
             continue
         if row.precision not in models:
             if loads_testbed:
-                models[row.precision] = quantize_testbed(model, tokenizer, quant, weights_dir)
+                models[row.precision] = quantize_testbed(model, tokenizer, quant, weights_dir, calibration_limit)
             else:
                 dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
-                calib = calibration_inputs(tokenizer, dev, dt) if needs_calibration(quant) else None
+                questions_c = calibration_split()[:calibration_limit]
+                calib = calibration_inputs(tokenizer, dev, dt, questions=questions_c) if needs_calibration(quant) else None
                 models[row.precision] = quantize_model(model, quant, calib)
         base = models[row.precision]
         plan = plan_of(row, base)
@@ -121,6 +124,7 @@ def run_suite(
         runner = getattr(runnable, "runner", None)
         meta = {"row": row.name, "precision": row.precision, "plan": row.plan, "tokens": row.tokens,
                 "quant": quant.short_name() if row.precision == "lowbit" else "BF16",
+                "calibration_questions": (calibration_limit or len(calibration_split())) if row.precision == "lowbit" else None,
                 "schedule": list(runner.schedule) if runner is not None else None,
                 "equivalent_tokens": sum(runner.schedule) / len(runner.schedule) if runner is not None else None,
                 "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}

@@ -37,11 +37,34 @@ def test_rows_of_one_precision_still_end_with_both_references():
 def test_report_only_writes_the_table_of_present_rows_and_names_the_missing(small_testbed, tmp_path):
     model, tok = small_testbed
     kw = dict(plans=["random"], budgets=[64], limit=1, tasks=["counting"], batch_size=2, device="cpu",
-              model=model, tokenizer=tok, precisions=["bf16"])
-    run_suite(tmp_path, **kw)
+              model=model, tokenizer=tok, precisions=["bf16"], calibration_limit=2)
+    run_suite(tmp_path, **kw)  # the low-bit reference row comes too, calibrated on 2 questions
     (tmp_path / "suite.md").unlink()
     report = run_suite(tmp_path, plans=["random", "fastv"], budgets=[64], precisions=["bf16"], report_only=True)
     assert set(report) == {"bf16/all", "bf16/random@64", "lowbit/all"}  # both references are always rows
     text = (tmp_path / "suite.md").read_text()
     assert "bf16/random@64" in text and "Not measured (1 row): bf16/fastv@64." in text
     assert set(report["bf16/random@64"].meta["retention"]) == {"bf16_all_tokens", "lowbit_all_tokens"}
+
+
+def test_suite_calibrates_on_the_first_n_questions_and_refuses_a_bad_count(small_testbed, tmp_path, monkeypatch):
+    import pytest
+
+    import quota.eval.suite as suite
+
+    model, tok = small_testbed
+    seen = []
+    real = suite.calibration_inputs
+
+    def spy(tokenizer, device, dtype, batch_size=32, questions=None):
+        seen.append(len(questions))
+        return real(tokenizer, device, dtype, batch_size, questions)
+
+    monkeypatch.setattr(suite, "calibration_inputs", spy)
+    kw = dict(plans=[], budgets=[], quant=QuantConfig(kv_group_size=64), limit=1, tasks=["counting"], batch_size=2,
+              device="cpu", model=model, tokenizer=tok, precisions=["lowbit"])
+    with pytest.raises(ValueError, match="--calibration"):
+        run_suite(tmp_path, calibration_limit=0, **kw)
+    assert not list(tmp_path.glob("*.json"))  # refused before any row was written
+    results = run_suite(tmp_path, calibration_limit=2, **kw)
+    assert seen == [2] and results["lowbit/all"].meta["calibration_questions"] == 2
