@@ -9,7 +9,9 @@
 #            additivity check on 30 random schedules
 #   fpprof   the same profile measured in full precision (for the "what calibrating under the deployed
 #            operators is worth" row)
-#   table    quota's recipes (64, 128, 192 tokens and budget 0.3, from both profiles) on the low-bit testbed
+#   table    quota's recipes (64, 128, 192 tokens and budget 0.3, from both profiles) on the low-bit testbed, and
+#            the stage-wise baselines at the 0.3 recipe's equivalent tokens
+#   steps    torch.profiler of a prefill and of decode steps, bf16 and W4A4+KV4, LLaVA-1.5-7B shape (about 6 min)
 #   pipeline profile, suite, fpprof, validation and table in one go (about 20 minutes), several processes
 #            sharing the GPU (the testbed is small, its forward launch-bound): meant to run detached
 #            (setsid) on a warm machine while other calls go on; writes OUT_DIR/pipeline.done at the end.
@@ -17,7 +19,7 @@
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
-section="${1:?section: tests|e2e|suite|profile|fpprof|table|pipeline}"
+section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|pipeline}"
 out="${2:?output folder}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -26,6 +28,10 @@ q="python3 -m quota"
 bf16_config() {  # the full-precision QuantConfig of the fpprof rows, written to $out/bf16.json
   printf '{"type": "quota.QuantConfig", "version": 1, "w_bits": 16, "a_bits": 16, "kv_bits": 16, "rotate": false}\n' \
     > "$out/bf16.json"
+}
+
+recipe_tokens() {  # the mean keep count of recipe $1 (its equivalent visual tokens), rounded to 0.1
+  python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['schedule']; print(round(sum(s) / len(s), 1))" "$1"
 }
 
 solve_recipes() {  # quota's recipes (64, 128, 192 tokens, budget 0.3) from profile $out/$1.json, into plans=()
@@ -67,7 +73,16 @@ case "$section" in
     done
     timeout 560 $q eval --suite "$out/suite" --plans "${all[@]}" --precisions lowbit --limit 200 --resume \
       > "$out/table.log" 2>&1 || true
-    tail -30 "$out/table.log" ;;
+    timeout 300 $q eval --suite "$out/suite" --budgets "$(recipe_tokens "$out/recipe_testbed_h100_b0.3.json")" \
+      --precisions lowbit --limit 200 --resume > "$out/table_b0.3.log" 2>&1 || true
+    tail -30 "$out/table_b0.3.log" ;;
+  steps)
+    for phase in prefill decode; do
+      timeout 170 python3 examples/profile_step.py --phase "$phase" --steps 8 > "$out/steps_bf16_$phase.txt" 2>&1 || true
+      timeout 170 python3 examples/profile_step.py --phase "$phase" --steps 8 --lowbit \
+        > "$out/steps_lowbit_$phase.txt" 2>&1 || true
+    done
+    head -3 "$out"/steps_*.txt ;;
   pipeline)
     ranks="${RANKS:-4}"
     baselines=(fastv pyramiddrop sparsevlm visionzip random)
@@ -96,8 +111,11 @@ case "$section" in
         > "$out/table_$prof.log" 2>&1 &
     done
     wait
-    timeout 300 $q eval --suite "$out/table" --plans "${baselines[@]}" "${all[@]}" --precisions lowbit --limit 200 \
-      --resume > "$out/table.log" 2>&1 || true
+    tokens30="$(recipe_tokens "$out/recipe_testbed_h100_b0.3.json")"  # the baselines at the 0.3 recipe's tokens
+    timeout 600 $q eval --suite "$out/table" --plans "${baselines[@]}" --budgets "$tokens30" --precisions lowbit \
+      --limit 200 --resume > "$out/table_b0.3.log" 2>&1 || true
+    timeout 300 $q eval --suite "$out/table" --plans "${baselines[@]}" "${all[@]}" --budgets 64 128 192 "$tokens30" \
+      --precisions lowbit --limit 200 --resume > "$out/table.log" 2>&1 || true
     date +"%T done" >> "$out/pipeline.log" && touch "$out/pipeline.done" ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
 esac

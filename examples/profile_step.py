@@ -19,14 +19,19 @@ from quota.runtime.generate import PrunedRunner
 from quota.runtime.speed import VISUAL_TOKENS, build_random, inputs
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def hf_decode_rate(model, ids, mask, pixels, extra, steps: int) -> float:
     """Decode tokens/s of ``model.generate`` (greedy, EOS off): (time for steps + 1 tokens - time for 1) / steps."""
     def timed(n: int) -> float:
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=n, min_new_tokens=n,
                        do_sample=False, **extra)
-        torch.cuda.synchronize()
+        sync()
         return time.perf_counter() - t0
 
     timed(2)  # warm-up
@@ -42,47 +47,53 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=30)
     p.add_argument("--phase", choices=("decode", "prefill"), default="decode")
     a = p.parse_args()
-    device, dtype = "cuda", torch.bfloat16
+    # on a machine without CUDA (a smoke test of this script): float32 and the reference paths
+    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    kernels = "triton" if device == "cuda" else "reference"
     model = build_random(a.arch, device, dtype)
     n, layers = VISUAL_TOKENS[a.arch], model.config.text_config.num_hidden_layers
     ids, mask, pixels, extra = inputs(model, a.batch, 64, n, device, dtype)
     if not a.lowbit:
+        name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         print(f"HF generate decode: {hf_decode_rate(model, ids, mask, pixels, extra, a.steps):.1f} tok/s "
-              f"({a.arch}, batch {a.batch}, {torch.cuda.get_device_name()})", flush=True)
+              f"({a.arch}, batch {a.batch}, {name})", flush=True)
     impl = "reference"
     if a.lowbit:
-        quant = QuantConfig(weight_method="rtn", w_clip_search=False, a_clip_search=False, impl="triton")
-        model, impl = quantize_model(model, quant, None, inplace=True), "triton"
+        quant = QuantConfig(weight_method="rtn", w_clip_search=False, a_clip_search=False, impl=kernels,
+                            kv_group_size=min(64, model.config.text_config.head_dim or 64))
+        model, impl = quantize_model(model, quant, None, inplace=True), kernels
     runner = PrunedRunner(model, [n] * layers, {"attn_last": 1.0, "magnitude": 0.1}, impl=impl)
     logits, state = runner.prefill(ids, mask, pixels, reserve=4 * a.steps, **extra)
     token = logits.argmax(-1)
     for _ in range(a.steps):  # warm-up
         token = runner.decode_step(token, state).argmax(-1)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(a.steps):
         token = runner.decode_step(token, state).argmax(-1)
-    torch.cuda.synchronize()
+    sync()
     per_step = (time.perf_counter() - t0) / a.steps
     print(f"runtime decode ({'W4A4+KV4' if a.lowbit else 'bf16'}): {a.batch / per_step:.1f} tok/s, "
           f"{per_step * 1e3:.2f} ms/step", flush=True)
     if a.phase == "prefill":
         runner.prefill(ids, mask, pixels, reserve=4, **extra)  # warm-up at this reserve
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         for _ in range(a.steps):
             runner.prefill(ids, mask, pixels, reserve=4, **extra)
-        torch.cuda.synchronize()
+        sync()
         print(f"runtime prefill: {(time.perf_counter() - t0) / a.steps * 1e3:.1f} ms", flush=True)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
         for _ in range(a.steps):
             if a.phase == "prefill":
                 runner.prefill(ids, mask, pixels, reserve=4, **extra)
             else:
                 token = runner.decode_step(token, state).argmax(-1)
-        torch.cuda.synchronize()
+        sync()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows // 2))
+    if device == "cuda":
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.rows // 2))
 
 
 if __name__ == "__main__":
