@@ -26,7 +26,7 @@ from quota.solvers import default_grid
 
 # candidate score weightings searched on the calibration data (signal -> weight)
 SCORE_CANDIDATES: tuple[dict[str, float], ...] = (
-    # every candidate keeps an embedding-level signal (magnitude or risk), the only kind that exists
+    # every candidate keeps an embedding-level signal (magnitude, risk or vision_attn), the only kind that exists
     # before layer 0, so that a schedule pruning there can be scored
     {"attn_last": 0.9, "magnitude": 0.1},
     {"attn_text": 0.9, "magnitude": 0.1},
@@ -35,6 +35,9 @@ SCORE_CANDIDATES: tuple[dict[str, float], ...] = (
     {"attn_text": 0.6, "magnitude": 0.2, "risk": 0.2},
     {"attn_last": 0.4, "attn_text": 0.4, "risk": 0.2},
     {"magnitude": 0.5, "risk": 0.5},
+    # the vision tower's attention (VisionZip's signal), alone and with the language model's own attention
+    {"vision_attn": 0.9, "magnitude": 0.1},
+    {"vision_attn": 0.45, "attn_text": 0.45, "magnitude": 0.1},
 )
 
 

@@ -131,6 +131,7 @@ class PrunedRunner:
         self.scoring = ScoringSpec(weights, normalize, seed)
         self.impl = impl
         self.kept_indices: list[torch.Tensor] | None = None
+        self._vision_attn: torch.Tensor | None = None  # the vision tower's attention of the current prefill
         for l in range(1, len(self.schedule)):
             if self.schedule[l] < self.schedule[l - 1] and not self._signals_at(l):
                 raise ValueError(
@@ -237,7 +238,9 @@ class PrunedRunner:
                     )
                 signals[name] = recorder.scores[name]
         if "vision_attn" in names:
-            signals["vision_attn"] = vision_attention(self.model, self.spec, pixel_values).gather(1, visual_index)
+            if self._vision_attn is None:  # once per prefill: [B, N] over the original visual indices
+                self._vision_attn = vision_attention(self.model, self.spec, pixel_values)
+            signals["vision_attn"] = self._vision_attn.gather(1, visual_index)
         if "random" in names:
             signals["random"] = random_signal(self.scoring.seed, l, visual_index, n_visual).expand_as(visual_index)
         return combine(signals, {s: self.scoring.weights[s] for s in names}, self.scoring.normalize)
@@ -264,6 +267,7 @@ class PrunedRunner:
             raise NotSupportedError("inputs must be left-padded: the last column must be a real token in every row")
         if pixel_values is None:
             raise NotSupportedError("the pruning runtime needs pixel_values (one image per sample)")
+        self._vision_attn = None
         with quota_attention_of(spec.text_config_of(model)):
             embeds = spec.embeddings_of(model)(input_ids)  # [B, S, d]
             feats = image_features(model, pixel_values, b, **vision_inputs)  # [B, N, d]
@@ -308,7 +312,7 @@ class PrunedRunner:
                         del attn.quota_kv_store
                 key_valid.append(valid)
             logits = self._logits(hidden)
-        self.kept_indices = kept
+        self.kept_indices, self._vision_attn = kept, None
         state = PrefillState(cache, key_valid, base, kept, n_visual, positions.shape[0])
         return logits, state
 

@@ -7,8 +7,9 @@ Conventions:
 - Pruning before layer ``l`` uses layer ``l - 1``'s forward: the hidden states entering layer ``l``
   (``magnitude``), the attention layer ``l - 1`` paid to them (``attn_last``, ``attn_text``), and how they
   fare under layer ``l``'s activation quantizer (``risk``, ``outlier``). Before layer 0 only
-  embedding-level signals exist (:data:`EMBEDDING_SIGNALS`), plus the vision tower's attention
-  (``vision_attn``, VisionZip-style selection before the language model).
+  embedding-level signals exist (:data:`EMBEDDING_SIGNALS`). The vision tower's attention
+  (``vision_attn``, VisionZip's signal) is computed once per image and exists at every layer: the alive
+  tokens keep the values of their original indices.
 - Attention signals are computed only for the queries that need them (``q_sel @ K^T`` with the softmax
   over all keys of each selected query); the full attention matrix is never formed. They are recorded
   through the ``quota`` attention function (:mod:`quota.quant.kv`), which calls the attention module's
@@ -37,12 +38,12 @@ SIGNALS = {
     "attn_text": "attention received from the text tokens after the image in the previous layer",
     "risk": "relative error of the token's normalized input under the next q_proj's activation quantizer",
     "outlier": "max|x| / rms(x) of the token's normalized input to the next layer",
-    "vision_attn": "vision-tower attention (CLS query, or mean received): before layer 0 only",
+    "vision_attn": "vision-tower attention (CLS query, or mean received), once per image, at every layer",
     "random": "seeded uniform random numbers, one per original visual index and layer",
 }
 ATTENTION_SIGNALS = ("attn_last", "attn_text")
 EMBEDDING_SIGNALS = ("magnitude", "risk", "outlier", "vision_attn", "random")
-LAYER_SIGNALS = ("magnitude", "attn_last", "attn_text", "risk", "outlier", "random")
+LAYER_SIGNALS = ("magnitude", "attn_last", "attn_text", "risk", "outlier", "vision_attn", "random")
 SCORE_GRID = 2.0**-16
 
 

@@ -152,8 +152,6 @@ def test_invalid_inputs(llava, batch3):
         PrunedRunner(llava, (n, n - 1, n, n))
     with pytest.raises(ValueError, match="decoder layers"):
         PrunedRunner(llava, (n, n))
-    with pytest.raises(ValueError, match="none of the weighted signals"):
-        PrunedRunner(llava, (n, n - 1, n - 1, n - 1), {"vision_attn": 1.0})
     with pytest.raises(ValueError, match="N=16"):
         PrunedRunner(llava, (n + 1,) * 4).prefill(ids, mask, pv)
     with pytest.raises(ValueError, match="before layer 0"):
@@ -161,3 +159,20 @@ def test_invalid_inputs(llava, batch3):
     right = torch.flip(mask, dims=[1])
     with pytest.raises(NotImplementedError, match="left-padded"):
         PrunedRunner(llava, (n,) * 4).prefill(ids, right, pv)
+
+
+def test_vision_attention_prunes_at_any_layer_by_the_towers_ranking(llava, batch3):
+    """vision_attn is computed once per image and ranks the alive tokens at every layer by their original
+    index: pruning to k before layer 2 keeps the top k of the vision tower's attention."""
+    from quota.models.registry import spec_for
+    from quota.runtime.scoring import select_topk
+    from quota.runtime.vision import vision_attention
+
+    ids, mask, pv, _ = batch3
+    n = n_visual(llava)
+    k = n // 3
+    runner = PrunedRunner(llava, (n, n, k, k), {"vision_attn": 1.0})
+    runner.prefill(ids, mask, pv)
+    expected = select_topk(vision_attention(llava, spec_for(llava), pv), k)  # [B, k], ascending
+    assert torch.equal(runner.kept_indices[1], torch.arange(n).expand(ids.shape[0], n))
+    assert torch.equal(runner.kept_indices[2], expected) and torch.equal(runner.kept_indices[3], expected)
