@@ -12,7 +12,8 @@
 #   table    quota's recipes (64, 128, 192 tokens and budget 0.3, from both profiles) on the low-bit testbed, and
 #            the stage-wise baselines at the 0.3 recipe's equivalent tokens
 #   steps    torch.profiler of a prefill and of decode steps, bf16 and W4A4+KV4, LLaVA-1.5-7B shape (about 6 min)
-#   pipeline profile, suite, fpprof, validation and table in one go (about 20 minutes), several processes
+#   pipeline profile (GRID_STEPS keep counts, default 8), suite, fpprof, validation and table in one go (about
+#            25 minutes), several processes
 #            sharing the GPU (the testbed is small, its forward launch-bound): meant to run detached
 #            (setsid) on a warm machine while other calls go on; writes OUT_DIR/pipeline.done at the end.
 #            Finished pieces already in OUT_DIR (profiles, suite rows) are kept, so seeding it resumes the run.
@@ -89,7 +90,7 @@ case "$section" in
     bf16_config
     date +"%T profile (W4A4+KV4) on $ranks ranks" >> "$out/pipeline.log"
     [ -f "$out/testbed_h100.json" ] || timeout 1200 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main \
-      profile -o "$out/testbed_h100.json" --grid-steps 8 --resume > "$out/profile.log" 2>&1 || true
+      profile -o "$out/testbed_h100.json" --grid-steps "${GRID_STEPS:-8}" --resume > "$out/profile.log" 2>&1 || true
     date +"%T validation, suite, full-precision profile" >> "$out/pipeline.log"
     timeout 1200 $q profile -o "$out/testbed_h100.json" --validate 30 --validate-only > "$out/validate.log" 2>&1 &
     timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions bf16 > "$out/suite_bf16.log" 2>&1 &
