@@ -102,6 +102,7 @@ def run_suite(
     quant = quant or QuantConfig(impl="auto")
     questions = [q for t in (tasks or TASKS) for q in test_split(t, limit)]
     rows = suite_rows(plans, budgets, precisions)
+    calib_questions = calibration_split()[:calibration_limit] if needs_calibration(quant) else []
     results: dict[str, EvalResult] = {}
     models = {"bf16": model}
     for row in rows:
@@ -114,8 +115,7 @@ def run_suite(
                 models[row.precision] = quantize_testbed(model, tokenizer, quant, weights_dir, calibration_limit)
             else:
                 dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
-                questions_c = calibration_split()[:calibration_limit]
-                calib = calibration_inputs(tokenizer, dev, dt, questions=questions_c) if needs_calibration(quant) else None
+                calib = calibration_inputs(tokenizer, dev, dt, questions=calib_questions) if calib_questions else None
                 models[row.precision] = quantize_model(model, quant, calib)
         base = models[row.precision]
         plan = plan_of(row, base)
@@ -124,7 +124,7 @@ def run_suite(
         runner = getattr(runnable, "runner", None)
         meta = {"row": row.name, "precision": row.precision, "plan": row.plan, "tokens": row.tokens,
                 "quant": quant.short_name() if row.precision == "lowbit" else "BF16",
-                "calibration_questions": (calibration_limit or len(calibration_split())) if row.precision == "lowbit" else None,
+                "calibration_questions": len(calib_questions) if row.precision == "lowbit" else None,
                 "schedule": list(runner.schedule) if runner is not None else None,
                 "equivalent_tokens": sum(runner.schedule) / len(runner.schedule) if runner is not None else None,
                 "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}

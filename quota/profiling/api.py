@@ -18,7 +18,7 @@ from quota.device import placement
 from quota.profiling.costs import analytic_costs, measure_latency
 from quota.profiling.io import Profile
 from quota.profiling.sensitivity import (
-    DamageMeter, calibration_inputs, make_batches, measure_grid, per_layer_contributions, prune_from_schedule,
+    DamageMeter, make_batches, measure_grid, per_layer_contributions, prune_from_schedule,
 )
 from quota.profiling.sharding import clear_partials, init_from_env, item_key, run_shared, run_sharded, world
 from quota.quant.config import QuantConfig
