@@ -2,7 +2,9 @@
 runtime on a random-weight 7B-shaped model (bf16 reference path, or W4A4 + KV4 kernels), next to Hugging
 Face's own ``generate`` decode rate for the same model as a baseline. Usage (GPU):
 
-    python examples/profile_step.py --arch llava-1.5-7b --steps 16 [--lowbit] [--phase prefill] [--rows 30]
+    python examples/profile_step.py --arch llava-1.5-7b --steps 16 [--lowbit] [--phase prefill] [--rows 30] [--static]
+
+``--static`` decodes (and profiles decode steps) through a StaticDecoder, which replays CUDA graphs on a GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 from quota.quant.config import QuantConfig
 from quota.quant.quantize import quantize_model
 from quota.runtime.generate import PrunedRunner
+from quota.runtime.graphs import StaticDecoder
 from quota.runtime.speed import VISUAL_TOKENS, build_random, inputs
 
 
@@ -46,6 +49,7 @@ def main() -> None:
     p.add_argument("--lowbit", action="store_true", help="W4A4 + KV4 (RTN weights) through the Triton kernels")
     p.add_argument("--rows", type=int, default=30)
     p.add_argument("--phase", choices=("decode", "prefill"), default="decode")
+    p.add_argument("--static", action="store_true", help="decode through a StaticDecoder (CUDA graphs on a GPU)")
     a = p.parse_args()
     # on a machine without CUDA (a smoke test of this script): float32 and the reference paths
     device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
@@ -65,15 +69,17 @@ def main() -> None:
     runner = PrunedRunner(model, [n] * layers, {"attn_last": 1.0, "magnitude": 0.1}, impl=impl)
     logits, state = runner.prefill(ids, mask, pixels, reserve=4 * a.steps, **extra)
     token = logits.argmax(-1)
-    for _ in range(a.steps):  # warm-up
-        token = runner.decode_step(token, state).argmax(-1)
+    step = StaticDecoder(runner, state, 3 * a.steps) if a.static else (lambda t: runner.decode_step(t, state))
+    for _ in range(a.steps):  # warm-up (and, static, the graph's recording)
+        token = step(token).argmax(-1)
     sync()
     t0 = time.perf_counter()
     for _ in range(a.steps):
-        token = runner.decode_step(token, state).argmax(-1)
+        token = step(token).argmax(-1)
     sync()
     per_step = (time.perf_counter() - t0) / a.steps
-    print(f"runtime decode ({'W4A4+KV4' if a.lowbit else 'bf16'}): {a.batch / per_step:.1f} tok/s, "
+    mode = "static, CUDA graph" if a.static and device == "cuda" else ("static" if a.static else "eager")
+    print(f"runtime decode ({'W4A4+KV4' if a.lowbit else 'bf16'}, {mode}): {a.batch / per_step:.1f} tok/s, "
           f"{per_step * 1e3:.2f} ms/step", flush=True)
     if a.phase == "prefill":
         runner.prefill(ids, mask, pixels, reserve=4, **extra)  # warm-up at this reserve
@@ -89,7 +95,7 @@ def main() -> None:
             if a.phase == "prefill":
                 runner.prefill(ids, mask, pixels, reserve=4, **extra)
             else:
-                token = runner.decode_step(token, state).argmax(-1)
+                token = step(token).argmax(-1)
         sync()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
     if device == "cuda":

@@ -205,9 +205,10 @@ def _prefill_kernel(
 
 @triton.jit
 def _decode_split_kernel(
-    q_ptr, part_o_ptr, part_ml_ptr, kc, ks, kz, vc, vs, vz, kv_start_ptr,
+    q_ptr, part_o_ptr, part_ml_ptr, kc, ks, kz, vc, vs, vz, kv_start_ptr, length_ptr,
     L, S_CAP, HKV, CHUNK, NUM_SPLITS, qk_scale, stride_qb, stride_qh,
-    HAS_START: tl.constexpr, GQ: tl.constexpr, GQP: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr,
+    HAS_START: tl.constexpr, LENGTH_ON_DEVICE: tl.constexpr, GQ: tl.constexpr, GQP: tl.constexpr,
+    BITS: tl.constexpr, D: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, GS: tl.constexpr, DOT: tl.constexpr, ASM: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -224,6 +225,8 @@ def _decode_split_kernel(
     qe = _cast(qe * qk_scale, DOT)
     qo = _cast(qo * qk_scale, DOT)
 
+    if LENGTH_ON_DEVICE:  # read at run time: the grid covers the capacity, splits past the length stay empty
+        L = tl.minimum(tl.load(length_ptr), S_CAP)
     lo = split * CHUNK
     hi = tl.minimum(lo + CHUNK, L)
     if HAS_START:
@@ -403,7 +406,7 @@ def kv_attention_decode(
     q: torch.Tensor,
     k_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     v_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    length: int,
+    length: int | torch.Tensor,
     bits: int,
     group_size: int,
     sm_scale: float | None = None,
@@ -417,8 +420,21 @@ def kv_attention_decode(
     Shapes as :func:`kv_attention_prefill` with ``T == 1`` (``q`` ``[B, H_q, 1, D]``); ``num_splits``
     overrides the chunking heuristic and ``asm_dequant`` :data:`USE_ASM_DEQUANT`. Returns ``[B, H_q, 1, D]`` in
     q's dtype.
+
+    ``length`` may be an int32 tensor of one element on the cache's device: the kernel then reads it when it
+    runs (a captured CUDA graph replays with the length the tensor holds at each replay), splits the whole
+    capacity ``S_cap`` (splits past the length do no work) and clamps the length to ``S_cap``; it is not
+    checked on the host, which would synchronize.
     """
-    b, hq, t, d, hkv, s_cap = _check(q, k_cache, v_cache, length, kv_start, bits, group_size, "kv_attention_decode")
+    name = "kv_attention_decode"
+    length_t = None
+    if isinstance(length, torch.Tensor):
+        codes = k_cache[0] if len(k_cache) == 3 else None
+        if length.dtype != torch.int32 or length.numel() != 1 or codes is None or length.device != codes.device:
+            raise ValueError(f"{name}: a tensor length must be one int32 element on the cache's device, got "
+                             f"{length.dtype} {tuple(length.shape)} on {length.device}")
+        length_t, length = length, (codes.shape[2] if codes.dim() == 4 else 1)
+    b, hq, t, d, hkv, s_cap = _check(q, k_cache, v_cache, length, kv_start, bits, group_size, name)
     if t != 1:
         raise ValueError(f"kv_attention_decode: q must hold one query per sequence, got T={t}")
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -438,8 +454,10 @@ def kv_attention_decode(
     sm_scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
     _decode_split_kernel[(splits, b * hkv)](
         q, part_o, part_ml, *k_cache, *v_cache, kv_start if kv_start is not None else part_ml,
+        length_t if length_t is not None else part_ml,
         length, s_cap, hkv, chunk, splits, sm_scale * _LOG2E, q.stride(0), q.stride(1),
-        HAS_START=kv_start is not None, GQ=gq, GQP=max(16, next_power_of_2(gq)), BITS=bits, D=d, G=groups,
+        HAS_START=kv_start is not None, LENGTH_ON_DEVICE=length_t is not None, GQ=gq,
+        GQP=max(16, next_power_of_2(gq)), BITS=bits, D=d, G=groups,
         GP=_padded_groups(groups, group_size), GS=group_size, DOT=_dot_kind(q.dtype), BLOCK_N=block_n,
         num_warps=DECODE_WARPS, num_stages=DECODE_STAGES,
         ASM=_asm(bits, q.dtype, asm_dequant),

@@ -37,12 +37,12 @@ from quota.quant.quantizers import quantize_asymmetric
 
 @triton.jit
 def _kv_write_kernel(
-    x_ptr, codes_ptr, scale_ptr, zero_ptr,
+    x_ptr, codes_ptr, scale_ptr, zero_ptr, start_ptr,
     T, start, clip, inv_sqrt,
     stride_xb, stride_xh, stride_xt,
     H, S_CAP, D: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, GS: tl.constexpr,
     BITS: tl.constexpr, HAS_CLIP: tl.constexpr, HAD: tl.constexpr, X_PARTS: tl.constexpr, DOT_F32: tl.constexpr,
-    BLOCK_T: tl.constexpr,
+    BLOCK_T: tl.constexpr, START_ON_DEVICE: tl.constexpr,
 ):  # fmt: skip
     pid_t = tl.program_id(0)
     bh = tl.program_id(1)
@@ -53,7 +53,9 @@ def _kv_write_kernel(
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)[:, None, None]  # [BT, 1, 1]
     g = tl.arange(0, GP)[None, :, None]  # [1, GP, 1]
     j = tl.arange(0, GS)[None, None, :]  # [1, 1, GS]
-    ok = (t < T) & (g < G)  # [BT, GP, 1]
+    if START_ON_DEVICE:  # read at run time (a CUDA graph replays this launch at a new position)
+        start = tl.load(start_ptr)
+    ok = (t < T) & (g < G) & (start + t < S_CAP)  # [BT, GP, 1]; rows past the capacity are never written
     x_base = x_ptr + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
     x = tl.load(x_base + t * stride_xt + g * GS + j, mask=ok, other=0.0)  # [BT, GP, GS]
     if HAD:  # D == GP * GS is a power of two here
@@ -124,13 +126,18 @@ def kv_cache_write(
     codes: torch.Tensor,
     scale: torch.Tensor,
     zero: torch.Tensor,
-    start: int,
+    start: int | torch.Tensor,
     bits: int,
     group_size: int,
     clip_ratio: float = 1.0,
     hadamard: bool = False,
 ) -> None:
     """Quantize ``x`` and write it into the cache at positions ``[start, start + T)``, in place.
+
+    ``start`` is an int, or an int32 tensor of one element on the cache's device, read by the kernel when it
+    runs (so that a captured CUDA graph writes each replay at the position the tensor then holds); a tensor
+    start is not checked against the capacity on the host (that would synchronize), and rows that would fall
+    past ``S_cap`` are not written.
 
     - ``x``: ``[B, H_kv, T, D]`` bfloat16, float16 or float32 (keys after RoPE, or values);
     - ``codes``: uint8 ``[B, H_kv, S_cap, D/2]`` (bits=4) or ``[B, H_kv, S_cap, D]`` (bits=8);
@@ -147,7 +154,13 @@ def kv_cache_write(
     if tuple(codes.shape[:2]) != (b, h):
         raise ValueError(f"{name}: cache is for [B, H_kv] = {tuple(codes.shape[:2])}, x has {(b, h)}")
     s_cap = codes.shape[2]
-    if not 0 <= start or start + t > s_cap:
+    start_t = None
+    if isinstance(start, torch.Tensor):
+        if start.dtype != torch.int32 or start.numel() != 1 or start.device != codes.device:
+            raise ValueError(f"{name}: a tensor start must be one int32 element on {codes.device}, got "
+                             f"{start.dtype} {tuple(start.shape)} on {start.device}")
+        start_t, start = start, 0
+    elif not 0 <= start or start + t > s_cap:
         raise ValueError(f"{name}: positions [{start}, {start + t}) do not fit the cache capacity {s_cap}")
     if not 0.0 < float(clip_ratio) <= 1.0:
         raise ValueError(f"{name}: clip_ratio must lie in (0, 1], got {clip_ratio}")
@@ -162,12 +175,12 @@ def kv_cache_write(
     block_t = 16 if hadamard else min(max(next_power_of_2(t), 1), 32)
     grid = (triton.cdiv(t, block_t), b * h)
     _kv_write_kernel[grid](
-        x, codes, scale, zero,
+        x, codes, scale, zero, start_t if start_t is not None else scale,
         t, start, float(clip_ratio), 1.0 / math.sqrt(d),
         x.stride(0), x.stride(1), x.stride(2), h, s_cap,
         D=d, G=groups, GP=next_power_of_2(groups), GS=group_size,
         BITS=bits, HAS_CLIP=float(clip_ratio) != 1.0, HAD=hadamard, X_PARTS=split_parts(x.dtype), DOT_F32=INTERPRET,
-        BLOCK_T=block_t, num_warps=4, enable_fp_fusion=False,
+        BLOCK_T=block_t, START_ON_DEVICE=start_t is not None, num_warps=4, enable_fp_fusion=False,
     )  # fmt: skip
 
 

@@ -8,6 +8,11 @@ cache at every step equals quantizing each token once).
 
 Storage per layer: one buffer ``[B, H_kv, capacity, D]`` for K and one for V, grown by doubling; the
 views returned by :meth:`update` cover the ``length`` tokens written so far.
+
+Static mode (:meth:`LayerwiseKVCache.begin_static`, for decode steps replayed from a CUDA graph): each layer's
+length is also held in device memory (``device_lengths``, int64 ``[L]``); a one-token update writes at the
+position held there, advances it on the device and returns the whole buffers (fixed shapes): the caller
+masks the slots at and past the length (:meth:`static_mask`).
 """
 
 from __future__ import annotations
@@ -28,10 +33,77 @@ class LayerwiseKVCache:
         self._keys: list[torch.Tensor | None] = [None] * num_layers  # [B, H_kv, cap, D]
         self._values: list[torch.Tensor | None] = [None] * num_layers
         self._lengths = [0] * num_layers
+        self.device_lengths: torch.Tensor | None = None  # int64 [L], in static mode
+        self._static_valid: list[torch.Tensor] = []  # per layer bool [B, cap], in static mode
+        self._slots: list[torch.Tensor] = []  # per layer long [cap], in static mode
+
+    # -- static mode ----------------------------------------------------------------------------------
+    @property
+    def static(self) -> bool:
+        return self.device_lengths is not None
+
+    def capacity(self, layer_idx: int) -> int:
+        """Slots allocated for layer ``layer_idx``."""
+        if self._keys[layer_idx] is None:
+            raise IndexError(f"layer {layer_idx} of the cache is empty")
+        return self._keys[layer_idx].shape[-2]
+
+    def begin_static(self, key_valid: list[torch.Tensor]) -> None:
+        """Enter static mode: copy every layer's length to ``device_lengths`` (launches only, no host copy) and
+        keep each layer's key validity so far (``key_valid[l]`` bool ``[B, length_l]``, False on padding),
+        widened to the capacity, for :meth:`static_mask`."""
+        if any(k is None for k in self._keys):
+            raise RuntimeError("static mode needs a cache whose every layer holds the prompt (run a prefill first)")
+        if len(key_valid) != self.num_layers:
+            raise ValueError(f"key_valid has {len(key_valid)} layers, the cache {self.num_layers}")
+        device = self._keys[0].device
+        self.device_lengths = torch.empty(self.num_layers, dtype=torch.long, device=device)
+        self._static_valid, self._slots = [], []
+        for i, n in enumerate(self._lengths):
+            self.device_lengths[i].fill_(n)
+            self._keys[i][..., n:, :].zero_()  # masked slots are still multiplied by 0: no NaN left in them
+            self._values[i][..., n:, :].zero_()
+            valid = torch.ones(key_valid[i].shape[0], self.capacity(i), dtype=torch.bool, device=device)
+            valid[:, : key_valid[i].shape[1]] = key_valid[i]
+            self._static_valid.append(valid)  # [B, cap]
+            self._slots.append(torch.arange(self.capacity(i), device=device))  # [cap]
+
+    def end_static(self) -> None:
+        """Leave static mode (the host-side lengths are kept current by the caller, see ``advance``)."""
+        self.device_lengths = None
+        self._static_valid, self._slots = [], []
+
+    def advance(self, steps: int = 1) -> None:
+        """Count ``steps`` one-token updates done on the device alone (CUDA graph replays) in the host lengths."""
+        self._lengths = [n + steps for n in self._lengths]
+
+    def static_mask(self, layer_idx: int) -> torch.Tensor:
+        """``[B, 1, 1, capacity]`` bool for the next one-token step of layer ``layer_idx`` in static mode: the
+        slots up to and including the one the step writes, less the prompt's padding."""
+        within = self._slots[layer_idx] <= self.device_lengths[layer_idx]  # [cap]
+        return (self._static_valid[layer_idx] & within[None, :])[:, None, None, :]
+
+    def _update_static(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
+        if key.shape[-2] != 1:
+            raise ValueError(f"static mode appends one token per step, got {key.shape[-2]}")
+        if self._lengths[layer_idx] + 1 > self.capacity(layer_idx):
+            raise RuntimeError(
+                f"layer {layer_idx}: static mode cannot grow the cache past its {self.capacity(layer_idx)} slots; "
+                "reserve more at prefill"
+            )
+        index = self.device_lengths[layer_idx : layer_idx + 1]
+        buf_k, buf_v = self._keys[layer_idx], self._values[layer_idx]
+        buf_k.index_copy_(2, index, key)
+        buf_v.index_copy_(2, index, value)
+        index.add_(1)
+        self._lengths[layer_idx] += 1
+        return buf_k, buf_v
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Append ``key``/``value`` ``[B, H_kv, T, D]`` to layer ``layer_idx``; return all of its K, V
-        ``[B, H_kv, length, D]``."""
+        ``[B, H_kv, length, D]`` (in static mode: the whole buffers, see the module docstring)."""
+        if self.static:
+            return self._update_static(key, value, layer_idx)
         t = key.shape[-2]
         length = self._lengths[layer_idx]
         buf_k, buf_v = self._keys[layer_idx], self._values[layer_idx]

@@ -77,7 +77,9 @@ class PrefillState:
     - ``key_valid``: per layer, bool ``[B, S_l + steps]``;
     - ``base_position``: long ``[B]`` position of the first decode token;
     - ``kept``: per layer, long ``[B, k_l]`` original visual indices (``0 .. N-1``) alive in that layer;
-    - ``n_visual``: ``N``; ``steps``: decode steps taken.
+    - ``n_visual``: ``N``; ``steps``: decode steps taken;
+    - ``valid_owed``: decode steps taken outside :meth:`PrunedRunner.decode_step` (by a
+      :class:`~quota.runtime.graphs.StaticDecoder`) whose columns ``key_valid`` does not hold yet.
     """
 
     cache: LayerwiseKVCache
@@ -87,6 +89,13 @@ class PrefillState:
     n_visual: int
     position_rows: int
     steps: int = 0
+    valid_owed: int = 0
+
+    def settle(self) -> None:
+        """Append the ``valid_owed`` decode columns (all valid) to every layer's ``key_valid``."""
+        if self.valid_owed:
+            self.key_valid = [torch.cat([v, v.new_ones(v.shape[0], self.valid_owed)], dim=1) for v in self.key_valid]
+            self.valid_owed = 0
 
 
 @contextmanager
@@ -322,6 +331,9 @@ class PrunedRunner:
         """Feed one token per sample (long ``[B]``); returns the next logits ``[B, V]``. Each layer attends
         over its own cache (its kept prompt tokens and the decode tokens so far)."""
         model, spec = self.model, self.spec
+        if getattr(state.cache, "static", False):
+            raise RuntimeError("the cache is in static mode: decode through its StaticDecoder, or close it first")
+        state.settle()
         with quota_attention_of(spec.text_config_of(model)):
             hidden = spec.embeddings_of(model)(token_ids[:, None])  # [B, 1, d]
             positions = decode_positions(state.base_position, state.steps, state.position_rows)  # [R, B, 1]

@@ -8,6 +8,11 @@ module (``quota_kv_store``, set by the runner for one forward) and runs
 :func:`~quota.kernels.kv_attention.kv_attention_prefill` or ``..._decode`` over the codes, so the cache
 is never dequantized in memory. Left padding is masked by ``kv_start`` (per layer, per sample: the
 number of padding slots at the left of that layer's sequence).
+
+Static mode (:meth:`QuantizedKVStore.begin_static`, for decode steps replayed from a CUDA graph): each layer's
+length is also held in device memory (``device_lengths``, int32 ``[L]``); a one-token update writes at the
+position held there and advances it on the device, and attention reads the length from there, so no launch
+depends on a host-side length.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class QuantizedKVStore:
         self._v: list[tuple[torch.Tensor, ...] | None] = [None] * num_layers
         self._lengths = [0] * num_layers
         self.kv_start: list[torch.Tensor | None] = [None] * num_layers  # int32 [B] per layer
+        self.device_lengths: torch.Tensor | None = None  # int32 [L], in static mode
 
     def _group(self, layer: int, head_dim: int) -> int:
         return min(self.quantizers[layer].group_size, head_dim)
@@ -51,11 +57,73 @@ class QuantizedKVStore:
                 new[:, :, :n] = old[:, :, :n]
         self._k[layer], self._v[layer] = new_k, new_v
 
+    # -- static mode ----------------------------------------------------------------------------------
+    @property
+    def static(self) -> bool:
+        return self.device_lengths is not None
+
+    def capacity(self, layer_idx: int) -> int:
+        """Slots allocated for layer ``layer_idx``."""
+        if self._k[layer_idx] is None:
+            raise IndexError(f"layer {layer_idx} of the cache is empty")
+        return self._k[layer_idx][0].shape[2]
+
+    def begin_static(self, key_valid: list[torch.Tensor] | None = None) -> None:
+        """Enter static mode: copy every layer's length to ``device_lengths`` (launches only, no host copy, so
+        that it may itself be captured). Every layer must hold tokens already. ``key_valid`` is not needed:
+        padding is masked by ``kv_start``."""
+        device = self._k[0][0].device if self._k[0] is not None else None
+        if device is None or any(k is None for k in self._k):
+            raise RuntimeError("static mode needs a cache whose every layer holds the prompt (run a prefill first)")
+        self.device_lengths = torch.empty(self.num_layers, dtype=torch.int32, device=device)
+        for i, n in enumerate(self._lengths):
+            self.device_lengths[i].fill_(n)
+
+    def end_static(self) -> None:
+        """Leave static mode (the host-side lengths are kept current by the caller, see ``advance``)."""
+        self.device_lengths = None
+
+    def advance(self, steps: int = 1) -> None:
+        """Count ``steps`` one-token updates done on the device alone (CUDA graph replays) in the host lengths."""
+        self._lengths = [n + steps for n in self._lengths]
+
+    def _update_static(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
+        from quota.kernels.kv_cache import kv_cache_write
+
+        if key.shape[2] != 1:
+            raise ValueError(f"static mode appends one token per step, got {key.shape[2]}")
+        if self._lengths[layer_idx] + 1 > self.capacity(layer_idx):
+            raise RuntimeError(
+                f"layer {layer_idx}: static mode cannot grow the cache past its {self.capacity(layer_idx)} slots; "
+                "reserve more at prefill"
+            )
+        q = self.quantizers[layer_idx]
+        start = self.device_lengths[layer_idx : layer_idx + 1]
+        group = self._group(layer_idx, key.shape[-1])
+        kv_cache_write(key, *self._k[layer_idx], start, q.bits, group, q.clip_ratio, hadamard=q.hadamard)
+        kv_cache_write(value, *self._v[layer_idx], start, q.bits, group, q.clip_ratio, hadamard=False)
+        start.add_(1)
+        self._lengths[layer_idx] += 1
+        return key, value
+
+    def static_mask(self, layer_idx: int) -> None:
+        """No mask: the kernels mask padding by ``kv_start`` and read the length from ``device_lengths``."""
+        return None
+
+    def attention_length(self, layer_idx: int) -> int | torch.Tensor:
+        """What the attention kernels take as the length: the host int, or in static mode its device copy."""
+        if self.static:
+            return self.device_lengths[layer_idx : layer_idx + 1]
+        return self._lengths[layer_idx]
+
+    # -- updates ----------------------------------------------------------------------------------------
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Quantize and append ``key``/``value`` ``[B, H_kv, T, D]``; returns them unchanged (the attention
         kernels read the codes, see the module docstring)."""
         from quota.kernels.kv_cache import kv_cache_write
 
+        if self.static:
+            return self._update_static(key, value, layer_idx)
         q = self.quantizers[layer_idx]
         n, t, d = self._lengths[layer_idx], key.shape[2], key.shape[-1]
         if self._k[layer_idx] is None or n + t > self._k[layer_idx][0].shape[2]:
@@ -107,6 +175,10 @@ def kernel_attention(module, query: torch.Tensor, store: QuantizedKVStore, scali
         keys = dequantize_cache(k_cache, length, quantizer.bits).to(query.dtype)  # [B, H_kv, L, D]
         probe(module, query, keys, None, scaling)
     start = store.kv_start[layer]
-    attend = kv_attention_decode if query.shape[2] == 1 else kv_attention_prefill
-    out = attend(query, k_cache, v_cache, length, quantizer.bits, group, sm_scale=scaling, kv_start=start)
+    if query.shape[2] == 1:
+        out = kv_attention_decode(query, k_cache, v_cache, store.attention_length(layer), quantizer.bits, group,
+                                  sm_scale=scaling, kv_start=start)  # fmt: skip
+    else:
+        out = kv_attention_prefill(query, k_cache, v_cache, length, quantizer.bits, group, sm_scale=scaling,
+                                   kv_start=start)  # fmt: skip
     return out.transpose(1, 2).contiguous()  # [B, T, H_q, D]

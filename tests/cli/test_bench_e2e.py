@@ -17,7 +17,7 @@ def test_e2e_bench_on_a_tiny_llava(tmp_path, capsys):
 
 
 def test_e2e_bench_on_a_tiny_qwen2_vl(tmp_path):
-    assert main(["bench", "e2e", "--arch", "tiny-qwen2-vl", "--batches", "2", "--new-tokens", "3",
+    assert main(["bench", "e2e", "--arch", "tiny-qwen2-vl", "--batches", "2", "--new-tokens", "5",
                  "--repeats", "1", "--budget", "0.5", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench_e2e_tiny-qwen2-vl.json").read_text())
     assert result["arch"] == "tiny-qwen2-vl"
@@ -54,7 +54,7 @@ def test_resample_schedule_keeps_ratios_by_relative_depth():
 def test_e2e_bench_takes_a_testbed_recipe(tmp_path):
     recipe = tmp_path / "recipe.json"
     assert main(["solve", "--budget", "0.3", "--solver", "dp", "-o", str(recipe)]) == 0
-    assert main(["bench", "e2e", "--arch", "tiny-llava", "--batches", "1", "--new-tokens", "2",
+    assert main(["bench", "e2e", "--arch", "tiny-llava", "--batches", "1", "--new-tokens", "4", "--eager-decode",
                  "--repeats", "1", "--recipe", str(recipe), "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "bench_e2e_tiny-llava.json").read_text())["rows"]
     assert rows[1]["schedule_mean"] == 16 and rows[2]["schedule_mean"] < 16 * 0.5

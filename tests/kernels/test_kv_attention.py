@@ -101,6 +101,21 @@ def test_decode_variants_agree_with_prefill(asm_dequant):
     assert (out_d.double() - out_p.double()).abs().max() <= 2 * torch_error
 
 
+@pytest.mark.parametrize("length", [1, 17, 40])
+def test_decode_length_read_from_device_memory(length):
+    """A tensor length (what a CUDA graph replays) attends over the same positions as the int length, although
+    the grid then splits the whole capacity of 48 (splits past the length stay empty)."""
+    q, kc, vc, ks = _case(2, 4, 2, 1, length, 48, 64, 4, 32, torch.bfloat16, False, seed=length)
+    on = lambda c: tuple(x.to(DEVICE) for x in c)  # noqa: E731
+    length_t = torch.tensor([length], dtype=torch.int32, device=DEVICE)
+    got = kv_attention_decode(q.to(DEVICE), on(kc), on(vc), length_t, 4, 32, num_splits=3).cpu()
+    k, v = dequantize_cache(kc, length, 4), dequantize_cache(vc, length, 4)
+    ref = attention_reference(q, k, v, None, None, torch.float64)
+    assert_twice_torch_error(got, ref, attention_reference(q, k, v, None, None, q.dtype))
+    with pytest.raises(ValueError, match="int32"):
+        kv_attention_decode(q.to(DEVICE), on(kc), on(vc), torch.tensor([3], device=DEVICE), 4, 32)
+
+
 def test_layers_with_different_lengths_share_nothing():
     """Two layers' caches of different lengths: each call sees only its own ``length`` positions."""
     q, kc, vc, _ = _case(2, 4, 2, 1, 64, 64, 64, 4, 32, torch.bfloat16, False, seed=8)

@@ -62,6 +62,24 @@ def test_append_after_prefill_and_roundtrip_error():
     assert (deq - x.float()).abs().max() <= (scale.max() / 2) * 1.001  # within half a step
 
 
+@pytest.mark.parametrize("hadamard", [False, True])
+def test_start_read_from_device_memory(hadamard):
+    """A tensor start writes where its value points, as the int start does; rows past the capacity are dropped."""
+    b, h, d, gs, s_cap = 2, 3, 64, 32, 10
+    x = _x((b, h, 3, d), torch.bfloat16, seed=5)
+    for start in (0, 4, 8):  # 8: the last of the three rows falls past the capacity
+        got = _poisoned_cache(b, h, s_cap, d, 4, gs)
+        ref = [t.cpu() for t in _poisoned_cache(b, h, s_cap, d, 4, gs)]
+        start_t = torch.tensor([start], dtype=torch.int32, device=DEVICE)
+        kv_cache_write(x.to(DEVICE), *got, start_t, 4, gs, 1.0, hadamard)
+        fit = min(3, s_cap - start)
+        kv_cache_write_reference(x[:, :, :fit], *ref, start, 4, gs, 1.0, hadamard)
+        for a, r in zip(got, ref):
+            assert _equal_with_nan(a.cpu(), r)
+    with pytest.raises(ValueError, match="int32"):
+        kv_cache_write(x.to(DEVICE), *got, torch.tensor([1], device=DEVICE), 4, gs)
+
+
 @pytest.mark.parametrize("d,bits,dtype", [(64, 4, torch.bfloat16), (128, 4, torch.float32), (64, 8, torch.float16)])
 def test_hadamard_keys(d, bits, dtype):
     x = _x((2, 2, 9, d), dtype, seed=d + bits)

@@ -8,6 +8,7 @@ import torch
 from quota.quant.config import QuantConfig
 from quota.quant.quantize import quantize_model
 from quota.runtime.generate import PrunedRunner
+from quota.runtime.graphs import StaticDecoder, forbid_host_sync
 from quota.runtime.kv_store import QuantizedKVStore
 from tests.kernels.kernel_checks import DEVICE
 from tests.runtime.models import left_pad, n_visual, pixels, prompt, tiny_llava
@@ -55,6 +56,28 @@ def test_kernel_kv_path_matches_simulated_path(setup, hadamard):
     gen_sim = sim.generate(ids, mask, pv, max_new_tokens=4, **EOS)
     gen_kern = kern.generate(ids, mask, pv, max_new_tokens=4, **EOS)
     assert torch.equal(gen_kern[rows], gen_sim[rows])
+
+
+def test_static_decoder_over_the_store_equals_eager_steps(setup):
+    """Static decode steps (device-held lengths, what a CUDA graph replays) over the int4 store give the eager
+    steps' logits; on CUDA the steps after the first are replayed from a captured graph."""
+    model, ids, mask, pv, n = setup
+    kern = PrunedRunner(model, (n, n // 2, n // 2, 3), {"attn_last": 1.0}, impl="triton")
+    logits, state = kern.prefill(ids, mask, pv, reserve=4)
+    want, token = [], logits.argmax(-1)
+    for _ in range(4):
+        want.append(kern.decode_step(token, state))
+        token = want[-1].argmax(-1)
+    logits, state = kern.prefill(ids, mask, pv, reserve=4)
+    token = logits.argmax(-1)
+    with StaticDecoder(kern, state, steps=4) as dec:
+        assert dec.graph_wanted == (DEVICE == "cuda")
+        for i in range(4):
+            with forbid_host_sync():
+                got = dec(token).clone()
+            torch.testing.assert_close(got, want[i], rtol=1e-4, atol=1e-4)
+            token = got.argmax(-1)
+    assert state.cache.lengths == [int(mask.shape[1] - n + k) + 4 for k in (n, n // 2, n // 2, 3)]
 
 
 def test_store_uses_a_fraction_of_bf16_bytes(setup):

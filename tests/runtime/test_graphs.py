@@ -1,0 +1,85 @@
+"""StaticDecoder: decode steps from static buffers and device-held lengths (what a CUDA graph replays) give the
+eager decode_step's logits; the step never synchronizes with the host; eager decoding resumes after it."""
+
+import pytest
+import torch
+
+from quota.runtime.generate import PrunedRunner
+from quota.runtime.graphs import HostSyncError, StaticDecoder, forbid_host_sync
+from tests.runtime.models import n_visual
+
+
+def _eager(runner, ids, mask, pv, steps, reserve):
+    logits, state = runner.prefill(ids, mask, pv, reserve=reserve)
+    out, token = [logits], logits.argmax(-1)
+    for _ in range(steps):
+        logits = runner.decode_step(token, state)
+        out.append(logits)
+        token = logits.argmax(-1)
+    return out, state
+
+
+@pytest.fixture(scope="module")
+def pruned(llava):
+    n = n_visual(llava)
+    return PrunedRunner(llava, (n, n // 2, n // 2, 3), {"attn_last": 1.0}, impl="reference")
+
+
+def test_static_steps_equal_eager_steps(pruned, batch3):
+    ids, mask, pv, _ = batch3
+    want, _ = _eager(pruned, ids, mask, pv, steps=5, reserve=5)
+    logits, state = pruned.prefill(ids, mask, pv, reserve=5)
+    prompt_lengths = state.cache.lengths
+    got, token = [logits], logits.argmax(-1)
+    with StaticDecoder(pruned, state, steps=5, graph=False) as dec:
+        for _ in range(5):
+            logits = dec(token).clone()
+            got.append(logits)
+            token = logits.argmax(-1)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert state.steps == 5 and state.cache.lengths == [n + 5 for n in prompt_lengths]
+
+
+def test_eager_decoding_resumes_after_static_steps(pruned, batch3):
+    ids, mask, pv, _ = batch3
+    want, want_state = _eager(pruned, ids, mask, pv, steps=4, reserve=4)
+    logits, state = pruned.prefill(ids, mask, pv, reserve=4)
+    token = logits.argmax(-1)
+    dec = StaticDecoder(pruned, state, steps=2, graph=False)
+    for _ in range(2):
+        token = dec(token).argmax(-1)
+    with pytest.raises(RuntimeError, match="static mode"):
+        pruned.decode_step(token, state)  # not while the decoder is open
+    dec.close()
+    for _ in range(2):
+        logits = pruned.decode_step(token, state)
+        token = logits.argmax(-1)
+    torch.testing.assert_close(logits, want[-1], rtol=1e-5, atol=1e-5)
+    assert state.cache.lengths == want_state.cache.lengths
+    assert all(torch.equal(a, b) for a, b in zip(state.key_valid, want_state.key_valid))
+
+
+def test_static_step_does_not_synchronize(pruned, batch3):
+    ids, mask, pv, _ = batch3
+    logits, state = pruned.prefill(ids, mask, pv, reserve=2)
+    with StaticDecoder(pruned, state, steps=2, graph=False) as dec, forbid_host_sync():
+        dec(logits.argmax(-1))
+    with pytest.raises(HostSyncError):  # the eager step reads nothing back either, but the check itself bites
+        with forbid_host_sync():
+            bool(logits.sum() > 0)
+
+
+def test_reserve_too_small_and_steps_used_up(pruned, batch3):
+    ids, mask, pv, _ = batch3
+    logits, state = pruned.prefill(ids, mask, pv, reserve=0)
+    with pytest.raises(ValueError, match="reserve >= 3"):
+        StaticDecoder(pruned, state, steps=3, graph=False)
+    logits, state = pruned.prefill(ids, mask, pv, reserve=1)
+    dec = StaticDecoder(pruned, state, steps=1, graph=False)
+    token = dec(logits.argmax(-1)).argmax(-1)
+    with pytest.raises(RuntimeError, match="used up"):
+        dec(token)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            StaticDecoder(pruned, state, steps=0, graph=True)
