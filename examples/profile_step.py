@@ -4,7 +4,7 @@ Face's own ``generate`` decode rate for the same model as a baseline. Usage (GPU
 
     python examples/profile_step.py --arch llava-1.5-7b --steps 16 [--lowbit] [--phase prefill] [--rows 30] [--static]
 
-``--static`` decodes (and profiles decode steps) through a StaticDecoder, which replays CUDA graphs on a GPU.
+``--static`` prefills through a StaticPrefill and decodes through a StaticDecoder (CUDA graphs on a GPU).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 from quota.quant.config import QuantConfig
 from quota.quant.quantize import quantize_model
 from quota.runtime.generate import PrunedRunner
-from quota.runtime.graphs import StaticDecoder
+from quota.runtime.graphs import StaticDecoder, StaticPrefill
 from quota.runtime.speed import VISUAL_TOKENS, build_random, inputs
 
 
@@ -81,19 +81,23 @@ def main() -> None:
     mode = "static, CUDA graph" if a.static and device == "cuda" else ("static" if a.static else "eager")
     print(f"runtime decode ({'W4A4+KV4' if a.lowbit else 'bf16'}, {mode}): {a.batch / per_step:.1f} tok/s, "
           f"{per_step * 1e3:.2f} ms/step", flush=True)
+    if a.static:
+        prefill = StaticPrefill(runner, reserve=4)
+    else:
+        prefill = lambda *args, **kw: runner.prefill(*args, reserve=4, **kw)  # noqa: E731
     if a.phase == "prefill":
-        runner.prefill(ids, mask, pixels, reserve=4, **extra)  # warm-up at this reserve
+        prefill(ids, mask, pixels, **extra)  # warm-up at this reserve (static: and the recording)
         sync()
         t0 = time.perf_counter()
         for _ in range(a.steps):
-            runner.prefill(ids, mask, pixels, reserve=4, **extra)
+            prefill(ids, mask, pixels, **extra)
         sync()
-        print(f"runtime prefill: {(time.perf_counter() - t0) / a.steps * 1e3:.1f} ms", flush=True)
+        print(f"runtime prefill ({mode}): {(time.perf_counter() - t0) / a.steps * 1e3:.1f} ms", flush=True)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(a.steps):
             if a.phase == "prefill":
-                runner.prefill(ids, mask, pixels, reserve=4, **extra)
+                prefill(ids, mask, pixels, **extra)
             else:
                 token = step(token).argmax(-1)
         sync()

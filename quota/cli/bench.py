@@ -25,8 +25,8 @@ def register(subparsers) -> None:
     e2e.add_argument("--budget", type=float, default=0.3, help="pruned variant's mean keep ratio (default 0.3)")
     e2e.add_argument("--recipe", default=None, help="use this recipe's schedule for the pruned variant")
     e2e.add_argument("--repeats", type=int, default=3)
-    e2e.add_argument("--eager-decode", action="store_true",
-                     help="decode through the eager per-layer loop instead of replaying CUDA graphs")
+    e2e.add_argument("--eager", action="store_true",
+                     help="prefill and decode through the eager per-layer loop instead of replaying CUDA graphs")
     e2e.add_argument("--out", type=Path, default=None, help="write bench_e2e_<arch>.json and .md here")
     e2e.set_defaults(func=run_e2e)
     bench.set_defaults(func=lambda args: bench.print_help() or 0)
@@ -58,13 +58,13 @@ def run_e2e(args: argparse.Namespace) -> int:
         recipe = Recipe.load(args.recipe)
         schedule, source_visual = recipe.schedule, recipe.n_visual_tokens
     rows = run_speed(args.arch, args.batches, args.prompt_tokens, args.new_tokens, args.budget, args.repeats,
-                     schedule=schedule, source_visual=source_visual, static_decode=not args.eager_decode)
+                     schedule=schedule, source_visual=source_visual, static=not args.eager)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     head = "| variant | batch | mean visual tokens | TTFT ms | decode tok/s | peak GiB | KV cache MiB |"
     lines = [f"# End-to-end speed: {args.arch} (random weights) on {device}", "",
              f"One image + {args.prompt_tokens} prompt tokens, {args.new_tokens} generated tokens, median of "
-             f"{args.repeats} runs after a warm-up; decode "
-             + ("eager" if args.eager_decode else "replayed from CUDA graphs where there is CUDA")
+             f"{args.repeats} runs after a warm-up; prefill and decode "
+             + ("eager" if args.eager else "replayed from CUDA graphs where there is CUDA")
              + " (decode rate over steps 3 on).", "", head, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.variant} | {r.batch} | {r.schedule_mean:.1f} | {r.ttft_ms:.1f} | "
@@ -75,7 +75,7 @@ def run_e2e(args: argparse.Namespace) -> int:
 
         stem = f"bench_e2e_{args.arch}"
         write_json_atomic(args.out / f"{stem}.json", {"device": device, "arch": args.arch,
-                                                      "decode": "eager" if args.eager_decode else "static",
+                                                      "mode": "eager" if args.eager else "static",
                                                       "rows": [r.to_dict() for r in rows]})
         write_text_atomic(args.out / f"{stem}.md", text)
     print(text)

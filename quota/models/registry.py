@@ -21,6 +21,7 @@ SPECS: tuple[ArchSpec, ...] = (
         vision_tower="model.vision_tower",
         projector="model.multi_modal_projector",
         image_token_config="image_token_id",
+        static_vision=True,
     ),
     ArchSpec(
         family="qwen2_vl",

@@ -45,7 +45,8 @@ class ArchSpec:
     ``language_model`` is the decoder stack (it holds ``layers``, ``embed_tokens`` and ``final_norm``);
     ``vision_tower`` and ``projector`` are ``None`` for text-only models. ``positions`` is ``"rope"`` or
     ``"mrope"`` (Qwen2-VL's multimodal RoPE). ``image_token_config`` names the config attribute holding
-    the image placeholder token id.
+    the image placeholder token id. ``static_vision``: the image encoder runs without reading device data
+    back to the host for fixed input shapes (so a CUDA graph can record it); Qwen2-VL's reads its patch grid.
     """
 
     family: str
@@ -59,6 +60,7 @@ class ArchSpec:
     projector: str | None = None
     positions: str = "rope"
     image_token_config: str | None = None
+    static_vision: bool = False
     layer: DecoderLayerSpec = field(default_factory=DecoderLayerSpec)
 
     @property

@@ -70,6 +70,21 @@ def apply_block_hadamard(x: torch.Tensor, block: int | None = None) -> torch.Ten
     return y.to(dtype)
 
 
+@functools.lru_cache(maxsize=32)
+def _device_hadamard(n: int, device: torch.device) -> torch.Tensor:
+    return hadamard_matrix(n, torch.float32).to(device)
+
+
+def rotate_by_hadamard(x: torch.Tensor) -> torch.Tensor:
+    """``x @ H_n`` along a power-of-two last dimension ``n``, as one float32 matmul with a cached ``H_n``: what
+    :func:`apply_block_hadamard` computes (to float32 rounding), in three launches instead of a few per stage.
+    Returns ``x``'s shape and dtype."""
+    n = x.shape[-1]
+    if not is_power_of_two(n):
+        raise ValueError(f"rotate_by_hadamard needs a power-of-two last dimension, got {n}")
+    return (x.float() @ _device_hadamard(n, x.device)).to(x.dtype)
+
+
 def random_orthogonal(n: int, seed: int) -> torch.Tensor:
     """Seeded Haar-random orthogonal matrix ``[n, n]`` (float64), deterministic across platforms."""
     g = torch.Generator().manual_seed(seed)

@@ -141,6 +141,7 @@ class PrunedRunner:
         self.impl = impl
         self.kept_indices: list[torch.Tensor] | None = None
         self._vision_attn: torch.Tensor | None = None  # the vision tower's attention of the current prefill
+        self._host_reads = True  # whether the current prefill may read device data back to the host
         for l in range(1, len(self.schedule)):
             if self.schedule[l] < self.schedule[l - 1] and not self._signals_at(l):
                 raise ValueError(
@@ -194,9 +195,11 @@ class PrunedRunner:
         h = self.spec.final_norm_of(self.model)(hidden[:, -1:])
         return self.spec.lm_head_of(self.model)(h)[:, -1]  # [B, V]
 
-    def _prompt_positions(self, attention_mask, span_start, n, vision_inputs) -> torch.Tensor:
+    def mrope_grid(self, vision_inputs: Mapping) -> tuple[int, int] | None:
+        """The merged ``(height, width)`` patch grid of the images (read back to the host) for M-RoPE, ``None``
+        for plain RoPE."""
         if self.spec.positions == "rope":
-            return rope_positions(attention_mask)
+            return None
         grid = vision_inputs.get("image_grid_thw")
         if grid is None:
             raise NotSupportedError("M-RoPE needs image_grid_thw")
@@ -204,7 +207,12 @@ class PrunedRunner:
         if not bool((grid == grid[0]).all()) or int(grid[0, 0]) != 1:
             raise NotSupportedError("M-RoPE: one still image per sample, all of one grid size")
         merge = int(getattr(self.model.config.vision_config, "spatial_merge_size", 1))
-        return mrope_positions(attention_mask, span_start, n, (int(grid[0, 1]) // merge, int(grid[0, 2]) // merge))
+        return int(grid[0, 1]) // merge, int(grid[0, 2]) // merge
+
+    def _prompt_positions(self, attention_mask, span_start, n, grid_hw) -> torch.Tensor:
+        if self.spec.positions == "rope":
+            return rope_positions(attention_mask)
+        return mrope_positions(attention_mask, span_start, n, grid_hw)
 
     def _recorder(self, l_next: int, seq_len: int, span_start, n, batch, device) -> AttentionRecorder | None:
         """A recorder for the layer before ``l_next`` when ``l_next`` prunes and attention is weighted."""
@@ -215,7 +223,7 @@ class PrunedRunner:
         if "attn_last" in wanted:
             queries["attn_last"] = last_query(batch, seq_len, device)
         if "attn_text" in wanted:
-            queries["attn_text"] = text_queries(seq_len, span_start, n)
+            queries["attn_text"] = text_queries(seq_len, span_start, n, static=not self._host_reads)
         return AttentionRecorder(queries, span_start, n)
 
     def _scores(self, l, hidden, span_start, n, visual_index, recorder, pixel_values, n_visual) -> torch.Tensor:
@@ -268,36 +276,59 @@ class PrunedRunner:
         ``pixel_values``: the model's image input (one image per sample); ``vision_inputs``: extra inputs
         of ``get_image_features`` (e.g. ``image_grid_thw``); ``reserve``: cache slots for decode steps.
         Returns the logits of the last position ``[B, V]`` and the :class:`PrefillState`."""
-        model, spec = self.model, self.spec
-        b, s = input_ids.shape
+        attention_mask = self.check_inputs(input_ids, attention_mask, pixel_values)
+        grid_hw = self.mrope_grid(vision_inputs)
+        feats = self.encode_images(pixel_values, input_ids.shape[0], vision_inputs)
+        return self.prefill_language(input_ids, attention_mask, feats, pixel_values, reserve, grid_hw, checks=True)
+
+    @staticmethod
+    def check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pixel_values) -> torch.Tensor:
+        """The prefill's checks that read the inputs back to the host; returns the attention mask (all ones
+        when none is given)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if not bool(attention_mask[:, -1].all()):
             raise NotSupportedError("inputs must be left-padded: the last column must be a real token in every row")
         if pixel_values is None:
             raise NotSupportedError("the pruning runtime needs pixel_values (one image per sample)")
-        self._vision_attn = None
+        return attention_mask
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor, batch: int, vision_inputs: Mapping) -> torch.Tensor:
+        """``[B, N, d]`` projected image features (vision tower + projector)."""
+        return image_features(self.model, pixel_values, batch, **vision_inputs)
+
+    @torch.no_grad()
+    def prefill_language(self, input_ids, attention_mask, feats, pixel_values, reserve: int,
+                         grid_hw: tuple[int, int] | None, checks: bool = True) -> tuple[torch.Tensor, PrefillState]:
+        """The language model's part of :meth:`prefill`, from the image features ``feats`` ``[B, N, d]``, after
+        :meth:`check_inputs`; ``grid_hw``: :meth:`mrope_grid`. Without ``checks`` nothing reads device data back
+        to the host (what a CUDA graph records, :class:`~quota.runtime.graphs.StaticPrefill`; it checks each
+        request first); ``pixel_values`` are only read for the ``vision_attn`` signal."""
+        model, spec = self.model, self.spec
+        b, s = input_ids.shape
+        self._vision_attn, self._host_reads = None, checks
         with quota_attention_of(spec.text_config_of(model)):
             embeds = spec.embeddings_of(model)(input_ids)  # [B, S, d]
-            feats = image_features(model, pixel_values, b, **vision_inputs)  # [B, N, d]
             n_visual = feats.shape[1]
             check_schedule(self.schedule, len(self.layers), n_visual)
             token = image_token_id(model, spec)
-            span = image_span(input_ids, token, n_visual).to(input_ids.device)  # [B]
+            span = image_span(input_ids, token, n_visual, check=checks).to(input_ids.device)  # [B]
             hidden = embeds.masked_scatter((input_ids == token)[..., None], feats.to(embeds.dtype))
-            positions = self._prompt_positions(attention_mask, span, n_visual, vision_inputs)  # [R, B, S]
+            positions = self._prompt_positions(attention_mask, span, n_visual, grid_hw)  # [R, B, S]
             base = next_position(positions)
             valid = attention_mask.bool()  # [B, S]
             orig = torch.arange(s, device=input_ids.device).expand(b, s)  # [B, S] original index of each token
             cache = self._new_cache(reserve, hidden.device)
             key_valid, kept = [], []
             n, rope, recorder = n_visual, None, None
+            start, start_of = None, None
             for l, k in enumerate(self.schedule):
                 cols = span[:, None] + torch.arange(n, device=span.device)[None, :]
                 visual_index = orig.gather(1, cols) - span[:, None]  # [B, n]
                 if k < n:
                     scores = self._scores(l, hidden, span, n, visual_index, recorder, pixel_values, n_visual)
-                    out = score_gather(hidden, positions, valid, scores, span, k, self.impl)
+                    out = score_gather(hidden, positions, valid, scores, span, k, self.impl, check_values=checks)
                     hidden, positions, valid = out.hidden, out.positions, out.valid
                     orig = orig.gather(1, out.src)
                     visual_index = visual_index.gather(1, out.kept)
@@ -309,11 +340,15 @@ class PrunedRunner:
                 attn = get_submodule(self.layers[l], spec.layer.attention)
                 if recorder is not None:
                     attn.quota_probe = recorder
-                if isinstance(cache, QuantizedKVStore):
-                    cache.kv_start[l] = (~valid).sum(1).to(torch.int32)  # left padding of this layer
+                kernels = isinstance(cache, QuantizedKVStore)  # its kernels mask by kv_start, causally
+                if kernels:
+                    if start_of is not valid:  # left padding of this layer, recounted after each pruning
+                        start, start_of = (~valid).sum(1).to(torch.int32), valid
+                    cache.kv_start[l] = start
                     attn.quota_kv_store = cache
                 try:
-                    hidden = self._run_layer(l, hidden, prefill_mask(valid), positions, cache, rope)
+                    mask = None if kernels else prefill_mask(valid)
+                    hidden = self._run_layer(l, hidden, mask, positions, cache, rope)
                 finally:
                     if recorder is not None:
                         del attn.quota_probe

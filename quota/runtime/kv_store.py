@@ -163,14 +163,14 @@ class QuantizedKVStore:
 def kernel_attention(module, query: torch.Tensor, store: QuantizedKVStore, scaling: float | None, probe=None):
     """Attention of ``query`` ``[B, H_q, T, D]`` over ``module``'s layer of ``store``; returns ``[B, T, H_q, D]``."""
     from quota.kernels.kv_attention import dequantize_cache, kv_attention_decode, kv_attention_prefill
-    from quota.quant.hadamard import apply_block_hadamard
+    from quota.quant.hadamard import rotate_by_hadamard
 
     layer = module.layer_idx
     quantizer = store.quantizers[layer]
     k_cache, v_cache, length = store.layer(layer)
     group = store._group(layer, query.shape[-1])
     if quantizer.hadamard:
-        query = apply_block_hadamard(query)  # q H . k H = q . k
+        query = rotate_by_hadamard(query)  # q H . k H = q . k
     if probe is not None:
         keys = dequantize_cache(k_cache, length, quantizer.bits).to(query.dtype)  # [B, H_kv, L, D]
         probe(module, query, keys, None, scaling)

@@ -75,6 +75,7 @@ def score_gather_reference(
     scores: torch.Tensor,
     span_start: torch.Tensor,
     k: int,
+    check_values: bool = True,
 ) -> Compacted:
     """Keep the ``k`` best-scored visual tokens of the span and compact (the reference of the fused op).
 
@@ -84,7 +85,7 @@ def score_gather_reference(
 
     Selection follows :func:`quota.runtime.scoring.select_topk` (exactly ``k``, ties to the lower index).
     """
-    kept = select_topk(scores, k)  # [B, k]
+    kept = select_topk(scores, k, check_values)  # [B, k]
     return compact(hidden, positions, valid, span_start, scores.shape[1], kept)
 
 
@@ -96,12 +97,14 @@ def score_gather(
     span_start: torch.Tensor,
     k: int,
     impl: str = "auto",
+    check_values: bool = True,
 ) -> Compacted:
-    """:func:`score_gather_reference` or its Triton kernel: ``impl="auto"`` uses the kernel on CUDA tensors."""
+    """:func:`score_gather_reference` or its Triton kernel: ``impl="auto"`` uses the kernel on CUDA tensors.
+    ``check_values=False``: no check reads the scores or spans back to the host."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "triton" or (impl == "auto" and hidden.is_cuda):
         from quota.kernels.score_gather import score_gather_triton
 
-        return score_gather_triton(hidden, positions, valid, scores, span_start, k)
-    return score_gather_reference(hidden, positions, valid, scores, span_start, k)
+        return score_gather_triton(hidden, positions, valid, scores, span_start, k, check_values)
+    return score_gather_reference(hidden, positions, valid, scores, span_start, k, check_values)

@@ -168,11 +168,13 @@ class AttentionRecorder:
             )
 
 
-def text_queries(seq_len: int, span_start: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def text_queries(seq_len: int, span_start: torch.Tensor, n: int, static: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(index [B, Q], weight [B, Q])`` of the text tokens after the visual span in a left-padded layout of
-    length ``seq_len`` (every position after the span is a valid prompt token)."""
+    length ``seq_len`` (every position after the span is a valid prompt token). ``Q`` is the longest such
+    text, read back to the host; ``static``: ``Q = seq_len - n`` instead, its bound, with weight 0 on the
+    extra queries (the same scores, and no read-back)."""
     after = seq_len - (span_start + n)  # [B]
-    q_max = max(int(after.max().item()), 1)
+    q_max = max(seq_len - n, 1) if static else max(int(after.max().item()), 1)
     j = torch.arange(q_max, device=span_start.device)[None, :]  # [1, Q]
     index = (span_start[:, None] + n + j).clamp(max=seq_len - 1)
     weight = (j < after[:, None]).float()
@@ -224,14 +226,14 @@ def combine(signals: Mapping[str, torch.Tensor], weights: Mapping[str, float], m
     return torch.round(acc / SCORE_GRID) * SCORE_GRID
 
 
-def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+def select_topk(scores: torch.Tensor, k: int, check_values: bool = True) -> torch.Tensor:
     """Indices ``[B, k]`` (long, ascending) of the ``k`` highest scores of ``[B, n]`` per row; ties go to the
-    lower index. Scores must be finite."""
+    lower index. Scores must be finite (checked on the host unless ``check_values`` is off)."""
     n = scores.shape[-1]
     if not 0 <= k <= n:
         raise ValueError(f"cannot keep k={k} of n={n} tokens")
     s = scores.float() + 0.0  # -0.0 -> +0.0
-    if not torch.isfinite(s).all():
+    if check_values and not torch.isfinite(s).all():
         raise ValueError("token scores must be finite")
     order = torch.sort(-s, dim=-1, stable=True).indices  # [B, n], ties in index order
     return order[:, :k].sort(dim=-1).values

@@ -5,10 +5,12 @@ are written from published configuration numbers (:data:`ARCHITECTURES`), so not
 
 One image of ``N`` visual tokens plus a text prompt per sample; greedy decoding of ``new_tokens`` tokens
 (EOS disabled so every run decodes the same count). Timings are medians over ``repeats`` after a warm-up,
-synchronized around each region. With ``static_decode`` (the default) decode steps run through a
-:class:`~quota.runtime.graphs.StaticDecoder`, which on CUDA replays a CUDA graph, for every variant alike;
-without it, through :meth:`PrunedRunner.decode_step`, eagerly. The decode rate is the steady state: the first
-two steps of a run (an eager step, then the step that records the graph) are left out of it, in both modes.
+synchronized around each region. With ``static`` (the default) prefills run through a
+:class:`~quota.runtime.graphs.StaticPrefill` and decode steps through a
+:class:`~quota.runtime.graphs.StaticDecoder`, which on CUDA replay CUDA graphs, for every variant alike (the
+warm-up run records the prefill); without it, through :meth:`PrunedRunner.prefill` and ``decode_step``,
+eagerly. The decode rate is the steady state: the first two steps of a run (an eager step, then the step that
+records the graph) are left out of it, in both modes.
 """
 
 from __future__ import annotations
@@ -156,26 +158,30 @@ UNTIMED_DECODE_STEPS = 2
 
 
 def measure(runner, ids, mask, pixels, extra: dict, new_tokens: int, repeats: int, device: str,
-            static_decode: bool = True) -> tuple[float, float, float, float]:  # fmt: skip
+            static: bool = True) -> tuple[float, float, float, float]:  # fmt: skip
     """(ttft seconds, decode tokens/s, peak GiB, KV MiB) medians over ``repeats``; ``extra``: vision inputs.
     ``new_tokens`` counts the prefill's token: ``new_tokens - 1`` decode steps, the first
     :data:`UNTIMED_DECODE_STEPS` of them untimed."""
-    from quota.runtime.graphs import StaticDecoder
+    from quota.runtime.graphs import StaticDecoder, StaticPrefill
 
     if new_tokens < UNTIMED_DECODE_STEPS + 2:
         raise ValueError(f"new_tokens must be at least {UNTIMED_DECODE_STEPS + 2}, got {new_tokens}")
     ttfts, rates, kv = [], [], 0.0
+    if static:
+        prefill = StaticPrefill(runner, reserve=new_tokens)
+    else:
+        prefill = lambda *a, **kw: runner.prefill(*a, reserve=new_tokens, **kw)  # noqa: E731
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     for run in range(repeats + 1):  # run 0 warms up (compilation, autotuning) with a few decode steps only
         steps = min(new_tokens, UNTIMED_DECODE_STEPS + 2) if run == 0 else new_tokens
         _sync(device)
         t0 = time.perf_counter()
-        logits, state = runner.prefill(ids, mask, pixels, reserve=new_tokens, **extra)
+        logits, state = prefill(ids, mask, pixels, **extra)
         token = logits.argmax(-1)
         _sync(device)
         t1 = time.perf_counter()
-        if static_decode:
+        if static:
             decoder = StaticDecoder(runner, state, steps - 1)
         else:
             decoder = lambda t: runner.decode_step(t, state)  # noqa: E731
@@ -187,7 +193,7 @@ def measure(runner, ids, mask, pixels, extra: dict, new_tokens: int, repeats: in
             token = decoder(token).argmax(-1)
         _sync(device)
         t3 = time.perf_counter()
-        if static_decode:
+        if static:
             decoder.close()
         ttfts.append(t1 - t0)
         rates.append(ids.shape[0] * (steps - 1 - UNTIMED_DECODE_STEPS) / max(t3 - t2, 1e-9))
@@ -212,12 +218,13 @@ def resample_schedule(schedule: Sequence[int], layers: int, n_visual: int, sourc
 def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prompt_tokens: int = 64,
               new_tokens: int = 512, budget: float = 0.3, repeats: int = 3, device: str | None = None,
               schedule: Sequence[int] | None = None, source_visual: int | None = None,
-              static_decode: bool = True) -> list[SpeedRow]:
+              static: bool = True) -> list[SpeedRow]:
     """bf16 all tokens, W4A4 + KV4 all tokens, W4A4 + KV4 with ``schedule`` (default: the PyramidDrop-shaped
     schedule at ``budget`` of the visual tokens), each at every batch size, in one process. A ``schedule`` of
     another layer count (a recipe solved for the testbed) is resampled by relative depth
     (:func:`resample_schedule`; ``source_visual``: its visual-token count, default this model's).
-    ``static_decode``: decode through :class:`~quota.runtime.graphs.StaticDecoder` (CUDA graphs on CUDA)."""
+    ``static``: prefill and decode through :class:`~quota.runtime.graphs.StaticPrefill` and
+    :class:`~quota.runtime.graphs.StaticDecoder` (CUDA graphs on CUDA)."""
     from quota.quant.config import QuantConfig
     from quota.quant.quantize import quantize_model
     from quota.runtime.baselines import baseline_plan
@@ -239,7 +246,7 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
         ids, mask, pixels, extra = inputs(model, b, prompt_tokens, n, device, dtype)
         r = PrunedRunner(model, full, weights, impl="reference")
         rows.append(SpeedRow("bf16, all tokens", b, float(n),
-                             *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static_decode))))
+                             *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
         _report(rows[-1])
     quant = QuantConfig(weight_method="rtn", w_clip_search=False, a_clip_search=False, impl=impl)
     qmodel = quantize_model(model, quant, None, inplace=True)
@@ -248,7 +255,7 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
         for name, sched in (("W4A4+KV4, all tokens", full), (f"W4A4+KV4, schedule at {budget:g}", pruned)):
             r = PrunedRunner(qmodel, sched, weights, impl=impl)
             rows.append(SpeedRow(name, b, sum(sched) / layers,
-                                 *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static_decode))))
+                                 *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
             _report(rows[-1])
     return rows
 

@@ -54,7 +54,7 @@ def test_resample_schedule_keeps_ratios_by_relative_depth():
 def test_e2e_bench_takes_a_testbed_recipe(tmp_path):
     recipe = tmp_path / "recipe.json"
     assert main(["solve", "--budget", "0.3", "--solver", "dp", "-o", str(recipe)]) == 0
-    assert main(["bench", "e2e", "--arch", "tiny-llava", "--batches", "1", "--new-tokens", "4", "--eager-decode",
+    assert main(["bench", "e2e", "--arch", "tiny-llava", "--batches", "1", "--new-tokens", "4", "--eager",
                  "--repeats", "1", "--recipe", str(recipe), "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "bench_e2e_tiny-llava.json").read_text())["rows"]
     assert rows[1]["schedule_mean"] == 16 and rows[2]["schedule_mean"] < 16 * 0.5

@@ -8,9 +8,9 @@ import torch
 from quota.quant.config import QuantConfig
 from quota.quant.quantize import quantize_model
 from quota.runtime.generate import PrunedRunner
-from quota.runtime.graphs import StaticDecoder, forbid_host_sync
+from quota.runtime.graphs import StaticDecoder, StaticPrefill, forbid_host_sync
 from quota.runtime.kv_store import QuantizedKVStore
-from tests.kernels.kernel_checks import DEVICE
+from tests.kernels.kernel_checks import DEVICE, gpu, requires_cuda
 from tests.runtime.models import left_pad, n_visual, pixels, prompt, tiny_llava
 
 EOS = {"eos_token_id": 2, "pad_token_id": 0}
@@ -88,3 +88,35 @@ def test_store_uses_a_fraction_of_bf16_bytes(setup):
     kv_heads, head_dim = layers[0].self_attn.k_proj.out_features // 16, 16
     bf16 = sum(2 * ids.shape[0] * kv_heads * length * head_dim * 2 for length in state.cache.lengths)
     assert state.cache.nbytes() < 0.6 * bf16  # int4 codes plus float32 scale and zero per 16-wide group
+
+
+def test_unchecked_prefill_over_the_store_reads_nothing_back(setup):
+    model, ids, mask, pv, n = setup
+    kern = PrunedRunner(model, (n, n // 2, n // 2, 3), {"attn_last": 1.0, "attn_text": 0.5}, impl="triton")
+    want, _ = kern.prefill(ids, mask, pv, reserve=2)
+    feats = kern.encode_images(pv, ids.shape[0], {})
+    with forbid_host_sync():
+        got, _ = kern.prefill_language(ids, mask, feats, pv, 2, None, checks=False)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@gpu
+@requires_cuda
+def test_static_prefill_replays_each_request_as_the_eager_prefill(setup):
+    """A recorded prefill replayed for a new request (other images) gives that request's eager logits and kept
+    tokens, and decoding continues from its state; the first request replayed again is unchanged."""
+    model, ids, mask, pv, n = setup
+    kern = PrunedRunner(model, (n, n // 2, n // 2, 3), {"attn_last": 1.0, "attn_text": 0.5}, impl="triton")
+    static = StaticPrefill(kern, reserve=3)
+    first, _ = static(ids, mask, pv)  # eager, then recorded
+    assert static.vision_recorded
+    pv2 = pv.flip(0) * 1.5
+    want, want_state = kern.prefill(ids, mask, pv2, reserve=3)
+    want_kept, want_next = kern.kept_indices, kern.decode_step(want.argmax(-1), want_state)
+    got, state = static(ids, mask, pv2)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(kern.kept_indices, want_kept))
+    with StaticDecoder(kern, state, steps=1) as dec:
+        torch.testing.assert_close(dec(got.argmax(-1)), want_next, rtol=1e-3, atol=1e-3)
+    again, _ = static(ids, mask, pv)
+    torch.testing.assert_close(again, first, rtol=1e-3, atol=1e-3)

@@ -83,3 +83,46 @@ def test_reserve_too_small_and_steps_used_up(pruned, batch3):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             StaticDecoder(pruned, state, steps=0, graph=True)
+
+
+@pytest.mark.parametrize("weights", [{"attn_last": 1.0}, {"attn_text": 1.0, "magnitude": 0.2, "risk": 0.1}])
+def test_unchecked_prefill_reads_nothing_back_and_equals_the_checked_one(llava, batch3, weights):
+    """What StaticPrefill records: prefill_language without checks (attn_text then scores a static number of
+    text queries, the extra ones weighted 0) gives the checked prefill's kept tokens and logits."""
+    ids, mask, pv, _ = batch3
+    n = n_visual(llava)
+    runner = PrunedRunner(llava, (n, n // 2, n // 4, 3), weights, impl="reference")
+    want, _ = runner.prefill(ids, mask, pv, reserve=2)
+    want_kept = runner.kept_indices
+    feats = runner.encode_images(pv, ids.shape[0], {})
+    with forbid_host_sync():
+        got, state = runner.prefill_language(ids, mask, feats, pv, 2, None, checks=False)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(runner.kept_indices, want_kept))
+    with pytest.raises(HostSyncError):
+        with forbid_host_sync():
+            runner.prefill(ids, mask, pv)  # the checked path does read back
+
+
+def test_unchecked_prefill_of_qwen2_vl_reads_nothing_back():
+    from tests.runtime.models import qwen_inputs, tiny_qwen2vl
+
+    model = tiny_qwen2vl()
+    ids, mask, pv, thw, _ = qwen_inputs(8, [(2, 3), (0, 5)])
+    runner = PrunedRunner(model, (16, 8, 8, 3), {"attn_last": 1.0, "attn_text": 0.5}, impl="reference")
+    want, _ = runner.prefill(ids, mask, pv, image_grid_thw=thw)
+    grid_hw, feats = runner.mrope_grid({"image_grid_thw": thw}), runner.encode_images(pv, 2, {"image_grid_thw": thw})
+    with forbid_host_sync():
+        got, _ = runner.prefill_language(ids, mask, feats, pv, 0, grid_hw, checks=False)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_static_prefill_without_graphs_is_the_eager_prefill(pruned, batch3):
+    from quota.runtime.graphs import StaticPrefill
+
+    ids, mask, pv, _ = batch3
+    want, _ = pruned.prefill(ids, mask, pv, reserve=3)
+    static = StaticPrefill(pruned, reserve=3, graph=False)
+    got, state = static(ids, mask, pv)
+    torch.testing.assert_close(got, want)
+    assert min(state.cache.capacity(l) - n for l, n in enumerate(state.cache.lengths)) >= 3
