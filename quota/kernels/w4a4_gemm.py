@@ -69,7 +69,12 @@ def _prune(configs, named_args, **kwargs):
     if INTERPRET:
         return configs
     m = named_args["M_BUCKET"]
-    want = _DECODE if m <= 16 else (_PREFILL if m >= 256 else _MID)
+    if m <= 16:
+        want = _DECODE
+    elif m < 256:
+        want = _MID
+    else:  # up to 1024 rows the large tiles alone fill under a wave of a 132-SM GPU (640 x 4096: 80 tiles)
+        want = _PREFILL if m > 1024 else _PREFILL + _MID
     keep = [c for c in configs if any(c.kwargs == w.kwargs and c.num_warps == w.num_warps for w in want)]
     return keep or configs[:1]
 
