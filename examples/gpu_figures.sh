@@ -2,8 +2,9 @@
 # Every figure of the README that needs a GPU, one section at a time (each fits a 10-minute slot on one H100,
 # except where noted). Usage: examples/gpu_figures.sh SECTION OUT_DIR
 #   tests    GPU runs of the kernel and runtime tests (about 3 minutes)
-#   e2e      end-to-end speed and memory, LLaVA-1.5-7B- and Qwen2-VL-7B-shaped models (random weights); one
-#            architecture takes about 8 minutes with E2E_REPEATS=1, so give each its own call (E2E_ARCHS=...)
+#   e2e      end-to-end speed and memory, LLaVA-1.5-7B- and Qwen2-VL-7B-shaped models (random weights), prefill
+#            and decode replayed from CUDA graphs; one architecture takes about 6 minutes on an H200 with the
+#            default E2E_REPEATS=3, so give each its own call (E2E_ARCHS=...)
 #   suite    every stage-wise baseline at 64/128/192 equivalent tokens, bf16 and W4A4+KV4, 200 questions/task
 #   profile  the testbed profile under W4A4+KV4 (grid of 8 keep counts; --resume continues it) and the
 #            additivity check on 30 random schedules
@@ -11,7 +12,8 @@
 #            operators is worth" row)
 #   table    quota's recipes (64, 128, 192 tokens and budget 0.3, from both profiles) on the low-bit testbed, and
 #            the stage-wise baselines at the 0.3 recipe's equivalent tokens
-#   steps    torch.profiler of a prefill and of decode steps, bf16 and W4A4+KV4, LLaVA-1.5-7B shape (about 6 min)
+#   steps    torch.profiler of a prefill and of decode steps, bf16 and W4A4+KV4, LLaVA-1.5-7B shape, eager and
+#            graphed (STEPS_STATIC=--static; about 6 min each)
 #   pipeline profile (GRID_STEPS keep counts, default 8), suite, fpprof, validation and table in one go (about
 #            25 minutes), several processes
 #            sharing the GPU (the testbed is small, its forward launch-bound): meant to run detached
@@ -79,8 +81,9 @@ case "$section" in
     tail -30 "$out/table_b0.3.log" ;;
   steps)
     for phase in prefill decode; do
-      timeout 170 python3 examples/profile_step.py --phase "$phase" --steps 8 > "$out/steps_bf16_$phase.txt" 2>&1 || true
-      timeout 170 python3 examples/profile_step.py --phase "$phase" --steps 8 --lowbit \
+      timeout 170 python3 examples/profile_step.py --phase "$phase" --steps 8 ${STEPS_STATIC:-} \
+        > "$out/steps_bf16_$phase.txt" 2>&1 || true
+      timeout 170 python3 examples/profile_step.py --phase "$phase" --steps 8 --lowbit ${STEPS_STATIC:-} \
         > "$out/steps_lowbit_$phase.txt" 2>&1 || true
     done
     head -3 "$out"/steps_*.txt ;;
