@@ -397,11 +397,31 @@ class PrunedRunner:
         max_new_tokens: int = 16,
         eos_token_id: int | Iterable[int] | None = None,
         pad_token_id: int | None = None,
+        static: bool = False,
         **vision_inputs,
     ) -> torch.Tensor:
         """Greedy decoding: the new token ids ``[B, T]`` (``T <= max_new_tokens``; stops when every sample has
-        emitted an EOS; after its EOS a sample gets ``pad_token_id``, default the first EOS id)."""
+        emitted an EOS; after its EOS a sample gets ``pad_token_id``, default the first EOS id). ``static``:
+        decode through a :class:`~quota.runtime.graphs.StaticDecoder`, which replays a CUDA graph on a GPU (the
+        same tokens, many times faster for long answers; off by default: the full-precision cache then attends
+        over its whole capacity under a mask, which can round differently from the eager path)."""
         logits, state = self.prefill(input_ids, attention_mask, pixel_values, reserve=max_new_tokens, **vision_inputs)
+        if static and max_new_tokens > 1:
+            from quota.runtime.graphs import StaticDecoder
+
+            decoder = StaticDecoder(self, state, max_new_tokens - 1)
+            step = decoder
+        else:
+            decoder, step = None, lambda t: self.decode_step(t, state)  # noqa: E731
+        try:
+            return self._greedy(logits, step, input_ids, max_new_tokens, eos_token_id, pad_token_id)
+        finally:
+            if decoder is not None:
+                decoder.close()
+
+    @staticmethod
+    def _greedy(logits, step, input_ids, max_new_tokens, eos_token_id, pad_token_id) -> torch.Tensor:
+        """:meth:`generate`'s loop from the prompt's logits ``[B, V]``; ``step(token_ids [B]) -> logits [B, V]``."""
         if eos_token_id is None:
             eos = []
         else:
@@ -417,7 +437,7 @@ class PrunedRunner:
                 done = done | torch.isin(nxt, eos_t)
             if t == max_new_tokens - 1 or bool(done.all()):
                 break
-            logits = self.decode_step(nxt, state)
+            logits = step(nxt)
         if not tokens:
             return input_ids.new_zeros((input_ids.shape[0], 0))
         return torch.stack(tokens, dim=1)

@@ -260,6 +260,8 @@ class _ForbidSync(TorchDispatchMode):
 @contextmanager
 def forbid_host_sync():
     """Raise :class:`HostSyncError` on any operator that would read device data back to the host (``.item()``,
-    ``bool(t)``, ``nonzero``...), on any device: what a CUDA graph capture forbids, checkable on the CPU."""
+    ``bool(t)``, ``nonzero``...), on any device: what a CUDA graph capture forbids, checkable on the CPU.
+    ``Tensor.tolist()`` does not pass through the operator dispatcher and is not caught; neither is a copy to
+    the CPU (on the CPU it is no copy)."""
     with _ForbidSync():
         yield

@@ -126,3 +126,28 @@ def test_static_prefill_without_graphs_is_the_eager_prefill(pruned, batch3):
     got, state = static(ids, mask, pv)
     torch.testing.assert_close(got, want)
     assert min(state.cache.capacity(l) - n for l, n in enumerate(state.cache.lengths)) >= 3
+
+
+def test_static_generate_gives_the_eager_tokens(pruned, batch3):
+    ids, mask, pv, _ = batch3
+    eager = pruned.generate(ids, mask, pv, max_new_tokens=6, eos_token_id=2, pad_token_id=0)
+    static = pruned.generate(ids, mask, pv, max_new_tokens=6, eos_token_id=2, pad_token_id=0, static=True)
+    assert torch.equal(static, eager) and eager.shape[1] >= 2
+
+
+def test_static_steps_of_qwen2_vl_follow_m_rope_positions():
+    """Qwen2-VL (M-RoPE, 3 position rows): static steps equal eager ones, with pruning and left padding."""
+    from tests.runtime.models import qwen_inputs, tiny_qwen2vl
+
+    model = tiny_qwen2vl()
+    ids, mask, pv, thw, _ = qwen_inputs(8, [(2, 3), (0, 5)])
+    runner = PrunedRunner(model, (16, 8, 8, 3), {"attn_last": 1.0}, impl="reference")
+    eager = runner.generate(ids, mask, pv, max_new_tokens=5, image_grid_thw=thw)
+    logits, state = runner.prefill(ids, mask, pv, reserve=4, image_grid_thw=thw)
+    want = [runner.decode_step(t, state) for t in eager[:, :4].T]
+    logits, state = runner.prefill(ids, mask, pv, reserve=4, image_grid_thw=thw)
+    with StaticDecoder(runner, state, steps=4, graph=False) as dec:
+        for t, w in zip(eager[:, :4].T, want):
+            with forbid_host_sync():
+                got = dec(t).clone()
+            torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-5)
