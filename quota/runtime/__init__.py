@@ -5,12 +5,13 @@ layer's own compacted KV cache. Conventions are stated in :mod:`quota.runtime.pl
 from quota.runtime.apply import PrunedModel, apply
 from quota.runtime.baselines import BASELINES, baseline_plan
 from quota.runtime.generate import PrefillState, PrunedRunner
+from quota.runtime.graphs import StaticDecoder, StaticPrefill
 from quota.runtime.plan import PruningPlan, ScheduleError, ScoringSpec, check_schedule, equivalent_tokens
 from quota.runtime.positions import NotSupportedError
 from quota.runtime.scoring import SIGNALS, combine, select_topk
 
 __all__ = [
     "BASELINES", "NotSupportedError", "PrefillState", "PrunedModel", "PrunedRunner", "PruningPlan", "SIGNALS",
-    "ScheduleError", "ScoringSpec", "apply", "baseline_plan", "check_schedule", "combine", "equivalent_tokens",
+    "ScheduleError", "ScoringSpec", "StaticDecoder", "StaticPrefill", "apply", "baseline_plan", "check_schedule", "combine", "equivalent_tokens",
     "select_topk",
 ]

@@ -84,12 +84,14 @@ class PrunedModel:
         eos_token_id: int | Iterable[int] | None = None,
         pad_token_id: int | None = None,
         do_sample: bool = False,
+        static: bool = False,
         **vision_inputs,
     ) -> torch.Tensor:
+        """``static``: decode through a CUDA graph on a GPU (:meth:`PrunedRunner.generate`)."""
         if do_sample:
             raise NotImplementedError("the pruning runtime decodes greedily (do_sample=False)")
         new = self.runner.generate(input_ids, attention_mask, pixel_values, max_new_tokens, eos_token_id,
-                                   pad_token_id, **vision_inputs)
+                                   pad_token_id, static=static, **vision_inputs)
         return torch.cat([input_ids, new.to(input_ids.dtype)], dim=1)
 
     def prefill(self, *args, **kwargs):
