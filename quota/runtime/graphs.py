@@ -60,8 +60,11 @@ class StaticDecoder:
         self.graph_wanted = device.type == "cuda" if graph is None else bool(graph)
         if self.graph_wanted and device.type != "cuda":
             raise ValueError("a CUDA graph needs the model on a CUDA device")
+        if cache.static:
+            raise RuntimeError("the cache is already in static mode: close the StaticDecoder that holds it first")
         state.settle()
         cache.begin_static(state.key_valid)
+        self._lengths_buffer = cache.device_lengths  # static mode is this decoder's while the cache holds it
         self.tokens = torch.zeros(state.base_position.shape[0], dtype=torch.long, device=device)  # [B]
         self.step = torch.full((1,), state.steps, dtype=torch.long, device=device)
         self.logits: torch.Tensor | None = None
@@ -124,15 +127,18 @@ class StaticDecoder:
         lengths = cache.lengths
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self._body()
-        cache._lengths = lengths
+        try:
+            with torch.cuda.graph(graph):
+                self.logits = self._body()
+        finally:  # recorded or not, no token was written
+            cache._lengths = lengths
         self._graph = graph
 
     def close(self) -> None:
         """Leave static mode; :meth:`PrunedRunner.decode_step` may continue from here."""
         if not self.closed:
-            self.state.cache.end_static()
+            if self.state.cache.device_lengths is self._lengths_buffer:  # not a later decoder's static mode
+                self.state.cache.end_static()
             self._graph = None
             self.closed = True
 
@@ -199,6 +205,8 @@ class StaticPrefill:
             return out
         from quota.runtime.vision import image_span, image_token_id
 
+        if self._state.cache.static:
+            raise RuntimeError("a StaticDecoder still holds the last request's cache: close it before the next prefill")
         image_span(input_ids, image_token_id(r.model, r.spec), self._n_visual)  # checked on the host
         self._ids.copy_(input_ids)
         self._mask.copy_(mask)
@@ -218,6 +226,7 @@ class StaticPrefill:
 
     def _record(self, input_ids, mask, pixel_values, vision_inputs, grid_hw, feats) -> None:
         r, b = self.runner, input_ids.shape[0]
+        self._signature = self._lm_graph = self._vision_graph = None  # nothing half-recorded is ever replayed
         self._ids, self._mask, self._pixels = input_ids.clone(), mask.clone(), pixel_values.clone()
         self._vision_inputs = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in vision_inputs.items()}
         self._n_visual = feats.shape[1]
@@ -229,6 +238,7 @@ class StaticPrefill:
             with torch.cuda.graph(graph):
                 self._feats = r.encode_images(self._pixels, b, self._vision_inputs)
             self._vision_graph, self.vision_recorded = graph, True
+            graph.replay()  # the features the language model's warm-up below reads
         else:
             self._feats = feats.clone()
         args = (self._ids, self._mask, self._feats, self._pixels, self.reserve, grid_hw)
@@ -246,22 +256,44 @@ class HostSyncError(RuntimeError):
     """An operation that reads a tensor back to the host (or sizes its output by data) ran where none may."""
 
 
-_SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "item", "is_nonzero"}
+_SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "_unique", "unique_consecutive",
+            "unique_dim", "item", "is_nonzero", "equal", "repeat_interleave", "nonzero_static"}
+
+
+def _crosses_host(func, args, kwargs) -> bool:
+    """A copy between the host and a device (``.to(device)``, ``copy_``): a recorded graph may not hold one."""
+    name = func._schema.name.split("::")[-1]
+    if name == "_to_copy" and args and isinstance(args[0], torch.Tensor):
+        target = kwargs.get("device")
+        return target is not None and (torch.device(target).type == "cpu") != (args[0].device.type == "cpu")
+    if name == "copy_" and len(args) >= 2 and all(isinstance(a, torch.Tensor) for a in args[:2]):
+        return (args[0].device.type == "cpu") != (args[1].device.type == "cpu")
+    return False
+
+
+def _masks_by_bool(func, args) -> bool:
+    """Indexing by a boolean mask sizes its output by the data (it runs ``nonzero`` inside)."""
+    if func._schema.name.split("::")[-1] not in ("index", "index_put", "index_put_"):
+        return False
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ())
 
 
 class _ForbidSync(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         name = func._schema.name.split("::")[-1]
-        if name in _SYNCING:
-            raise HostSyncError(f"{func} synchronizes with the host")
-        return func(*args, **(kwargs or {}))
+        if name in _SYNCING or _masks_by_bool(func, args) or _crosses_host(func, args, kwargs):
+            raise HostSyncError(f"{func} synchronizes with the host (or copies across it)")
+        return func(*args, **kwargs)
 
 
 @contextmanager
 def forbid_host_sync():
     """Raise :class:`HostSyncError` on any operator that would read device data back to the host (``.item()``,
-    ``bool(t)``, ``nonzero``...), on any device: what a CUDA graph capture forbids, checkable on the CPU.
-    ``Tensor.tolist()`` does not pass through the operator dispatcher and is not caught; neither is a copy to
-    the CPU (on the CPU it is no copy)."""
+    ``bool(t)``, ``nonzero``, ``torch.equal``, indexing by a boolean mask...) or copy between the host and a
+    device: what a CUDA graph capture forbids, checkable on the CPU. ``Tensor.tolist()`` does not pass through
+    the operator dispatcher and is not caught; on the CPU a host-to-device copy is no copy and is not seen
+    either (on CUDA it is)."""
     with _ForbidSync():
         yield

@@ -23,6 +23,7 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import torch
@@ -87,12 +88,17 @@ def outlier_intensity(x: torch.Tensor) -> torch.Tensor:
     return x.abs().amax(-1) / x.pow(2).mean(-1).sqrt().clamp_min(1e-30)
 
 
+@functools.lru_cache(maxsize=256)
+def _random_table(seed: int, layer: int, n_visual: int, device: torch.device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(layer))
+    return torch.rand(n_visual, generator=gen).to(device)  # [N]
+
+
 def random_signal(seed: int, layer: int, visual_index: torch.Tensor, n_visual: int) -> torch.Tensor:
     """Seeded uniform numbers indexed by original visual index (``[B, n]`` long): identical for a sample
-    whatever else is in the batch."""
-    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(layer))
-    table = torch.rand(n_visual, generator=gen).to(visual_index.device)  # [N]
-    return table[visual_index]
+    whatever else is in the batch. The table is drawn on the host once per ``(seed, layer, N, device)`` and
+    kept, so that a recorded prefill (which may not copy from the host) reads it from device memory."""
+    return _random_table(int(seed), int(layer), int(n_visual), visual_index.device)[visual_index]
 
 
 # ----------------------------------------------------------------------------------- attention signals
@@ -172,7 +178,8 @@ def text_queries(seq_len: int, span_start: torch.Tensor, n: int, static: bool = 
     """``(index [B, Q], weight [B, Q])`` of the text tokens after the visual span in a left-padded layout of
     length ``seq_len`` (every position after the span is a valid prompt token). ``Q`` is the longest such
     text, read back to the host; ``static``: ``Q = seq_len - n`` instead, its bound, with weight 0 on the
-    extra queries (the same scores, and no read-back)."""
+    extra queries (no read-back, and the same scores up to rounding: a GPU may pick another matmul kernel for
+    the longer query block, so a near-tie at the top-k boundary may fall the other way)."""
     after = seq_len - (span_start + n)  # [B]
     q_max = max(seq_len - n, 1) if static else max(int(after.max().item()), 1)
     j = torch.arange(q_max, device=span_start.device)[None, :]  # [1, Q]

@@ -116,6 +116,22 @@ def test_decode_length_read_from_device_memory(length):
         kv_attention_decode(q, kc, vc, torch.tensor([3], device=DEVICE), 4, 32)
 
 
+@pytest.mark.parametrize("length", [1, 9, 33, 48])
+@pytest.mark.parametrize("splits", [None, 2])
+def test_device_length_with_padding_and_default_splits(length, splits):
+    """A tensor length with left padding (a sample all padding) and the default split heuristic, which then
+    sizes the grid by the capacity: the int length's output."""
+    q, kc, vc, ks = _case(3, 4, 2, 1, length, 48, 64, 4, 32, torch.float32, True, seed=length)
+    ks[1] = length  # every key of sample 1 is padding
+    q, ks = q.to(DEVICE), ks.to(DEVICE)
+    kc, vc = tuple(x.to(DEVICE) for x in kc), tuple(x.to(DEVICE) for x in vc)
+    want = kv_attention_decode(q, kc, vc, length, 4, 32, kv_start=ks, num_splits=splits)
+    length_t = torch.tensor([length], dtype=torch.int32, device=DEVICE)
+    got = kv_attention_decode(q, kc, vc, length_t, 4, 32, kv_start=ks, num_splits=splits)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert not got[1].any() and torch.isfinite(got).all()
+
+
 def test_layers_with_different_lengths_share_nothing():
     """Two layers' caches of different lengths: each call sees only its own ``length`` positions."""
     q, kc, vc, _ = _case(2, 4, 2, 1, 64, 64, 64, 4, 32, torch.bfloat16, False, seed=8)

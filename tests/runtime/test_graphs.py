@@ -151,3 +151,83 @@ def test_static_steps_of_qwen2_vl_follow_m_rope_positions():
             with forbid_host_sync():
                 got = dec(t).clone()
             torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-5)
+
+
+def test_static_step_reads_no_host_side_count(pruned, batch3):
+    """A recorded step replays whatever the host believes: corrupting the host-side step count and lengths
+    (within the capacity) between static steps must not change what the steps compute."""
+    ids, mask, pv, _ = batch3
+    want, _ = _eager(pruned, ids, mask, pv, steps=3, reserve=6)
+    logits, state = pruned.prefill(ids, mask, pv, reserve=6)
+    token, prompt = logits.argmax(-1), state.cache.lengths
+    with StaticDecoder(pruned, state, steps=3, graph=False) as dec:
+        for i in range(3):
+            state.steps, state.cache._lengths = 999, [n + i + 2 for n in prompt]  # the truth: n + i
+            logits = dec(token).clone()
+            torch.testing.assert_close(logits, want[i + 1], rtol=1e-5, atol=1e-5)
+            token = logits.argmax(-1)
+
+
+def test_one_static_decoder_per_cache(pruned, batch3):
+    ids, mask, pv, _ = batch3
+    logits, state = pruned.prefill(ids, mask, pv, reserve=4)
+    first = StaticDecoder(pruned, state, steps=2, graph=False)
+    with pytest.raises(RuntimeError, match="already in static mode"):
+        StaticDecoder(pruned, state, steps=2, graph=False)
+    first.close()
+    second = StaticDecoder(pruned, state, steps=2, graph=False)
+    first.close()  # closing again (or late) leaves the newer decoder's static mode alone
+    assert state.cache.static
+    second.close()
+    assert not state.cache.static
+
+
+def test_forbid_host_sync_catches_what_a_capture_refuses():
+    x = torch.arange(6.0)
+    m = x > 2
+    for read_back in (lambda: x[m], lambda: torch.equal(x, x), lambda: torch.nonzero(m), lambda: bool(m.any()),
+                      lambda: torch.repeat_interleave(torch.tensor([1, 2])), lambda: x.max().item()):
+        with pytest.raises(HostSyncError):
+            with forbid_host_sync():
+                read_back()
+    with forbid_host_sync():  # what a recorded region does do
+        y = torch.where(m, x, -x).cumsum(0)[torch.tensor([0, 2])]
+    assert y.tolist() == [0.0, -3.0]
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_graphs_over_the_full_precision_cache_on_cuda(llava, batch3):
+    """The bf16 rows' path: StaticPrefill and a graph-replayed StaticDecoder over the full-precision cache give
+    the eager prefill and steps, for a request recorded first and for another one of the same shape (other
+    images and text) replayed after it."""
+    from quota.runtime.graphs import StaticPrefill
+
+    model = llava.to("cuda")
+    try:
+        ids, mask, pv, _ = (x.to("cuda") if isinstance(x, torch.Tensor) else x for x in batch3)
+        n = n_visual(model)
+        runner = PrunedRunner(model, (n, n // 2, n // 2, 3), {"attn_last": 1.0}, impl="reference")
+        static = StaticPrefill(runner, reserve=4)
+        static(ids, mask, pv)  # eager, then recorded
+        ids2 = torch.where(ids == ids.max(), ids, (ids * 7 + 3) % 100)  # other text, same image tokens
+        for request in ((ids2, mask, pv.flip(0)), (ids, mask, pv)):
+            want, want_state = runner.prefill(*request, reserve=4)
+            want_steps, token = [], want.argmax(-1)
+            for _ in range(3):
+                want_steps.append(runner.decode_step(token, want_state))
+                token = want_steps[-1].argmax(-1)
+            got, state = static(*request)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            token = got.argmax(-1)
+            with StaticDecoder(runner, state, steps=3) as dec:
+                for w in want_steps:
+                    logits = dec(token)
+                    torch.testing.assert_close(logits, w, rtol=1e-4, atol=1e-4)
+                    token = logits.argmax(-1)
+            assert state.cache.lengths == want_state.cache.lengths
+    finally:
+        llava.to("cpu")
