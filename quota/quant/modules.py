@@ -13,6 +13,8 @@ same module agree within the kernel tolerance rule:
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn as nn
 
@@ -26,6 +28,27 @@ IMPLS = ("reference", "triton", "auto")
 
 def triton_available() -> bool:
     return torch.cuda.is_available()
+
+
+_last_input = threading.local()
+
+
+def _quantized_input(x: torch.Tensor, source: torch.Tensor, clip_ratio: float, hadamard_block: int | None):
+    """``quantize_activation_triton(x, 4, clip_ratio, hadamard_block)`` (``x``: ``[M, K]``, a view of the module
+    input ``source``), computed once for linears that read the same input tensor one after the other with the
+    same settings (q/k/v, gate/up): the last input is kept (so that no other tensor can take its memory) with
+    its version counter (an in-place change recomputes). Tensors made under ``torch.inference_mode`` have no
+    version counter: they are quantized at every call."""
+    from quota.kernels.act_quant import quantize_activation_triton
+
+    if source.is_inference():
+        return quantize_activation_triton(x, 4, clip_ratio, hadamard_block)
+    key = (source._version, tuple(x.shape), float(clip_ratio), hadamard_block)
+    if getattr(_last_input, "source", None) is source and _last_input.key == key:
+        return _last_input.value
+    value = quantize_activation_triton(x, 4, clip_ratio, hadamard_block)
+    _last_input.source, _last_input.key, _last_input.value = source, key, value
+    return value
 
 
 class QuantLinear(nn.Module):
@@ -125,7 +148,7 @@ class QuantLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # [M, K]
         if self._use_triton(x2):
-            out = self._forward_triton(x2)
+            out = self._forward_triton(x2, x)
         else:
             out = self._forward_reference(x2)
         return out.reshape(*shape[:-1], self.out_features)
@@ -147,11 +170,11 @@ class QuantLinear(nn.Module):
             y = y + self.bias.to(y.dtype)
         return y.to(x.dtype)
 
-    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
-        from quota.kernels.act_quant import quantize_activation_triton
+    def _forward_triton(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[M, K]``, a view of the module's input ``source`` (whose identity the activation memo keys on)."""
         from quota.kernels.w4a4_gemm import w4a4_matmul
 
-        codes, scale = quantize_activation_triton(x, 4, self.a_clip_ratio, self.hadamard_block)
+        codes, scale = _quantized_input(x, source, self.a_clip_ratio, self.hadamard_block)
         return w4a4_matmul(codes, scale, self.weight, self.weight_scale.view(-1), self.bias, out_dtype=x.dtype)
 
     def extra_repr(self) -> str:

@@ -40,3 +40,35 @@ def test_auto_uses_reference_on_cpu_tensors():
     q = quantize_weight_rtn(torch.randn(8, 32), 4)
     mod = QuantLinear.from_quantized(q, None, a_bits=4, impl="auto")
     assert not mod._use_triton(torch.randn(2, 32))
+
+
+def test_linears_reading_one_input_quantize_it_once(monkeypatch):
+    """q/k/v (or gate/up) read the same tensor: one activation quantization serves them all when their settings
+    agree; another clipping ratio, an in-place change or another tensor with equal values recomputes. The
+    outputs equal each module's own quantization."""
+    import quota.kernels.act_quant as act_quant
+
+    calls = []
+    real = act_quant.quantize_activation_triton
+    monkeypatch.setattr(act_quant, "quantize_activation_triton", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    g = torch.Generator().manual_seed(3)
+    mods = [QuantLinear.from_quantized(quantize_weight_rtn(torch.randn(n, 64, generator=g), 4), None, a_bits=4,
+                                       a_clip_ratio=clip, impl="triton").to(DEVICE)
+            for n, clip in ((32, 0.9), (16, 0.9), (16, 0.9), (24, 0.8))]  # fmt: skip
+    x = torch.randn(2, 5, 64, generator=g).to(DEVICE)
+    outs = [m(x) for m in mods]
+    assert calls == [0.9, 0.8]  # the three 0.9 linears shared one quantization
+    y = x.clone()
+    fresh = [m(y) for m in mods]  # another tensor with equal values: quantized anew, the same outputs
+    assert calls == [0.9, 0.8, 0.9, 0.8]
+    for a, b in zip(outs, fresh):
+        assert torch.equal(a, b)
+    x.mul_(2.0)  # an in-place change between two readers
+    doubled = mods[0](x)
+    assert calls[-1] == 0.9 and len(calls) == 5
+    torch.testing.assert_close(doubled, 2 * outs[0], rtol=2e-2, atol=2e-2)
+    with torch.inference_mode():  # no version counter to trust: every reader quantizes
+        z = torch.randn(3, 64, generator=g).to(DEVICE)
+        for m in mods[:2]:
+            m(z)
+    assert len(calls) == 7
