@@ -60,15 +60,17 @@ def run_e2e(args: argparse.Namespace) -> int:
     rows = run_speed(args.arch, args.batches, args.prompt_tokens, args.new_tokens, args.budget, args.repeats,
                      schedule=schedule, source_visual=source_visual, static=not args.eager)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    head = "| variant | batch | mean visual tokens | TTFT ms | decode tok/s | peak GiB | KV cache MiB |"
+    head = ("| variant | batch | mean visual tokens | TTFT ms | decode tok/s | peak GiB | KV cache MiB | "
+            "KV MiB after prefill |")
     lines = [f"# End-to-end speed: {args.arch} (random weights) on {device}", "",
              f"One image + {args.prompt_tokens} prompt tokens, {args.new_tokens} generated tokens, median of "
              f"{args.repeats} runs after a warm-up; prefill and decode "
              + ("eager" if args.eager else "replayed from CUDA graphs where there is CUDA")
-             + " (decode rate over steps 3 on).", "", head, "|---|---:|---:|---:|---:|---:|---:|"]
+             + " (decode rate over steps 3 on).", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.variant} | {r.batch} | {r.schedule_mean:.1f} | {r.ttft_ms:.1f} | "
-                     f"{r.decode_tokens_per_s:.1f} | {r.peak_memory_gib:.2f} | {r.kv_cache_mib:.1f} |")
+                     f"{r.decode_tokens_per_s:.1f} | {r.peak_memory_gib:.2f} | {r.kv_cache_mib:.1f} | "
+                     f"{r.kv_prompt_mib:.1f} |")
     text = "\n".join(lines) + "\n"
     if args.out is not None:
         from quota.atomic import write_json_atomic, write_text_atomic

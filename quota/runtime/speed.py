@@ -99,6 +99,8 @@ class SpeedRow:
     decode_tokens_per_s: float
     peak_memory_gib: float
     kv_cache_mib: float
+    kv_prompt_mib: float = float("nan")
+    """The KV cache right after the prefill (the prompt's tokens only); ``kv_cache_mib`` is after decoding."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,8 +160,9 @@ UNTIMED_DECODE_STEPS = 2
 
 
 def measure(runner, ids, mask, pixels, extra: dict, new_tokens: int, repeats: int, device: str,
-            static: bool = True) -> tuple[float, float, float, float]:  # fmt: skip
-    """(ttft seconds, decode tokens/s, peak GiB, KV MiB) medians over ``repeats``; ``extra``: vision inputs.
+            static: bool = True) -> tuple[float, float, float, float, float]:  # fmt: skip
+    """(ttft seconds, decode tokens/s, peak GiB, KV MiB after decoding, KV MiB after the prefill) medians over
+    ``repeats``; ``extra``: vision inputs.
     ``new_tokens`` counts the prefill's token: ``new_tokens - 1`` decode steps, the first
     :data:`UNTIMED_DECODE_STEPS` of them untimed."""
     from quota.runtime.graphs import StaticDecoder, StaticPrefill
@@ -181,6 +184,7 @@ def measure(runner, ids, mask, pixels, extra: dict, new_tokens: int, repeats: in
         token = logits.argmax(-1)
         _sync(device)
         t1 = time.perf_counter()
+        kv_prompt = state.cache.nbytes() / 2**20
         if static:
             decoder = StaticDecoder(runner, state, steps - 1)
         else:
@@ -200,7 +204,7 @@ def measure(runner, ids, mask, pixels, extra: dict, new_tokens: int, repeats: in
         kv = state.cache.nbytes() / 2**20
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
     med = lambda xs: sorted(xs[1:])[len(xs[1:]) // 2]  # noqa: E731
-    return med(ttfts), med(rates), peak, kv
+    return med(ttfts), med(rates), peak, kv, kv_prompt
 
 
 def resample_schedule(schedule: Sequence[int], layers: int, n_visual: int, source_visual: int) -> list[int]:
@@ -263,10 +267,11 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
 def _report(row: SpeedRow) -> None:
     """One line per measured row on stderr, flushed, so that a run cut short keeps what it measured."""
     print(f"[quota bench e2e] {row.variant}, batch {row.batch}: TTFT {row.ttft_ms:.1f} ms, "
-          f"{row.decode_tokens_per_s:.1f} tok/s, peak {row.peak_memory_gib:.2f} GiB, KV {row.kv_cache_mib:.1f} MiB",
+          f"{row.decode_tokens_per_s:.1f} tok/s, peak {row.peak_memory_gib:.2f} GiB, KV {row.kv_cache_mib:.1f} MiB "
+          f"({row.kv_prompt_mib:.1f} MiB after the prefill)",
           file=sys.stderr, flush=True)
 
 
-def _scaled(values: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-    ttft, rate, peak, kv = values
-    return ttft * 1e3, rate, peak, kv
+def _scaled(values: tuple[float, float, float, float, float]) -> tuple[float, float, float, float, float]:
+    ttft, rate, peak, kv, kv_prompt = values
+    return ttft * 1e3, rate, peak, kv, kv_prompt

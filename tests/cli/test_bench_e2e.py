@@ -12,6 +12,9 @@ def test_e2e_bench_on_a_tiny_llava(tmp_path, capsys):
     full, pruned = rows[2], rows[3]
     assert full["schedule_mean"] == 16 and pruned["schedule_mean"] <= 8.5
     assert pruned["kv_cache_mib"] < full["kv_cache_mib"]  # fewer visual tokens in the caches
+    for r in rows:  # the prompt's cache, then 3 more tokens per layer (4 new tokens, the last never written)
+        assert 0 < r["kv_prompt_mib"] < r["kv_cache_mib"]
+    assert pruned["kv_prompt_mib"] / full["kv_prompt_mib"] < pruned["kv_cache_mib"] / full["kv_cache_mib"]
     assert all(r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in rows)
     assert "TTFT ms" in capsys.readouterr().out
 
