@@ -46,7 +46,8 @@ class ArchSpec:
     ``vision_tower`` and ``projector`` are ``None`` for text-only models. ``positions`` is ``"rope"`` or
     ``"mrope"`` (Qwen2-VL's multimodal RoPE). ``image_token_config`` names the config attribute holding
     the image placeholder token id. ``static_vision``: the image encoder runs without reading device data
-    back to the host for fixed input shapes (so a CUDA graph can record it); Qwen2-VL's reads its patch grid.
+    back to the host for fixed input shapes (so a CUDA graph can record it); Qwen2-VL's sizes its positions
+    and attention segments by the patch grid's values.
     """
 
     family: str
