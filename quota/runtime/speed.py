@@ -15,6 +15,7 @@ records the graph) are left out of it, in both modes.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -188,7 +189,7 @@ def measure(runner, ids, mask, pixels, extra: dict, new_tokens: int, repeats: in
         if static:
             decoder = StaticDecoder(runner, state, steps - 1)
         else:
-            decoder = lambda t: runner.decode_step(t, state)  # noqa: E731
+            decoder = functools.partial(runner.decode_step, state=state)
         for _ in range(UNTIMED_DECODE_STEPS):
             token = decoder(token).argmax(-1)
         _sync(device)
