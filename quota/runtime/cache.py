@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from quota.runtime.static_lengths import StaticLengths
 
-class LayerwiseKVCache:
+
+class LayerwiseKVCache(StaticLengths):
     """Per-layer K/V buffers of independent lengths.
 
     ``reserve``: extra slots allocated beyond a layer's first write (e.g. ``max_new_tokens``), so decode
@@ -38,10 +40,6 @@ class LayerwiseKVCache:
         self._slots: list[torch.Tensor] = []  # per layer long [cap], in static mode
 
     # -- static mode ----------------------------------------------------------------------------------
-    @property
-    def static(self) -> bool:
-        return self.device_lengths is not None
-
     def capacity(self, layer_idx: int) -> int:
         """Slots allocated for layer ``layer_idx``."""
         if self._keys[layer_idx] is None:
@@ -52,15 +50,13 @@ class LayerwiseKVCache:
         """Enter static mode: copy every layer's length to ``device_lengths`` (launches only, no host copy) and
         keep each layer's key validity so far (``key_valid[l]`` bool ``[B, length_l]``, False on padding),
         widened to the capacity, for :meth:`static_mask`."""
-        if any(k is None for k in self._keys):
-            raise RuntimeError("static mode needs a cache whose every layer holds the prompt (run a prefill first)")
         if len(key_valid) != self.num_layers:
             raise ValueError(f"key_valid has {len(key_valid)} layers, the cache {self.num_layers}")
-        device = self._keys[0].device
-        self.device_lengths = torch.empty(self.num_layers, dtype=torch.long, device=device)
+        filled = all(k is not None for k in self._keys)
+        device = self._keys[0].device if filled else None
+        self._start_device_lengths(filled, torch.long, device)
         self._static_valid, self._slots = [], []
         for i, n in enumerate(self._lengths):
-            self.device_lengths[i].fill_(n)
             self._keys[i][..., n:, :].zero_()  # masked slots are still multiplied by 0: no NaN left in them
             self._values[i][..., n:, :].zero_()
             valid = torch.ones(key_valid[i].shape[0], self.capacity(i), dtype=torch.bool, device=device)
@@ -73,10 +69,6 @@ class LayerwiseKVCache:
         self.device_lengths = None
         self._static_valid, self._slots = [], []
 
-    def advance(self, steps: int = 1) -> None:
-        """Count ``steps`` one-token updates done on the device alone (CUDA graph replays) in the host lengths."""
-        self._lengths = [n + steps for n in self._lengths]
-
     def static_mask(self, layer_idx: int) -> torch.Tensor:
         """``[B, 1, 1, capacity]`` bool for the next one-token step of layer ``layer_idx`` in static mode: the
         slots up to and including the one the step writes, less the prompt's padding."""
@@ -84,13 +76,7 @@ class LayerwiseKVCache:
         return (self._static_valid[layer_idx] & within[None, :])[:, None, None, :]
 
     def _update_static(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
-        if key.shape[-2] != 1:
-            raise ValueError(f"static mode appends one token per step, got {key.shape[-2]}")
-        if self._lengths[layer_idx] + 1 > self.capacity(layer_idx):
-            raise RuntimeError(
-                f"layer {layer_idx}: static mode cannot grow the cache past its {self.capacity(layer_idx)} slots; "
-                "reserve more at prefill"
-            )
+        self._check_static_append(key.shape[-2], layer_idx)
         index = self.device_lengths[layer_idx : layer_idx + 1]
         buf_k, buf_v = self._keys[layer_idx], self._values[layer_idx]
         buf_k.index_copy_(2, index, key)

@@ -141,7 +141,6 @@ class PrunedRunner:
         self.impl = impl
         self.kept_indices: list[torch.Tensor] | None = None
         self._vision_attn: torch.Tensor | None = None  # the vision tower's attention of the current prefill
-        self._host_reads = True  # whether the current prefill may read device data back to the host
         for l in range(1, len(self.schedule)):
             if self.schedule[l] < self.schedule[l - 1] and not self._signals_at(l):
                 raise ValueError(
@@ -214,8 +213,10 @@ class PrunedRunner:
             return rope_positions(attention_mask)
         return mrope_positions(attention_mask, span_start, n, grid_hw)
 
-    def _recorder(self, l_next: int, seq_len: int, span_start, n, batch, device) -> AttentionRecorder | None:
-        """A recorder for the layer before ``l_next`` when ``l_next`` prunes and attention is weighted."""
+    def _recorder(self, l_next: int, seq_len: int, span_start, n, batch, device,
+                  host_reads: bool = True) -> AttentionRecorder | None:  # fmt: skip
+        """A recorder for the layer before ``l_next`` when ``l_next`` prunes and attention is weighted;
+        ``host_reads``: whether it may read device data back to the host (see :func:`text_queries`)."""
         wanted = [s for s in self._signals_at(l_next) if s in ATTENTION_SIGNALS]
         if not wanted or l_next >= len(self.schedule) or self.schedule[l_next] >= n:
             return None
@@ -223,7 +224,7 @@ class PrunedRunner:
         if "attn_last" in wanted:
             queries["attn_last"] = last_query(batch, seq_len, device)
         if "attn_text" in wanted:
-            queries["attn_text"] = text_queries(seq_len, span_start, n, static=not self._host_reads)
+            queries["attn_text"] = text_queries(seq_len, span_start, n, static=not host_reads)
         return AttentionRecorder(queries, span_start, n)
 
     def _scores(self, l, hidden, span_start, n, visual_index, recorder, pixel_values, n_visual) -> torch.Tensor:
@@ -307,7 +308,7 @@ class PrunedRunner:
         request first); ``pixel_values`` are only read for the ``vision_attn`` signal."""
         model, spec = self.model, self.spec
         b, s = input_ids.shape
-        self._vision_attn, self._host_reads = None, checks
+        self._vision_attn = None
         with quota_attention_of(spec.text_config_of(model)):
             embeds = spec.embeddings_of(model)(input_ids)  # [B, S, d]
             n_visual = feats.shape[1]
@@ -336,7 +337,7 @@ class PrunedRunner:
                 kept.append(visual_index)
                 if rope is None:
                     rope = self._rope(hidden, positions)
-                recorder = self._recorder(l + 1, hidden.shape[1], span, n, b, hidden.device)
+                recorder = self._recorder(l + 1, hidden.shape[1], span, n, b, hidden.device, host_reads=checks)
                 attn = get_submodule(self.layers[l], spec.layer.attention)
                 if recorder is not None:
                     attn.quota_probe = recorder

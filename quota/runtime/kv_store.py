@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 
 from quota.quant.kv import KVQuantizer
+from quota.runtime.static_lengths import StaticLengths
 
 
-class QuantizedKVStore:
+class QuantizedKVStore(StaticLengths):
     """Per-layer quantized K/V buffers of independent lengths (duck-typed like the runtime's cache)."""
 
     def __init__(self, num_layers: int, quantizers: list[KVQuantizer], reserve: int = 0) -> None:
@@ -58,10 +59,6 @@ class QuantizedKVStore:
         self._k[layer], self._v[layer] = new_k, new_v
 
     # -- static mode ----------------------------------------------------------------------------------
-    @property
-    def static(self) -> bool:
-        return self.device_lengths is not None
-
     def capacity(self, layer_idx: int) -> int:
         """Slots allocated for layer ``layer_idx``."""
         if self._k[layer_idx] is None:
@@ -72,31 +69,17 @@ class QuantizedKVStore:
         """Enter static mode: copy every layer's length to ``device_lengths`` (launches only, no host copy, so
         that it may itself be captured). Every layer must hold tokens already. ``key_valid`` is not needed:
         padding is masked by ``kv_start``."""
-        device = self._k[0][0].device if self._k[0] is not None else None
-        if device is None or any(k is None for k in self._k):
-            raise RuntimeError("static mode needs a cache whose every layer holds the prompt (run a prefill first)")
-        self.device_lengths = torch.empty(self.num_layers, dtype=torch.int32, device=device)
-        for i, n in enumerate(self._lengths):
-            self.device_lengths[i].fill_(n)
+        filled = all(k is not None for k in self._k)
+        self._start_device_lengths(filled, torch.int32, self._k[0][0].device if filled else None)
 
     def end_static(self) -> None:
         """Leave static mode (the host-side lengths are kept current by the caller, see ``advance``)."""
         self.device_lengths = None
 
-    def advance(self, steps: int = 1) -> None:
-        """Count ``steps`` one-token updates done on the device alone (CUDA graph replays) in the host lengths."""
-        self._lengths = [n + steps for n in self._lengths]
-
     def _update_static(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
         from quota.kernels.kv_cache import kv_cache_write
 
-        if key.shape[2] != 1:
-            raise ValueError(f"static mode appends one token per step, got {key.shape[2]}")
-        if self._lengths[layer_idx] + 1 > self.capacity(layer_idx):
-            raise RuntimeError(
-                f"layer {layer_idx}: static mode cannot grow the cache past its {self.capacity(layer_idx)} slots; "
-                "reserve more at prefill"
-            )
+        self._check_static_append(key.shape[2], layer_idx)
         q = self.quantizers[layer_idx]
         start = self.device_lengths[layer_idx : layer_idx + 1]
         group = self._group(layer_idx, key.shape[-1])
