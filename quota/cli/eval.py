@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref-lowbit", default=None, help="result JSON of the same low-bit model with all tokens")
     p.add_argument("-o", "--output", default=None, help="write the JSON result here (atomically)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--by-form", action="store_true",
+                   help="also print accuracy per question form within each task (the JSON always holds it)")
     p.add_argument("--suite", default=None, metavar="DIR",
                    help="comparison suite into DIR: all-token references and every --plans x --budgets row, "
                         "in bf16 and on the low-bit model (loaded and quantized once)")
@@ -85,4 +87,19 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     for name, value in m.get("retention", {}).items():
         console.print(f"retention vs {name}: {100 * value:.2f}%")
+    if args.by_form:
+        console.print(form_table(result))
     return 0
+
+
+def form_table(result):
+    """A rich table of accuracy per question form within each task (``EvalResult.forms``)."""
+    from rich.table import Table
+
+    table = Table(title="accuracy per question form")
+    for col in ("task", "form", "accuracy", "n"):
+        table.add_column(col, justify="left" if col in ("task", "form") else "right")
+    for task, forms in result.forms.items():
+        for i, (form, score) in enumerate(forms.items()):
+            table.add_row(task if i == 0 else "", form, f"{100 * score['accuracy']:.1f}%", str(score["n"]))
+    return table

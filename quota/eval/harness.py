@@ -35,6 +35,9 @@ class EvalResult:
     data_version: str = DATA_VERSION
     meta: dict = field(default_factory=dict)
     predictions: list[dict] = field(default_factory=list)
+    forms: dict[str, dict[str, dict]] = field(default_factory=dict)
+    """``{task: {question form: {"accuracy", "n"}}}``: where in a task the errors fall (for example
+    ``attribute``'s ``colour/near_text``, ``reading``'s ``location``); empty for results written before it."""
 
     def to_dict(self, with_predictions: bool = False) -> dict:
         d = asdict(self)
@@ -54,11 +57,12 @@ def bootstrap_ci(correct: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: in
 
 def summarize(questions: Sequence[Question], predictions: Sequence[str], meta: dict | None = None) -> EvalResult:
     """Score ``predictions`` against ``questions`` (same order)."""
-    rows, by_task = [], {}
+    rows, by_task, by_form = [], {}, {}
     for q, pred in zip(questions, predictions):
         ok = normalize_answer(pred) == normalize_answer(q.answer)
         rows.append({"qid": q.qid, "task": q.task, "answer": q.answer, "prediction": pred, "correct": ok})
         by_task.setdefault(q.task, []).append(ok)
+        by_form.setdefault(q.task, {}).setdefault(question_form(q), []).append(ok)
     tasks = {}
     for task in [t for t in TASKS if t in by_task]:
         c = np.asarray(by_task[task], dtype=np.float64)
@@ -72,7 +76,17 @@ def summarize(questions: Sequence[Question], predictions: Sequence[str], meta: d
     ], axis=0)
     average = float(np.mean([s.accuracy for s in tasks.values()]))
     ci = (float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5)))
-    return EvalResult(tasks, average, ci, meta=meta or {}, predictions=rows)
+    forms = {
+        task: {form: {"accuracy": float(np.mean(oks)), "n": len(oks)} for form, oks in sorted(by_form[task].items())}
+        for task in tasks
+    }
+    return EvalResult(tasks, average, ci, meta=meta or {}, predictions=rows, forms=forms)
+
+
+def question_form(question: Question) -> str:
+    """The question's form within its task (``meta["form"]``, e.g. ``colour+shape``, ``size/near_text``,
+    ``location``); ``"-"`` for a question built without one."""
+    return str((question.meta or {}).get("form", "-"))
 
 
 def retention(result: EvalResult, reference: EvalResult) -> float:

@@ -26,7 +26,8 @@ def load_result(path: str | Path) -> EvalResult:
     """An evaluation result written by :func:`evaluate` (``-o``)."""
     d = json.loads(Path(path).read_text())
     tasks = {t: TaskScore(**s) for t, s in d["tasks"].items()}
-    return EvalResult(tasks, d["average"], tuple(d["average_ci"]), d.get("data_version", ""), d.get("meta", {}))
+    return EvalResult(tasks, d["average"], tuple(d["average_ci"]), d.get("data_version", ""), d.get("meta", {}),
+                      forms=d.get("forms", {}))
 
 
 def check_calibration_limit(limit: int | None) -> int | None:

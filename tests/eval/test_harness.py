@@ -88,3 +88,32 @@ def test_calibration_limit_takes_a_prefix_of_the_calibration_split(monkeypatch):
     for bad in (0, -1, True, 2.5):
         with pytest.raises(ValueError, match="--calibration"):
             run.prepare_model(model, None, QuantConfig(), calibration_limit=bad)
+
+
+def test_forms_break_each_task_down_by_question_form_and_survive_a_round_trip(tmp_path):
+    from quota.atomic import write_json_atomic
+
+    def qf(task, answer, i, form):
+        return Question(f"{task}/{i}", task, "?", answer, i, meta={"form": form})
+
+    qs = [qf("attribute", "red", i, "colour/near_text") for i in range(4)]
+    qs += [qf("attribute", "star", 4 + i, "shape/location") for i in range(2)]
+    qs += [q("reading", "42", 9)]  # no form in its meta
+    r = summarize(qs, ["red", "blue", "blue", "blue", "star", "star", "42"])
+    assert r.forms["attribute"] == {"colour/near_text": {"accuracy": 0.25, "n": 4},
+                                    "shape/location": {"accuracy": 1.0, "n": 2}}
+    assert r.forms["reading"] == {"-": {"accuracy": 1.0, "n": 1}}
+    write_json_atomic(tmp_path / "r.json", r.to_dict())
+    assert load_result(tmp_path / "r.json").forms == r.forms
+
+
+def test_form_table_lists_every_form_once(capsys):
+    from rich.console import Console
+
+    from quota.cli.eval import form_table
+
+    qs = [Question(f"counting/{i}", "counting", "?", "3", i, meta={"form": f}) for i, f in
+          enumerate(["colour", "colour", "size+shape"])]
+    Console(width=120).print(form_table(summarize(qs, ["3", "4", "3"])))
+    out = capsys.readouterr().out
+    assert out.count("colour") == 1 and "50.0%" in out and "size+shape" in out and "100.0%" in out
