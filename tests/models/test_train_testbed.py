@@ -63,3 +63,37 @@ def test_answer_accuracy_ignores_end_of_turn_tokens(tt):
     logits = torch.tensor([[0.0, 5.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 5.0]])  # argmax 1, 0, 2
     targets = torch.tensor([1, 2, 0])  # the second is the end token (2): not counted
     assert tt.answer_accuracy(logits, targets, end_id=2) == pytest.approx(0.5)
+
+
+def test_export_appends_the_piece_to_the_card_history_and_loads_back(tt, tmp_path):
+    import argparse
+    import json
+
+    from quota.models import testbed
+    from quota.models.testbed import CARD_FILE, WEIGHTS_DIR, build_testbed
+
+    model, _ = build_testbed(torch.float32)
+    lm = model.model.language_model
+    paths = [f"layers.{i}.{t}" for i in range(len(lm.layers)) for t in tt.LORA_TARGETS]
+    lora = tt.add_lora(lm, paths, 4, 8.0)
+    torch.manual_seed(0)
+    for prm in lora:
+        prm.data.normal_(0.0, 0.02)  # B is zero at start: give the delta a value that must survive the export
+    args = argparse.Namespace(export=str(tmp_path), init=str(WEIGHTS_DIR), lora_rank=4, batch=8, lr=1e-4,
+                              aux_weight=1.0, ground_weight=1.0, lora_lr_mult=1.0, per_task=3, steps=50)
+    shipped = json.loads((WEIGHTS_DIR / CARD_FILE).read_text())
+    tt.export(model, lm, args, 0, 20, [], 12.4)
+    tt.export(model, lm, args, 20, 50, [], 30.0)  # a resumed piece into the same folder
+    card = json.loads((tmp_path / CARD_FILE).read_text())
+    pieces = card["training"]["pieces"]
+    old = shipped["training"]["pieces"]
+    assert pieces[: len(old)] == old and [p["steps"] for p in pieces[len(old):]] == ["0-20", "20-50"]
+    assert pieces[-2]["start"].startswith("initialised from") and pieces[-1]["start"] == "resumed from its checkpoint"
+    assert card["training"]["total_gpu_seconds"] == sum(int(p["seconds"]) for p in pieces)
+    assert "evaluation" not in card  # the shipped accuracy belongs to other weights
+    loaded = testbed.load("cpu", torch.float32, tmp_path).model
+    trained = lm.layers[3].self_attn.q_proj  # parametrized: weight = base + scale * B @ A
+    merged = loaded.model.language_model.layers[3].self_attn.q_proj.weight
+    with torch.no_grad():
+        assert torch.allclose(merged, trained.weight, atol=1e-3)
+        assert not torch.allclose(merged, trained.parametrizations.weight.original, atol=1e-4)
