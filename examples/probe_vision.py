@@ -37,17 +37,24 @@ def scenes(split: str, count: int, stream: int = 7) -> tuple[np.ndarray, np.ndar
     return np.stack(images), np.stack(labels)
 
 
+STAGES = ("vision tower", "projector input norm", "projector hidden", "projector before out norm", "projector")
+
+
 @torch.no_grad()
 def features(model, images: np.ndarray, batch: int = 16) -> dict[str, torch.Tensor]:
-    """Per-patch features ``[B * 576, d]``: the vision tower's last layer and the projector's output."""
+    """Per-patch features ``[B * 576, d]`` at each of :data:`STAGES`: the vision tower's last layer, then inside
+    the projector (``NormalizedProjector``: LayerNorm, linear-GELU, linear, RMSNorm) after each step."""
     tower, projector = model.model.vision_tower, model.model.multi_modal_projector
-    out = {"vision tower": [], "projector": []}
+    out = {stage: [] for stage in STAGES}
     for i in range(0, len(images), batch):
         x = testbed.pixel_values(images[i : i + batch])  # [b, 3, 192, 192]
         feats = tower(x, output_hidden_states=True).hidden_states[-1][:, 1:]  # [b, 576, 384]
-        out["vision tower"].append(feats.reshape(-1, feats.shape[-1]))
-        tokens = projector(feats)  # [b, 576, 576]
-        out["projector"].append(tokens.reshape(-1, tokens.shape[-1]))
+        normed = projector.norm(feats)  # [b, 576, 384]
+        hidden = projector.mlp.act(projector.mlp.linear_1(normed))  # [b, 576, 576]
+        pre = projector.mlp.linear_2(hidden)  # [b, 576, 576]
+        tokens = projector.out_norm(pre)  # [b, 576, 576], what the language model reads
+        for stage, value in zip(STAGES, (feats, normed, hidden, pre, tokens)):
+            out[stage].append(value.reshape(-1, value.shape[-1]))
     return {k: torch.cat(v).float() for k, v in out.items()}
 
 
@@ -71,6 +78,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train", type=int, default=192, help="training-stream scenes to fit on")
     p.add_argument("--test", type=int, default=64, help="test-namespace scenes to score on")
+    p.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES, help="label families to probe")
+    p.add_argument("--stages", nargs="*", default=["vision tower", "projector"], choices=STAGES,
+                   help="where to probe (default: the vision tower's output and the projector's)")
     p.add_argument("--json", default=None, help="write the accuracies here")
     args = p.parse_args()
     start = time.time()
@@ -80,10 +90,12 @@ def main() -> None:
     test_img, test_lab = scenes("test", args.test)
     train_feats, test_feats = features(model, train_img), features(model, test_img)
     results = {}
-    for where in train_feats:
+    for where in args.stages:
         mean, std = train_feats[where].mean(0), train_feats[where].std(0) + 1e-6
         xtr, xte = (train_feats[where] - mean) / std, (test_feats[where] - mean) / std
         for i, family in enumerate(FAMILIES):
+            if family not in args.families:
+                continue
             ytr = torch.as_tensor(train_lab[:, i].reshape(-1))
             yte = torch.as_tensor(test_lab[:, i].reshape(-1))
             classes = int(max(ytr.max(), yte.max())) + 1
@@ -96,10 +108,11 @@ def main() -> None:
             results.setdefault(where, {})[family] = {
                 "accuracy": round(acc, 4), "majority": round(majority, 4), "labelled_patches": int(labelled.sum()),
             }
-            print(f"{where:13s} {family:8s} accuracy {100 * acc:5.1f}%  (majority class {100 * majority:5.1f}%, "
+            print(f"{where:26s} {family:8s} accuracy {100 * acc:5.1f}%  (majority class {100 * majority:5.1f}%, "
                   f"{int(labelled.sum())} labelled test patches)", flush=True)
-    meta = {"train_scenes": args.train, "test_scenes": args.test, "model_hash": testbed.model_hash(),
-            "seconds": round(time.time() - start, 1), "device": "cpu", "torch": torch.__version__}
+    meta = {"train_scenes": args.train, "test_scenes": args.test, "stages": args.stages,
+            "model_hash": testbed.model_hash(), "seconds": round(time.time() - start, 1), "device": "cpu",
+            "torch": torch.__version__}
     if args.json:
         from quota.atomic import write_json_atomic
 

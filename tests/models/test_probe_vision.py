@@ -37,3 +37,18 @@ def test_scenes_come_from_the_asked_split_with_one_label_map_per_family(pv):
     assert split_of(scene_seed("test", 7, 0, 0)) == "test"
     assert (labels[:, pv.FAMILIES.index("colour")] > 0).any()  # objects are present and labelled
     assert ((labels[:, 0] > 0) == (labels[:, 1] > 0)).all()  # a patch with a shape has a colour, and back
+
+
+@pytest.mark.slow
+def test_features_follow_the_projector_step_by_step(pv, small_testbed):
+    model, _ = small_testbed
+    images, _ = pv.scenes("test", 2)
+    feats = pv.features(model, images)
+    assert list(feats) == list(pv.STAGES)
+    assert feats["vision tower"].shape == (2 * 576, 384) and feats["projector"].shape == (2 * 576, 576)
+    with torch.no_grad():
+        pixels = pv.testbed.pixel_values(images)
+        tower = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
+        tokens = model.model.multi_modal_projector(tower)  # what the language model reads
+    assert torch.allclose(feats["projector"], tokens.reshape(-1, 576), atol=1e-5)
+    assert torch.allclose(feats["vision tower"], tower.reshape(-1, 384))
