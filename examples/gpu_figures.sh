@@ -16,7 +16,7 @@
 #            graphed (STEPS_STATIC=--static; about 6 min each)
 #   train    one piece of testbed training (TRAIN_MINUTES, default 8), resuming from $TRAIN_CKPT (default ~/ckpt)
 #            or, the first time, starting from the shipped weights; exports to OUT_DIR/weights (the card lists
-#            every piece). TRAIN_EVAL=1 then scores the export on the first 200 test questions per task (bf16,
+#            every piece; TRAIN_TOKEN_AUX sets --token-aux-weight). TRAIN_EVAL=1 then scores the export on the first 200 test questions per task (bf16,
 #            about 3 minutes more: give that piece TRAIN_MINUTES=5 to stay within a 10-minute call)
 #   pipeline profile (GRID_STEPS keep counts, default 8), suite, fpprof, validation and table in one go (about
 #            25 minutes), several processes
@@ -96,6 +96,7 @@ case "$section" in
     mkdir -p "$out/weights" && [ -f "$out/weights/testbed_card.json" ] || cp quota/models/weights/testbed_card.json "$out/weights/"
     timeout $((minutes * 60 + 120)) python3 examples/train_testbed.py --init quota/models/weights --resume --ckpt "$ckpt" \
       --minutes "$minutes" --steps "${TRAIN_STEPS:-3000}" --lr "${TRAIN_LR:-5e-4}" --per-task "${TRAIN_PER_TASK:-2}" \
+      --token-aux-weight "${TRAIN_TOKEN_AUX:-0}" \
       --export "$out/weights" > "$out/train.log" 2>&1 || true
     if [ -n "${TRAIN_EVAL:-}" ]; then
       timeout 300 $q eval --weights "$out/weights" --limit 200 -o "$out/train_eval.json" > "$out/train_eval.log" 2>&1 || true

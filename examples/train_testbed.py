@@ -147,6 +147,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--aux-weight", type=float, default=1.0)
+    p.add_argument("--token-aux-weight", type=float, default=0.0,
+                   help="weight of a per-patch linear classification of the image tokens (the projector's output), "
+                        "which keeps every label family linearly readable where the language model reads it")
     p.add_argument("--ground-weight", type=float, default=1.0, help="weight of the GroundingHead loss")
     p.add_argument("--lora-lr-mult", type=float, default=1.0)
     p.add_argument("--per-task", type=int, default=2, help="questions of each task per training image")
@@ -173,8 +176,10 @@ def main() -> None:
         prm.requires_grad_(True)
     aux = nn.Linear(VISION["hidden_size"], sum(N_CLASSES)).to(device)
     ground = GroundingHead(lm.embed_tokens.weight, tok).to(device)
+    token_aux = nn.Linear(model.config.text_config.hidden_size, sum(N_CLASSES)).to(device)
+    heads = list(aux.parameters()) + list(ground.parameters()) + list(token_aux.parameters())
     opt = torch.optim.AdamW([
-        {"params": vision_params + list(aux.parameters()) + list(ground.parameters()), "lr": args.lr, "weight_decay": 0.05},
+        {"params": vision_params + heads, "lr": args.lr, "weight_decay": 0.05},
         {"params": lora_params, "lr": args.lr * args.lora_lr_mult, "weight_decay": 0.0},
     ], betas=(0.9, 0.98))
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -189,6 +194,8 @@ def main() -> None:
         aux.load_state_dict(state["aux"])
         if "ground" in state:
             ground.load_state_dict(state["ground"])
+        if "token_aux" in state:
+            token_aux.load_state_dict(state["token_aux"])
         opt.load_state_dict(state["opt"])
         step, log = state["step"], state["log"]
         print(f"resumed at step {step}", flush=True)
@@ -220,16 +227,14 @@ def main() -> None:
             scored = targets != -100
             answer_logits = model.lm_head(hidden[:, :-1][scored]).float()  # [n_answer_tokens, V]: only where scored
             logits = aux(model.model.multi_modal_projector.norm(feats)).float()  # [B, 576, C]
-        aux_loss = sum(
-            F.cross_entropy(part.reshape(-1, part.shape[-1]), patch_labels[:, i].reshape(-1))
-            for i, part in enumerate(logits.split(list(N_CLASSES), dim=-1))
-        )
-        ground_loss = sum(
-            F.cross_entropy(part.reshape(-1, part.shape[-1]), patch_labels[:, i].reshape(-1))
-            for i, part in enumerate(ground(image_features))
-        )
+        aux_loss = family_loss(logits.split(list(N_CLASSES), dim=-1), patch_labels)
+        ground_loss = family_loss(ground(image_features), patch_labels)
         lm_loss = F.cross_entropy(answer_logits, targets[scored])
         loss = lm_loss + args.aux_weight * aux_loss + args.ground_weight * ground_loss
+        if args.token_aux_weight:
+            token_logits = token_aux(image_features.float())  # [B, 576, C]
+            token_aux_loss = family_loss(token_logits.split(list(N_CLASSES), dim=-1), patch_labels)
+            loss = loss + args.token_aux_weight * token_aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vision_params + lora_params, 1.0)
@@ -240,16 +245,26 @@ def main() -> None:
             acc = answer_accuracy(answer_logits.detach(), targets[scored], end_id)
             entry = {"step": step, "lm_loss": float(lm_loss.detach()), "aux_loss": float(aux_loss.detach()),
                      "ground_loss": float(ground_loss.detach()), "answer_acc": acc, "lr_mult": mult}
+            if args.token_aux_weight:
+                entry["token_aux_loss"] = float(token_aux_loss.detach())
             log.append(entry)
             print(f"step {step} lm {entry['lm_loss']:.4f} aux {entry['aux_loss']:.4f} ground {entry['ground_loss']:.4f} "
                   f"acc {acc:.3f} ({rate:.2f} steps/s)", flush=True)
     model.eval()
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     trainable = {k: v for k, v in model.state_dict().items() if "vision_tower" in k or "multi_modal_projector" in k or "lora_" in k}
-    torch.save({"model": trainable, "aux": aux.state_dict(), "ground": ground.state_dict(), "opt": opt.state_dict(), "step": step, "log": log}, ckpt)
+    heads_state = {"aux": aux.state_dict(), "ground": ground.state_dict(), "token_aux": token_aux.state_dict()}
+    torch.save({"model": trainable, **heads_state, "opt": opt.state_dict(), "step": step, "log": log}, ckpt)
     print(f"saved step {step} after {time.time() - start:.0f}s", flush=True)
     if args.export:
         export(model, lm, args, step0, step, log, time.time() - start)
+
+
+def family_loss(parts: list[torch.Tensor] | tuple[torch.Tensor, ...], patch_labels: torch.Tensor) -> torch.Tensor:
+    """Sum over the label families of the per-patch cross-entropy: ``parts[i]`` ``[B, 576, 1 + C_i]`` are the
+    logits of family ``i`` (``LABEL_FAMILIES`` order), ``patch_labels`` ``[B, 5, 576]`` its classes (0 = none)."""
+    return sum(F.cross_entropy(part.reshape(-1, part.shape[-1]).float(), patch_labels[:, i].reshape(-1))
+               for i, part in enumerate(parts))
 
 
 def answer_accuracy(answer_logits: torch.Tensor, answer_targets: torch.Tensor, end_id: int) -> float:
@@ -308,7 +323,8 @@ def export(model, lm, args, step0, step, log, seconds) -> None:
                          "visual_tokens": 576},
         "lora": {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank, "targets": list(LORA_TARGETS)},
         "training": {"steps": step, "batch": args.batch, "lr": args.lr, "aux_weight": args.aux_weight,
-                     "ground_weight": args.ground_weight, "lora_lr_mult": args.lora_lr_mult,
+                     "ground_weight": args.ground_weight, "token_aux_weight": args.token_aux_weight,
+                     "lora_lr_mult": args.lora_lr_mult,
                      "seconds_last_piece": round(seconds), "device": device, "log_tail": log[-8:], "pieces": pieces,
                      "total_gpu_seconds": sum(int(piece.get("seconds", 0)) for piece in pieces)},
         "data_version": DATA_VERSION,

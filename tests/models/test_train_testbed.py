@@ -97,3 +97,16 @@ def test_export_appends_the_piece_to_the_card_history_and_loads_back(tt, tmp_pat
     with torch.no_grad():
         assert torch.allclose(merged, trained.weight, atol=1e-3)
         assert not torch.allclose(merged, trained.parametrizations.weight.original, atol=1e-4)
+
+
+def test_family_loss_sums_each_familys_cross_entropy_and_vanishes_on_confident_right_logits(tt):
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.stack([torch.randint(0, c, (2, 576), generator=gen) for c in tt.N_CLASSES], dim=1)  # [2, 5, 576]
+    parts = [torch.randn(2, 576, c, generator=gen) for c in tt.N_CLASSES]
+    want = sum(torch.nn.functional.cross_entropy(p.reshape(-1, p.shape[-1]), labels[:, i].reshape(-1))
+               for i, p in enumerate(parts))
+    assert torch.allclose(tt.family_loss(parts, labels), want)
+    right = [20.0 * torch.nn.functional.one_hot(labels[:, i], c).float() for i, c in enumerate(tt.N_CLASSES)]
+    assert tt.family_loss(right, labels) < 1e-6
+    wrong = [20.0 * torch.nn.functional.one_hot((labels[:, i] + 1) % c, c).float() for i, c in enumerate(tt.N_CLASSES)]
+    assert tt.family_loss(wrong, labels) > 5 * 20.0 * 0.9  # about 20 nats per family
