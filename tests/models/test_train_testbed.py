@@ -80,7 +80,8 @@ def test_export_appends_the_piece_to_the_card_history_and_loads_back(tt, tmp_pat
     for prm in lora:
         prm.data.normal_(0.0, 0.02)  # B is zero at start: give the delta a value that must survive the export
     args = argparse.Namespace(export=str(tmp_path), init=str(WEIGHTS_DIR), lora_rank=4, batch=8, lr=1e-4,
-                              aux_weight=1.0, ground_weight=1.0, lora_lr_mult=1.0, per_task=3, steps=50)
+                              aux_weight=1.0, ground_weight=1.0, token_aux_weight=0.0, lora_lr_mult=1.0, per_task=3,
+                              steps=50)
     shipped = json.loads((WEIGHTS_DIR / CARD_FILE).read_text())
     tt.export(model, lm, args, 0, 20, [], 12.4)
     tt.export(model, lm, args, 20, 50, [], 30.0)  # a resumed piece into the same folder
