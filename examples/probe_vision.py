@@ -84,7 +84,6 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write the accuracies here")
     args = p.parse_args()
     start = time.time()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model = testbed.load("cpu", torch.float32).model
     train_img, train_lab = scenes("train", args.train)
     test_img, test_lab = scenes("test", args.test)

@@ -1,19 +1,14 @@
 """The linear-probe diagnostic of the testbed's image tokens (``examples/probe_vision.py``)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+
+from tests.example_scripts import load_example
 
 
 @pytest.fixture(scope="module")
 def pv():
-    path = Path(__file__).parents[2] / "examples" / "probe_vision.py"
-    spec = importlib.util.spec_from_file_location("probe_vision", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("probe_vision")
 
 
 def test_probe_recovers_a_linear_labelling_and_not_a_random_one(pv):

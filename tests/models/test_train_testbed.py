@@ -1,22 +1,17 @@
 """The testbed training script's data and losses (``examples/train_testbed.py``): conversations, streams,
 grounding against the LM's word embeddings, answer accuracy."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+
+from tests.example_scripts import load_example
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tt():
-    path = Path(__file__).parents[2] / "examples" / "train_testbed.py"
-    spec = importlib.util.spec_from_file_location("train_testbed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("train_testbed")
 
 
 def test_conversation_starts_with_the_evaluation_prompt_and_labels_only_answers(tt, smollm2):
