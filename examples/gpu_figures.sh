@@ -14,10 +14,11 @@
 #            the stage-wise baselines at the 0.3 recipe's equivalent tokens
 #   steps    torch.profiler of a prefill and of decode steps, bf16 and W4A4+KV4, LLaVA-1.5-7B shape, eager and
 #            graphed (STEPS_STATIC=--static; about 6 min each)
-#   train    one piece of testbed training (TRAIN_MINUTES, default 8), resuming from $TRAIN_CKPT (default ~/ckpt)
-#            or, the first time, starting from the shipped weights; exports to OUT_DIR/weights (the card lists
-#            every piece; TRAIN_TOKEN_AUX sets --token-aux-weight). TRAIN_EVAL=1 then scores the export on the first 200 test questions per task (bf16,
-#            about 3 minutes more: give that piece TRAIN_MINUTES=5 to stay within a 10-minute call)
+#   train    one piece of testbed training (TRAIN_MINUTES, default 8) on TRAIN_GPUS GPUs (default all, data-parallel
+#            under torchrun), resuming from $TRAIN_CKPT (default ~/ckpt) or, the first time, starting from the shipped
+#            weights; exports to OUT_DIR/weights (the card lists every piece; TRAIN_TOKEN_AUX sets
+#            --token-aux-weight). TRAIN_EVAL=N then scores the export on the first N test questions of each task
+#            (bf16, one process per task over the GPUs; about 2 minutes for N=500 on 4 GPUs), into train_eval.tgz
 #   pipeline profile (GRID_STEPS keep counts, default 8), suite, fpprof, validation and table in one go (about
 #            25 minutes), several processes
 #            sharing the GPU (the testbed is small, its forward launch-bound): meant to run detached
@@ -93,14 +94,23 @@ case "$section" in
     head -3 "$out"/steps_*.txt ;;
   train)
     ckpt="${TRAIN_CKPT:-$HOME/ckpt}" minutes="${TRAIN_MINUTES:-8}"
+    gpus="${TRAIN_GPUS:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}"
     mkdir -p "$out/weights" && [ -f "$out/weights/testbed_card.json" ] || cp quota/models/weights/testbed_card.json "$out/weights/"
-    timeout $((minutes * 60 + 120)) python3 examples/train_testbed.py --init quota/models/weights --resume --ckpt "$ckpt" \
+    timeout $((minutes * 60 + 90)) python3 -m torch.distributed.run --standalone --nproc_per_node "$gpus" \
+      examples/train_testbed.py --init quota/models/weights --resume --ckpt "$ckpt" \
       --minutes "$minutes" --steps "${TRAIN_STEPS:-3000}" --lr "${TRAIN_LR:-5e-4}" --per-task "${TRAIN_PER_TASK:-2}" \
       --token-aux-weight "${TRAIN_TOKEN_AUX:-0}" \
       --export "$out/weights" > "$out/train.log" 2>&1 || true
-    if [ -n "${TRAIN_EVAL:-}" ]; then
-      timeout 300 $q eval --weights "$out/weights" --limit 200 -o "$out/train_eval.json" > "$out/train_eval.log" 2>&1 || true
-      tail -12 "$out/train_eval.log"
+    if [ -n "${TRAIN_EVAL:-}" ]; then  # one process per task, spread over the GPUs; results in train_eval.tgz
+      mkdir -p "$out/train_eval" && i=0
+      for task in $(python3 -c 'from quota.eval.tasks import TASKS; print(*TASKS)'); do
+        CUDA_VISIBLE_DEVICES=$((i % gpus)) timeout 300 $q eval --weights "$out/weights" --tasks "$task" \
+          --limit "$TRAIN_EVAL" -o "$out/train_eval/$task.json" > "$out/train_eval/$task.log" 2>&1 &
+        i=$((i + 1))
+      done
+      wait
+      tail -n 3 "$out"/train_eval/*.log
+      tar czf "$out/train_eval.tgz" -C "$out" train_eval && rm -r "$out/train_eval"
     fi
     tail -4 "$out/train.log" ;;
   pipeline)

@@ -4,10 +4,16 @@ Each training image carries several questions of every task as one conversation 
 evaluation prompt); a per-patch loss on the vision tower and a grounding loss on the image tokens
 (:class:`GroundingHead`) speed up learning.
 
-Runs on one GPU in pieces: ``--minutes`` bounds one run, checkpoints go to ``--ckpt`` and ``--resume``
-continues from there. ``--export DIR`` writes the shipped safetensors and the model card.
+Runs in pieces: ``--minutes`` bounds one run, checkpoints go to ``--ckpt`` and ``--resume`` continues from
+there. ``--export DIR`` writes the shipped safetensors and the model card.
 
     python examples/train_testbed.py --steps 1500 --minutes 8 --ckpt ~/ckpt --export quota/models/weights
+
+Under ``torchrun`` it trains data-parallel (NCCL, one GPU per rank; gloo on CPUs): each rank draws its own
+train streams and ``--batch`` images a step, the gradients are averaged in one all-reduce, so a step sees
+``--batch`` x world-size images; rank 0 alone checkpoints, logs and exports.
+
+    torchrun --standalone --nproc_per_node 4 examples/train_testbed.py --minutes 8 --resume --export OUT
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -31,6 +38,7 @@ from quota.eval.scenes import make_layout, make_scene
 from quota.eval.splits import DATA_VERSION, MAX_INDEX, MAX_STREAMS, scene_seed
 from quota.eval.tasks import TASKS, draw_goal, pose
 from quota.models.lora import add_lora, lora_factors
+from quota.profiling.sharding import init_from_env, world
 from quota.models.testbed import (
     CARD_FILE, LORA_FILE, MODEL_ID, VISION, VISION_FILE, VISION_GLOB, answer_ids, build_testbed, left_pad,
     pixel_values, prompt_ids, shard_state_dict, vision_weights,
@@ -83,17 +91,21 @@ class TrainStream(torch.utils.data.IterableDataset):
     scene carries ``per_task`` questions of each task (a multi-turn conversation). Scene seeds come from
     the training namespace (``scene_seed("train", ...)``), never from the calibration or test split; goals
     are drawn first and re-drawn up to ``GOAL_TRIES`` times when the scene cannot support one.
-    One stream per data-loader worker.
+    One stream per data-loader worker and rank: worker ``w`` of rank ``r`` out of ``world`` reads stream
+    ``((seed * world + r) * 1000 + w) mod MAX_STREAMS`` (one process: ``seed * 1000 + w``), so no two ranks
+    see the same scenes.
     """
 
     GOAL_TRIES = 6
 
-    def __init__(self, seed: int, per_task: int) -> None:
-        self.seed, self.per_task = seed, per_task
+    def __init__(self, seed: int, per_task: int, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a world of {world}")
+        self.seed, self.per_task, self.rank, self.world = seed, per_task, rank, world
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        stream = (self.seed * 1000 + (info.id if info else 0)) % MAX_STREAMS
+        stream = ((self.seed * self.world + self.rank) * 1000 + (info.id if info else 0)) % MAX_STREAMS
         for index in range(MAX_INDEX):
             seed = scene_seed("train", stream, index, 0)
             rng = np.random.default_rng((stream, index))
@@ -163,7 +175,10 @@ def main() -> None:
     args = p.parse_args()
     start = time.time()
     torch.manual_seed(args.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    init_from_env()
+    rank, n_ranks = world()
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    device_type = device.split(":")[0]
 
     model, tok = build_testbed(torch.float32, device)
     for prm in model.parameters():
@@ -198,16 +213,18 @@ def main() -> None:
             token_aux.load_state_dict(state["token_aux"])
         opt.load_state_dict(state["opt"])
         step, log = state["step"], state["log"]
-        print(f"resumed at step {step}", flush=True)
+        say(f"resumed at step {step}")
+    trained = vision_params + lora_params + heads
+    broadcast_parameters(trained)  # every rank starts from rank 0's values, whatever it loaded
 
-    loader = torch.utils.data.DataLoader(TrainStream(args.seed + step, args.per_task), batch_size=args.batch,
+    loader = torch.utils.data.DataLoader(TrainStream(args.seed + step, args.per_task, rank, n_ranks), batch_size=args.batch,
                                          num_workers=args.workers, collate_fn=collate(tok), persistent_workers=False,
                                          prefetch_factor=4 if args.workers else None)
     model.train()
     warmup = 100
     t_train, step0 = time.time(), step
     for batch in loader:
-        if step >= args.steps or (time.time() - start) > args.minutes * 60:
+        if any_rank(step >= args.steps or (time.time() - start) > args.minutes * 60, device):
             break
         frac = step / max(1, args.steps)
         mult = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
@@ -215,7 +232,7 @@ def main() -> None:
             g["lr"] = lr * mult
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         patch_labels = batch.pop("patch_labels")
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
             vis = model.model.vision_tower(batch["pixel_values"], output_hidden_states=True)
             feats = vis.hidden_states[-1][:, 1:]  # [B, 576, 384]
             image_features = model.model.multi_modal_projector(feats)  # [B, 576, 576]
@@ -237,6 +254,7 @@ def main() -> None:
             loss = loss + args.token_aux_weight * token_aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(trained)
         torch.nn.utils.clip_grad_norm_(vision_params + lora_params, 1.0)
         opt.step()
         step += 1
@@ -248,9 +266,12 @@ def main() -> None:
             if args.token_aux_weight:
                 entry["token_aux_loss"] = float(token_aux_loss.detach())
             log.append(entry)
-            print(f"step {step} lm {entry['lm_loss']:.4f} aux {entry['aux_loss']:.4f} ground {entry['ground_loss']:.4f} "
-                  f"acc {acc:.3f} ({rate:.2f} steps/s)", flush=True)
+            say(f"step {step} lm {entry['lm_loss']:.4f} aux {entry['aux_loss']:.4f} ground {entry['ground_loss']:.4f} "
+                f"acc {acc:.3f} ({rate:.2f} steps/s)")
     model.eval()
+    if rank:
+        dist.destroy_process_group()
+        return
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     trainable = {k: v for k, v in model.state_dict().items() if "vision_tower" in k or "multi_modal_projector" in k or "lora_" in k}
     heads_state = {"aux": aux.state_dict(), "ground": ground.state_dict(), "token_aux": token_aux.state_dict()}
@@ -258,6 +279,53 @@ def main() -> None:
     print(f"saved step {step} after {time.time() - start:.0f}s", flush=True)
     if args.export:
         export(model, lm, args, step0, step, log, time.time() - start)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gpus_of(piece: dict) -> int:
+    """How many GPUs ran a training piece of the card: its device reads "N x NAME" when N > 1."""
+    head = str(piece.get("device", "")).split(" x ", 1)[0]
+    return int(head) if head.isdigit() else 1
+
+
+def say(message: str) -> None:
+    """Print on rank 0 only."""
+    if world()[0] == 0:
+        print(message, flush=True)
+
+
+def broadcast_parameters(params: list[torch.Tensor]) -> None:
+    """Overwrite ``params`` on every rank with rank 0's values (no-op in one process)."""
+    if world()[1] > 1:
+        for prm in params:
+            dist.broadcast(prm.data, src=0)
+
+
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Replace each gradient by its mean over the ranks, in one all-reduce of a flat buffer (no-op in one
+    process). Every rank passes the same parameters in the same order; those without a gradient on every
+    rank (a head whose loss weight is 0) are skipped, so they must lack one on all ranks alike."""
+    n_ranks = world()[1]
+    grads = [prm.grad for prm in params if prm.grad is not None]
+    if n_ranks == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])  # [sum of numels]
+    dist.all_reduce(flat)
+    flat /= n_ranks
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def any_rank(flag: bool, device: str) -> bool:
+    """True on every rank when ``flag`` is True on at least one (ranks stop training at the same step)."""
+    if world()[1] == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def family_loss(parts: list[torch.Tensor] | tuple[torch.Tensor, ...], patch_labels: torch.Tensor) -> torch.Tensor:
@@ -287,7 +355,7 @@ def load_init(model, folder: Path) -> None:
         path, name = key.rsplit(".", 1)  # "<linear path>", "lora_A" | "lora_B"
         delta = model.get_submodule(path).parametrizations.weight[0]
         getattr(delta, name).data.copy_(value.float())
-    print(f"initialised from {folder}", flush=True)
+    say(f"initialised from {folder}")
 
 
 def export(model, lm, args, step0, step, log, seconds) -> None:
@@ -309,12 +377,15 @@ def export(model, lm, args, step0, step, log, seconds) -> None:
     card_path = out / CARD_FILE
     history = card_path if card_path.is_file() else Path(args.init) / CARD_FILE if args.init else None
     card = json.loads(history.read_text()) if history is not None and history.is_file() else {}
+    n_ranks = world()[1]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if n_ranks > 1:
+        device = f"{n_ranks} x {device}"
     start = "resumed from its checkpoint" if step0 > 0 else f"initialised from {args.init}" if args.init else "fresh"
     pieces = card.get("training", {}).get("pieces", []) + [{
         "steps": f"{step0}-{step}", "seconds": round(seconds), "device": device, "start": start,
         "data": f"{args.per_task} questions of each task per scene (conversation)",
-        "lr": args.lr, "cosine_steps": args.steps,
+        "lr": args.lr, "cosine_steps": args.steps, "batch": args.batch * n_ranks,
     }]
     card.update({
         "model_id": MODEL_ID,
@@ -322,11 +393,11 @@ def export(model, lm, args, step0, step, log, seconds) -> None:
                          "vision_tower": {"type": "CLIPVisionModel", **VISION}, "projector": "layernorm, linear-gelu-linear 384->576->576, rmsnorm",
                          "visual_tokens": 576},
         "lora": {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank, "targets": list(LORA_TARGETS)},
-        "training": {"steps": step, "batch": args.batch, "lr": args.lr, "aux_weight": args.aux_weight,
+        "training": {"steps": step, "batch": args.batch * n_ranks, "lr": args.lr, "aux_weight": args.aux_weight,
                      "ground_weight": args.ground_weight, "token_aux_weight": args.token_aux_weight,
                      "lora_lr_mult": args.lora_lr_mult,
                      "seconds_last_piece": round(seconds), "device": device, "log_tail": log[-8:], "pieces": pieces,
-                     "total_gpu_seconds": sum(int(piece.get("seconds", 0)) for piece in pieces)},
+                     "total_gpu_seconds": sum(int(piece.get("seconds", 0)) * gpus_of(piece) for piece in pieces)},
         "data_version": DATA_VERSION,
     })
     card.pop("evaluation", None)  # measured on the weights this run replaced: evaluate the new ones again

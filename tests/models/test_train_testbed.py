@@ -106,3 +106,65 @@ def test_family_loss_sums_each_familys_cross_entropy_and_vanishes_on_confident_r
     assert tt.family_loss(right, labels) < 1e-6
     wrong = [20.0 * torch.nn.functional.one_hot((labels[:, i] + 1) % c, c).float() for i, c in enumerate(tt.N_CLASSES)]
     assert tt.family_loss(wrong, labels) > 5 * 20.0 * 0.9  # about 20 nats per family
+
+
+def test_each_rank_reads_its_own_streams_and_one_process_keeps_the_single_gpu_streams(tt):
+    from quota.eval.scenes import make_scene
+
+    first = [next(iter(tt.TrainStream(seed=5, per_task=1, rank=r, world=2)))[1] for r in (0, 1)]
+    assert not (first[0] == first[1]).all()
+    alone = next(iter(tt.TrainStream(seed=5, per_task=1)))[1]  # stream 5 * 1000, worker 0
+    assert (alone == make_scene(tt.scene_seed("train", 5000, 0, 0)).image).all()
+    assert (first[0] == make_scene(tt.scene_seed("train", 10000, 0, 0)).image).all()  # (5 * 2 + 0) * 1000
+    with pytest.raises(ValueError, match="rank 2"):
+        tt.TrainStream(seed=0, per_task=1, rank=2, world=2)
+
+
+def test_gpus_of_reads_the_rank_count_of_a_piece(tt):
+    assert tt.gpus_of({"device": "4 x NVIDIA H100 80GB HBM3"}) == 4
+    assert tt.gpus_of({"device": "NVIDIA H100 80GB HBM3"}) == 1
+    assert tt.gpus_of({}) == 1
+
+
+def _data_parallel_rank(rank: int, n_ranks: int, port: int, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(n_ranks),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(n_ranks))
+    tt = load_example("train_testbed")
+    tt.init_from_env("gloo")
+    shared = torch.nn.Parameter(torch.full((3, 5), float(rank)))  # differs per rank until broadcast
+    tt.broadcast_parameters([shared])
+    a, b, idle = (torch.nn.Parameter(torch.zeros(n)) for n in (4, 7, 2))
+    a.grad = torch.arange(4.0) * (rank + 1)  # [4]
+    b.grad = torch.full((7,), 10.0 * rank)  # [7]
+    tt.average_gradients([a, idle, b])  # idle has no gradient on any rank
+    torch.save({"shared": shared.data, "a": a.grad, "b": b.grad, "idle": idle.grad,
+                "one_votes": tt.any_rank(rank == 1, "cpu"), "none_votes": tt.any_rank(False, "cpu")},
+               f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_data_parallel_helpers_broadcast_average_and_agree_over_two_gloo_ranks(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_data_parallel_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for g in got:
+        assert torch.equal(g["shared"], torch.zeros(3, 5))  # rank 0's values everywhere
+        assert torch.equal(g["a"], torch.arange(4.0) * 1.5)  # mean of x1 and x2
+        assert torch.equal(g["b"], torch.full((7,), 5.0))
+        assert g["idle"] is None
+        assert g["one_votes"] is True and g["none_votes"] is False
+
+
+def test_helpers_leave_a_single_process_alone(tt):
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.tensor([1.0, 2.0, 3.0])
+    tt.average_gradients([p])
+    tt.broadcast_parameters([p])
+    assert torch.equal(p.grad, torch.tensor([1.0, 2.0, 3.0])) and torch.equal(p.data, torch.ones(3))
+    assert tt.any_rank(True, "cpu") is True and tt.any_rank(False, "cpu") is False
