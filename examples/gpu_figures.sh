@@ -24,6 +24,8 @@
 #            25 minutes), several processes
 #            sharing the GPU (the testbed is small, its forward launch-bound): meant to run detached
 #            (setsid) on a warm machine while other calls go on; writes OUT_DIR/pipeline.done at the end.
+#            On a machine with several GPUs the profile's ranks take one GPU each (NCCL) and the concurrent
+#            processes spread over the GPUs (CUDA_VISIBLE_DEVICES); with one GPU they all share it, as before.
 #            Finished pieces already in OUT_DIR (profiles, suite rows) are kept, so seeding it resumes the run.
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
@@ -39,11 +41,21 @@ bf16_config() {  # the full-precision QuantConfig of the fpprof rows, written to
     > "$out/bf16.json"
 }
 
+n_gpus() {  # GPUs this machine has (1 when none is visible, so that CPU runs share "GPU" 0)
+  python3 -c 'import torch; print(max(1, torch.cuda.device_count()))'
+}
+
+on_gpu() {  # on_gpu K CMD...: run CMD on GPU K modulo the machine's GPUs (concurrent processes spread out)
+  local k="$1"; shift
+  CUDA_VISIBLE_DEVICES=$((k % GPUS)) "$@"
+}
+
 recipe_tokens() {  # the mean keep count of recipe $1 (its equivalent visual tokens), rounded to 0.1
   python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['schedule']; print(round(sum(s) / len(s), 1))" "$1"
 }
 
 solve_recipes() {  # quota's recipes (64, 128, 192 tokens, budget 0.3) from profile $out/$1.json, into plans=()
+  local k
   plans=()
   for k in 64 128 192; do
     $q solve --profile "$out/$1.json" --solver dp --keep-tokens "$k" -o "$out/recipe_${1}_k$k.json" > /dev/null
@@ -95,7 +107,7 @@ case "$section" in
     head -3 "$out"/steps_*.txt ;;
   train)
     ckpt="${TRAIN_CKPT:-$HOME/ckpt}" minutes="${TRAIN_MINUTES:-8}"
-    gpus="${TRAIN_GPUS:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}"
+    gpus="${TRAIN_GPUS:-$(n_gpus)}"
     mkdir -p "$out/weights"  # the card's history of pieces travels in the checkpoint
     timeout $((minutes * 60 + 90)) python3 -m torch.distributed.run --standalone --nproc_per_node "$gpus" \
       examples/train_testbed.py --init quota/models/weights --resume --ckpt "$ckpt" \
@@ -115,34 +127,46 @@ case "$section" in
     fi
     tail -4 "$out/train.log" ;;
   pipeline)
-    ranks="${RANKS:-4}"
+    ranks="${RANKS:-4}" GPUS="$(n_gpus)"
     baselines=(fastv pyramiddrop sparsevlm visionzip random)
     bf16_config
-    date +"%T profile (W4A4+KV4) on $ranks ranks" >> "$out/pipeline.log"
+    date +"%T profile (W4A4+KV4) on $ranks ranks, $GPUS GPUs" >> "$out/pipeline.log"
     [ -f "$out/testbed_h100.json" ] || timeout 1200 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main \
       profile -o "$out/testbed_h100.json" --grid-steps "${GRID_STEPS:-8}" --resume > "$out/profile.log" 2>&1 || true
     date +"%T validation, suite, full-precision profile" >> "$out/pipeline.log"
-    timeout 1200 $q profile -o "$out/testbed_h100.json" --validate 30 --validate-only > "$out/validate.log" 2>&1 &
-    timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions bf16 > "$out/suite_bf16.log" 2>&1 &
+    on_gpu 0 timeout 1200 $q profile -o "$out/testbed_h100.json" --validate 30 --validate-only > "$out/validate.log" 2>&1 &
+    on_gpu 1 timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions bf16 > "$out/suite_bf16.log" 2>&1 &
+    k=2
     for plans in "fastv pyramiddrop" "sparsevlm visionzip" "random"; do
-      timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions lowbit --plans $plans \
+      on_gpu $k timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions lowbit --plans $plans \
         > "$out/suite_lowbit_${plans%% *}.log" 2>&1 &
+      k=$((k + 1))
     done
-    [ -f "$out/testbed_h100_fp.json" ] || timeout 1200 torchrun --standalone --nproc_per_node 3 -m quota.cli.main \
-      profile -o "$out/testbed_h100_fp.json" --quant "$out/bf16.json" --grid-steps 8 --resume --no-latency \
-      > "$out/fpprof.log" 2>&1 &
+    # the full-precision profile: 3 ranks over the GPUs after the ones above (all on GPU 0 when there is one)
+    [ -f "$out/testbed_h100_fp.json" ] || CUDA_VISIBLE_DEVICES="$(python3 -c "import sys; n, k = map(int, sys.argv[1:]); \
+      print(','.join(str((k + i) % n) for i in range(min(3, n))))" "$GPUS" "$k")" timeout 1200 torchrun --standalone \
+      --nproc_per_node 3 -m quota.cli.main profile -o "$out/testbed_h100_fp.json" --quant "$out/bf16.json" \
+      --grid-steps 8 --resume --no-latency > "$out/fpprof.log" 2>&1 &
     wait
     timeout 300 $q eval --suite "$out/suite" --limit 200 --resume > "$out/suite.log" 2>&1 || true
     date +"%T table" >> "$out/pipeline.log"
     mkdir -p "$out/table" && cp "$out"/suite/lowbit__*.json "$out"/suite/bf16__all.json "$out/table/"
-    all=()
+    all=() k=0
     for prof in testbed_h100 testbed_h100_fp; do
       solve_recipes "$prof" && all+=("${plans[@]}")
-      timeout 1200 $q eval --suite "$out/table" --plans "${plans[@]}" --precisions lowbit --limit 200 --resume \
+      on_gpu $k timeout 1200 $q eval --suite "$out/table" --plans "${plans[@]}" --precisions lowbit --limit 200 --resume \
         > "$out/table_$prof.log" 2>&1 &
+      k=$((k + 1))
     done
-    wait
     tokens30="$(recipe_tokens "$out/recipe_testbed_h100_b0.3.json")"  # the baselines at the 0.3 recipe's tokens
+    if [ "$GPUS" -gt 2 ]; then  # spare GPUs take the baselines at those tokens meanwhile
+      for b in "${baselines[@]}"; do
+        on_gpu $k timeout 1200 $q eval --suite "$out/table" --plans "$b" --budgets "$tokens30" --precisions lowbit \
+          --limit 200 --resume > "$out/table_b0.3_$b.log" 2>&1 &
+        k=$((k + 1)); [ $((k % GPUS)) -eq 0 ] && k=2
+      done
+    fi
+    wait
     timeout 600 $q eval --suite "$out/table" --plans "${baselines[@]}" --budgets "$tokens30" --precisions lowbit \
       --limit 200 --resume > "$out/table_b0.3.log" 2>&1 || true
     timeout 300 $q eval --suite "$out/table" --plans "${baselines[@]}" "${all[@]}" --budgets 64 128 192 "$tokens30" \
