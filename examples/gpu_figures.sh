@@ -107,17 +107,17 @@ case "$section" in
     head -3 "$out"/steps_*.txt ;;
   train)
     ckpt="${TRAIN_CKPT:-$HOME/ckpt}" minutes="${TRAIN_MINUTES:-8}"
-    gpus="${TRAIN_GPUS:-$(n_gpus)}"
+    GPUS="${TRAIN_GPUS:-$(n_gpus)}"
     mkdir -p "$out/weights"  # the card's history of pieces travels in the checkpoint
-    timeout $((minutes * 60 + 90)) python3 -m torch.distributed.run --standalone --nproc_per_node "$gpus" \
+    timeout $((minutes * 60 + 90)) python3 -m torch.distributed.run --standalone --nproc_per_node "$GPUS" \
       examples/train_testbed.py --init quota/models/weights --resume --ckpt "$ckpt" \
       --minutes "$minutes" --steps "${TRAIN_STEPS:-3000}" --lr "${TRAIN_LR:-5e-4}" --per-task "${TRAIN_PER_TASK:-2}" \
       --token-aux-weight "${TRAIN_TOKEN_AUX:-0}" \
       --export "$out/weights" > "$out/train.log" 2>&1 || true
-    if [ -n "${TRAIN_EVAL:-}" ]; then  # one process per task, spread over the GPUs; results in train_eval.tgz
+    if [ -n "${TRAIN_EVAL:-}" ]; then  # one process per task, spread over the GPUs, merged into train_eval.json
       mkdir -p "$out/train_eval" && i=0
       for task in $(python3 -c 'from quota.eval.tasks import TASKS; print(*TASKS)'); do
-        CUDA_VISIBLE_DEVICES=$((i % gpus)) timeout 300 $q eval --weights "$out/weights" --tasks "$task" \
+        on_gpu $i timeout 300 $q eval --weights "$out/weights" --tasks "$task" \
           --limit "$TRAIN_EVAL" -o "$out/train_eval/$task.json" > "$out/train_eval/$task.log" 2>&1 &
         i=$((i + 1))
       done
