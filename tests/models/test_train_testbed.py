@@ -79,9 +79,9 @@ def test_export_writes_the_whole_history_of_pieces_and_loads_back(tt, tmp_path):
                               steps=50)
     shipped = json.loads((WEIGHTS_DIR / CARD_FILE).read_text())
     first = tt.start_history(args) + [tt.this_piece(args, 0, 20, 12.4)]
-    tt.export(model, lm, args, first, 20, [], 12.4)
+    tt.export(model, lm, args, first, 20, [])
     second = first + [tt.this_piece(args, 20, 50, 30.0)]  # a resumed run, as its checkpoint carries the history
-    tt.export(model, lm, args, second, 50, [], 30.0)
+    tt.export(model, lm, args, second, 50, [])
     card = json.loads((tmp_path / CARD_FILE).read_text())
     pieces = card["training"]["pieces"]
     old = shipped["training"]["pieces"]
