@@ -1,88 +1,78 @@
 """Token allocation solvers: choose how many visual tokens each decoder layer keeps.
 
-One problem object (``AllocationProblem``), one result type (``Solution``), five solvers:
+One problem object (``AllocationProblem``), one result type (``Solution``), one front door
+(``solve``), six solvers:
 
-- ``"cpsat"``: OR-Tools CP-SAT, exact (default; deterministic with one worker).
-- ``"mip"``: OR-Tools pywraplp with SCIP, exact.
-- ``"relax"``: cvxpy LP relaxation with rounding: a lower bound, a schedule and its gap.
-- ``"dp"``: exact dynamic programming (the test oracle; "sum" aggregate, budget rows only).
-- ``"greedy"``: greedy marginal-gain baseline.
+- ``"auto"`` (default): the DP whenever the problem fits it, else CP-SAT; exact.
+- ``"dp"``: dynamic programming vectorized in numpy, exact ("sum" aggregate, budget and domain
+  constraints; bounded memory; see ``quota.solvers.dp``).
+- ``"cpsat"``: OR-Tools CP-SAT, exact (every feature; deterministic with one worker).
+- ``"mip"``: OR-Tools pywraplp with SCIP, exact (every feature).
+- ``"relax"``: cvxpy LP relaxation with rounding: a lower bound, a schedule and its gap (heuristic).
+- ``"greedy"``: greedy marginal-gain baseline (heuristic, no bound).
 
-A solver that cannot express a feature of the problem raises ``UnsupportedFeatureError``; an
-infeasible problem raises ``InfeasibleError`` stating the least achievable cost against the budget.
+Every failure is a ``SolverError`` (``quota.solvers.errors``) with a one-line message:
+``InfeasibleError`` states the least achievable cost against the budget; ``UnsupportedFeatureError``
+names the solver and the feature; ``NoScheduleError``, ``RelaxationLimitError`` and
+``GapTooLargeError`` state the time limit, the bound and the gap.
+
+Importing this package loads neither OR-Tools nor cvxpy; the backends import them on first use.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import Any
-
+from quota.solvers.auto import solve_auto
 from quota.solvers.constraints import FEAS_RTOL, CostCap, FixedLayer, LinearConstraint, MinKeepBefore
-from quota.solvers.dp import solve_dp
+from quota.solvers.cpsat import solve_cpsat
+from quota.solvers.dp import MAX_BYTES, solve_dp
+from quota.solvers.errors import (
+    GapTooLargeError,
+    InfeasibleError,
+    NoScheduleError,
+    ProblemError,
+    RelaxationLimitError,
+    SolverArgumentError,
+    SolverError,
+    UnsupportedFeatureError,
+)
 from quota.solvers.greedy import solve_greedy
-from quota.solvers.problem import COST_KINDS, AllocationProblem, ProblemError, default_grid
-from quota.solvers.solution import InfeasibleError, Solution, UnsupportedFeatureError
-
-_BACKEND_FUNCTIONS = {  # name -> module that imports OR-Tools or cvxpy at its top
-    "solve_cpsat": "quota.solvers.cpsat",
-    "solve_mip": "quota.solvers.mip",
-    "solve_relax": "quota.solvers.relax",
-    "solve_sweep": "quota.solvers.relax",
-}
-
-
-def _backend(name: str) -> Callable[..., Any]:
-    """A function of a backend module, imported on first call."""
-
-    def call(*args: Any, **kw: Any) -> Any:
-        return getattr(importlib.import_module(_BACKEND_FUNCTIONS[name]), name)(*args, **kw)
-
-    call.__name__ = call.__qualname__ = name
-    return call
-
-
-def __getattr__(name: str) -> Any:
-    """``from quota.solvers import solve_cpsat`` (etc.) imports the backend module then."""
-    if name in _BACKEND_FUNCTIONS:
-        return getattr(importlib.import_module(_BACKEND_FUNCTIONS[name]), name)
-    raise AttributeError(f"module 'quota.solvers' has no attribute {name!r}")
-
-
-SOLVERS: dict[str, Callable[..., Solution]] = {
-    "cpsat": _backend("solve_cpsat"),
-    "mip": _backend("solve_mip"),
-    "relax": _backend("solve_relax"),
-    "dp": solve_dp,
-    "greedy": solve_greedy,
-}
-
-
-def solve(problem: AllocationProblem, solver: str = "cpsat", time_limit: float | None = 60.0, **kw: Any) -> Solution:
-    """Solve ``problem`` with the named solver (one of ``SOLVERS``).
-
-    ``time_limit`` (seconds) bounds the exact solvers and the LP; ``dp`` and ``greedy`` ignore it.
-    Extra keyword arguments go to the solver (e.g. ``num_workers`` or ``hint`` for ``cpsat``).
-    Raises ``InfeasibleError``, ``UnsupportedFeatureError``, or ``ValueError`` for an unknown solver."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    return SOLVERS[solver](problem, time_limit, **kw)
-
+from quota.solvers.mip import solve_mip
+from quota.solvers.problem import COST_KINDS, AllocationProblem, default_grid
+from quota.solvers.registry import EXACT_SOLVERS, HEURISTIC_SOLVERS, SOLVERS, solve
+from quota.solvers.relax import solve_relax, solve_sweep
+from quota.solvers.solution import Solution
+from quota.solvers.synthetic import SHAPES, synthetic_problem
 
 __all__ = [
     "COST_KINDS",
+    "EXACT_SOLVERS",
     "FEAS_RTOL",
+    "HEURISTIC_SOLVERS",
+    "MAX_BYTES",
+    "SHAPES",
     "SOLVERS",
     "AllocationProblem",
     "CostCap",
     "FixedLayer",
+    "GapTooLargeError",
     "InfeasibleError",
     "LinearConstraint",
     "MinKeepBefore",
+    "NoScheduleError",
     "ProblemError",
+    "RelaxationLimitError",
     "Solution",
+    "SolverArgumentError",
+    "SolverError",
     "UnsupportedFeatureError",
     "default_grid",
     "solve",
+    "solve_auto",
+    "solve_cpsat",
+    "solve_dp",
+    "solve_greedy",
+    "solve_mip",
+    "solve_relax",
     "solve_sweep",
+    "synthetic_problem",
 ]

@@ -7,20 +7,31 @@ Checked in order, each step exact:
 3. the budget against the cheapest schedule meeting the domain constraints and monotonicity
    (a shortest-path DP): binding ``"budget"``;
 4. each ``LinearConstraint`` / ``CostCap`` alone against its best achievable value;
-5. the budget together with every other row: the cheapest budget cost subject to all of them
-   (CP-SAT, exact): binding ``"budget+CostCap"`` etc., or the rows jointly when they conflict.
+5. the budget together with every other row: the cheapest budget cost subject to all of them,
+   computed by a ``JointCost`` function the caller passes (CP-SAT's ``minimize_cost``, exact):
+   binding ``"budget+CostCap"`` etc., or the rows jointly when they conflict.
+
+Steps 1-4 are pure numpy; step 5 runs only when the problem has rows besides the budget and the
+caller passes ``joint`` (this module imports no solver backend).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from quota.solvers.constraints import describe, layer_mask
-from quota.solvers.dp import cheapest_schedule
+from quota.solvers.errors import InfeasibleError
+from quota.solvers.paths import cheapest_schedule
 from quota.solvers.problem import AllocationProblem
-from quota.solvers.solution import InfeasibleError
 
 DIAGNOSE_TIME_LIMIT = 30.0
+
+JointCost = Callable[[AllocationProblem, np.ndarray, float], tuple[str, "float | None"]]
+"""``joint(problem, coef, time_limit) -> (status, value)``: the least ``sum_l coef[l, g_l]`` over the
+schedules meeting every constraint except the budget; status ``"optimal"``, ``"feasible"`` (value is
+an upper bound), ``"infeasible"`` or ``"unknown"`` (value None)."""
 
 
 def _error(problem: AllocationProblem, message: str, least: float | None, binding: str) -> InfeasibleError:
@@ -53,10 +64,12 @@ def _forcing(problem: AllocationProblem, idx: np.ndarray) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def explain_infeasible(problem: AllocationProblem, exact: bool = True) -> InfeasibleError | None:
+def explain_infeasible(problem: AllocationProblem, joint: JointCost | None = None) -> InfeasibleError | None:
     """An ``InfeasibleError`` explaining why ``problem`` has no feasible schedule, or None if it has one.
 
-    ``exact=False`` skips step 5 (no CP-SAT call) and returns None when steps 1-4 find nothing."""
+    Without ``joint``, step 5 is skipped and None is returned when steps 1-4 find nothing; that is
+    exact when every row besides the budget is ``<=`` with coefficients non-decreasing in k (the
+    pointwise cheapest schedule then minimizes every row at once), and when there are no such rows."""
     kind = problem.budget_kind
     budget = f"the {kind} budget {problem.budget:.4f}"
     allowed = problem.allowed
@@ -106,11 +119,9 @@ def explain_infeasible(problem: AllocationProblem, exact: bool = True) -> Infeas
                 least,
                 extra.kind,
             )
-    if not exact or not problem.extra_rows:
+    if joint is None or not problem.extra_rows:
         return None
-    from quota.solvers.cpsat import minimize_cost
-
-    status, joint = minimize_cost(problem, row.coef, DIAGNOSE_TIME_LIMIT)
+    status, joint_value = joint(problem, row.coef, DIAGNOSE_TIME_LIMIT)
     names = ", ".join(r.name for r in problem.extra_rows)
     kinds = "+".join(dict.fromkeys(r.kind for r in problem.extra_rows))
     if status == "infeasible":
@@ -120,7 +131,7 @@ def explain_infeasible(problem: AllocationProblem, exact: bool = True) -> Infeas
             None,
             kinds,
         )
-    if joint is not None and row.holds(joint):
+    if joint_value is not None and row.holds(joint_value):
         return None
     if status != "optimal":
         return _error(
@@ -130,7 +141,7 @@ def explain_infeasible(problem: AllocationProblem, exact: bool = True) -> Infeas
             least,
             "budget+" + kinds,
         )
-    least = joint / full
+    least = joint_value / full
     return _error(
         problem,
         f"the least achievable {kind} cost is {least:.4f} of full under {names}, above {budget}; "

@@ -7,8 +7,8 @@ coefficients never decrease with k: ``cost_like``), and ``CostCap``.
 from __future__ import annotations
 
 from quota.solvers.constraints import CostCap, LinearConstraint, Row, describe
+from quota.solvers.errors import UnsupportedFeatureError
 from quota.solvers.problem import AllocationProblem
-from quota.solvers.solution import UnsupportedFeatureError
 
 _ALTERNATIVES = "cpsat, mip and relax express every feature"
 

@@ -15,9 +15,10 @@ pointwise cheapest allowed schedule minimizes every such row at once and lowerin
 
 from __future__ import annotations
 
-import time
-
+from quota.solvers.diagnose import explain_infeasible
+from quota.solvers.errors import NoScheduleError
 from quota.solvers.features import require_supported
+from quota.solvers.limits import Deadline
 from quota.solvers.moves import lower_until_feasible, top_schedule
 from quota.solvers.problem import AllocationProblem
 from quota.solvers.solution import Solution
@@ -26,12 +27,11 @@ NAME = "greedy"
 
 
 def solve_greedy(problem: AllocationProblem, time_limit: float | None = None) -> Solution:
-    """Greedy schedule for ``problem`` (``time_limit`` is accepted and ignored).
+    """Greedy schedule for ``problem`` (``time_limit`` is checked, then ignored: greedy is fast).
 
-    Raises ``InfeasibleError`` when no schedule meets the budget and constraints."""
-    from quota.solvers.diagnose import explain_infeasible
-
-    start = time.perf_counter()
+    Status ``"feasible"``, no lower bound. Raises ``InfeasibleError`` when no schedule meets the budget
+    and constraints (the diagnosis without a joint step is exact for the rows greedy accepts)."""
+    deadline = Deadline(time_limit)
     require_supported(problem, NAME, linear_constraints="cost_like")
     idx = top_schedule(problem)
     if idx is not None:
@@ -39,6 +39,7 @@ def solve_greedy(problem: AllocationProblem, time_limit: float | None = None) ->
     if idx is None:
         error = explain_infeasible(problem)
         if error is not None:
+            error.solver = NAME
             raise error
-        return Solution.build(problem, None, status="unknown", solver=NAME, solve_time=time.perf_counter() - start)
-    return Solution.build(problem, idx, status="feasible", solver=NAME, solve_time=time.perf_counter() - start)
+        raise NoScheduleError(NAME, time_limit=deadline.limit, elapsed=deadline.elapsed(), reason="greedy lowering")
+    return Solution.build(problem, idx, status="feasible", solver=NAME, solve_time=deadline.elapsed())

@@ -6,17 +6,22 @@ coefficients (rows divided by their scale so SCIP's tolerances are relative). SC
 schedule. The returned schedule is checked against the float rows with the shared tolerance rule;
 if SCIP's own tolerance let a row slip, the row's right-hand side is tightened by the excess and
 the model re-solved (at most ``MAX_TIGHTEN`` times). ``"max_task"`` uses an epigraph variable.
+
+OR-Tools is imported on first use (``_pywraplp``), so importing this module does not load it.
 """
 
 from __future__ import annotations
 
-import time
+from types import ModuleType
+from typing import Any
 
 import numpy as np
-from ortools.linear_solver import pywraplp
 
 from quota.solvers.constraints import Row
 from quota.solvers.encoding import OrderLayout
+from quota.solvers.errors import NoScheduleError, SolverError
+from quota.solvers.infeasible import infeasible_error
+from quota.solvers.limits import Deadline
 from quota.solvers.problem import AllocationProblem
 from quota.solvers.solution import Solution
 
@@ -25,13 +30,19 @@ MAX_TIGHTEN = 3
 _SCIP_PARAMS = "numerics/feastol = 1e-9\nlimits/gap = 0\nlimits/absgap = 0\n"
 
 
-def _build(
-    problem: AllocationProblem, layout: OrderLayout, rows: list[tuple[Row, float]]
-) -> tuple[pywraplp.Solver, list]:
+def _pywraplp() -> ModuleType:
+    """``ortools.linear_solver.pywraplp``, imported lazily: OR-Tools is a heavy dependency that plain
+    ``import quota.solvers`` must not load."""
+    from ortools.linear_solver import pywraplp  # lazy: heavy optional dependency (OR-Tools)
+
+    return pywraplp
+
+
+def _build(problem: AllocationProblem, layout: OrderLayout, rows: list[tuple[Row, float]]) -> tuple[Any, list]:
     """A SCIP model; ``rows`` pairs each row with an extra tightening of its right-hand side."""
-    solver = pywraplp.Solver.CreateSolver("SCIP")
+    solver = _pywraplp().Solver.CreateSolver("SCIP")
     if solver is None:  # pragma: no cover - SCIP ships with ortools wheels
-        raise RuntimeError("OR-Tools was built without SCIP")
+        raise SolverError("OR-Tools was built without SCIP", solver=NAME)
     y = [solver.BoolVar(f"y{i}") for i in range(layout.n_vars)]
     for a, b in layout.implications:
         solver.Add(y[a] <= y[b])
@@ -59,31 +70,30 @@ def _build(
 
 
 def solve_mip(problem: AllocationProblem, time_limit: float | None = 60.0, *, log: bool = False) -> Solution:
-    """Solve ``problem`` exactly with SCIP.
+    """Solve ``problem`` exactly with SCIP within ``time_limit`` seconds (None: no limit).
 
-    Status ``"optimal"``, ``"time_limit"`` (a schedule, SCIP's bound) or ``"unknown"``; raises
-    ``InfeasibleError`` when SCIP proves infeasibility."""
-    from quota.solvers.diagnose import explain_infeasible
-
-    start = time.perf_counter()
+    Status ``"optimal"`` or ``"time_limit"`` (a schedule and SCIP's bound, None when SCIP has none).
+    Raises ``InfeasibleError`` when SCIP proves infeasibility, ``NoScheduleError`` when it found no
+    schedule within the limit, ``SolverArgumentError`` for a bad ``time_limit``."""
+    pywraplp = _pywraplp()
+    deadline = Deadline(time_limit)
     layout = OrderLayout.build(problem.allowed, problem.monotone)
     if layout.contradiction:
-        raise _infeasible(problem, explain_infeasible)
+        raise infeasible_error(problem, NAME)
     tightening = {i: 0.0 for i in range(len(problem.rows))}
     for _ in range(MAX_TIGHTEN + 1):
         solver, y = _build(problem, layout, [(row, tightening[i]) for i, row in enumerate(problem.rows)])
         solver.SetNumThreads(1)
         solver.SetSolverSpecificParametersAsString(_SCIP_PARAMS)
-        if time_limit is not None:
-            remaining = max(time_limit - (time.perf_counter() - start), 0.001)
-            solver.SetTimeLimit(int(np.ceil(remaining * 1000)))
+        if deadline.limit is not None:
+            solver.SetTimeLimit(int(np.ceil(deadline.remaining() * 1000)))
         if log:
             solver.EnableOutput()
         status = solver.Solve()
         if status == pywraplp.Solver.INFEASIBLE:
-            raise _infeasible(problem, explain_infeasible)
+            raise infeasible_error(problem, NAME)
         if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-            return Solution.build(problem, None, status="unknown", solver=NAME, solve_time=time.perf_counter() - start)
+            raise NoScheduleError(NAME, time_limit=deadline.limit, elapsed=deadline.elapsed())
         idx = layout.indices(np.array([v.solution_value() for v in y]))
         slipped = False
         for i, row in enumerate(problem.rows):
@@ -94,18 +104,13 @@ def solve_mip(problem: AllocationProblem, time_limit: float | None = 60.0, *, lo
         if not slipped:
             break
     else:
-        raise RuntimeError(f"SCIP kept returning schedules outside the rows after {MAX_TIGHTEN} tightenings")
-    elapsed = time.perf_counter() - start
+        raise SolverError(
+            f"SCIP kept returning schedules outside the rows after {MAX_TIGHTEN} tightenings", solver=NAME
+        )
+    elapsed = deadline.elapsed()
     if status == pywraplp.Solver.OPTIMAL:
         objective = float(problem.objective_of_indices(np.asarray(idx)))
         return Solution.build(problem, idx, status="optimal", solver=NAME, solve_time=elapsed, lower_bound=objective)
     bound = float(solver.Objective().BestBound())
     bound = bound if np.isfinite(bound) and abs(bound) < 1e19 else None  # SCIP reports -1e20 for "none yet"
     return Solution.build(problem, idx, status="time_limit", solver=NAME, solve_time=elapsed, lower_bound=bound)
-
-
-def _infeasible(problem: AllocationProblem, explain) -> Exception:
-    error = explain(problem)
-    if error is None:
-        return RuntimeError("SCIP proved infeasibility but the diagnosis found a feasible schedule")
-    return error

@@ -35,13 +35,8 @@ from quota.solvers.constraints import (
     describe,
     domain_mask,
 )
-
-COST_KINDS = ("tokens", "flops", "kv", "latency")
-AGGREGATES = ("sum", "max_task")
-
-
-class ProblemError(ValueError):
-    """An AllocationProblem field is invalid; the message names the field and the offending value."""
+from quota.solvers.errors import ProblemError
+from quota.solvers.validate import AGGREGATES, COST_KINDS, validate_problem
 
 
 def default_grid(n_tokens: int, steps: int = 32, minimum: int = 0) -> tuple[int, ...]:
@@ -94,9 +89,8 @@ class AllocationProblem:
     constraints: tuple[Constraint, ...] = ()
 
     def __post_init__(self) -> None:
-        from quota.solvers.validate import validate_problem
-
-        for name, value in validate_problem(self).items():
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in validate_problem(given).items():
             object.__setattr__(self, name, value)
 
     # ---- sizes -------------------------------------------------------------------------------------

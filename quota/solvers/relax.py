@@ -14,22 +14,28 @@ greedily until the rows hold (when lowering cannot fix a row, ``repair_rows`` mo
 shrink the total excess), then improved by local search
 (``quota.solvers.moves.improve``) and the better one is returned with ``gap`` against the LP bound.
 Status ``"optimal"`` when the gap is within ``OPTIMAL_GAP`` (the LP solver's tolerance),
-``"feasible"`` otherwise, ``"bound_only"`` (no schedule) when rounding finds no feasible schedule
-though one exists (possible with ``>=`` or non-monotone linear rows); when none exists (the LP can
-be feasible while the integer problem is not), the exact diagnosis raises ``InfeasibleError``.
+``"feasible"`` otherwise. When rounding finds no feasible schedule though one exists (possible with
+``>=`` or non-monotone linear rows) it raises ``NoScheduleError`` carrying the LP bound; when none
+exists (the LP can be feasible while the integer problem is not), the exact diagnosis raises
+``InfeasibleError``. An LP stopped by its time limit raises ``RelaxationLimitError``.
+
+cvxpy is imported on first use (``_cvxpy``), so importing this module does not load it.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
+import warnings
 from collections.abc import Sequence
+from types import ModuleType
 
-import cvxpy as cp
 import numpy as np
 
 from quota.solvers.constraints import FEAS_RTOL
+from quota.solvers.errors import InfeasibleError, NoScheduleError, RelaxationLimitError
+from quota.solvers.infeasible import infeasible_error
+from quota.solvers.limits import Deadline, check_time_limit
 from quota.solvers.moves import improve, lower_until_feasible, repair_monotone, repair_rows
 from quota.solvers.problem import AllocationProblem
 from quota.solvers.solution import Solution
@@ -41,6 +47,13 @@ OPTIMAL_GAP = 1e-7  # gap at which the LP bound (HiGHS tolerances ~1e-7) certifi
 _banner_silenced = False
 
 
+def _cvxpy() -> ModuleType:
+    """``cvxpy``, imported lazily: a heavy dependency that plain ``import quota.solvers`` must not load."""
+    import cvxpy  # lazy: heavy optional dependency (cvxpy)
+
+    return cvxpy
+
+
 def _silence_highs_banner() -> None:
     """HiGHS prints a copyright banner to the C-level stdout the first time a solver object is made
     in a process, which would corrupt machine-readable output; make that first object with fd 1
@@ -50,7 +63,7 @@ def _silence_highs_banner() -> None:
         return
     _banner_silenced = True
     try:
-        import highspy
+        import highspy  # lazy: heavy optional dependency (HiGHS, shipped with cvxpy)
     except ImportError:  # pragma: no cover - cvxpy then reports the missing solver itself
         return
     sys.stdout.flush()
@@ -68,6 +81,7 @@ class Relaxation:
     """The LP of one problem with the budget as a parameter; build once, ``solve(budget)`` many times."""
 
     def __init__(self, problem: AllocationProblem) -> None:
+        cp = _cvxpy()
         self.problem = problem
         n_layers, n_cand = problem.n_layers, problem.n_candidates
         self.lam = cp.Variable((n_layers, n_cand), nonneg=True)
@@ -96,15 +110,22 @@ class Relaxation:
         self.lp = cp.Problem(cp.Minimize(objective), constraints)
 
     def solve(self, budget: float, time_limit: float | None = None) -> tuple[float, np.ndarray] | None:
-        """LP optimum and weights ``[L, G]`` at ``budget``; None when the LP is infeasible."""
+        """LP optimum and weights ``[L, G]`` at ``budget``; None when the LP is infeasible. Raises
+        ``RelaxationLimitError`` when the LP stops (time or iteration limit) before its optimum."""
+        cp = _cvxpy()
+        deadline = Deadline(time_limit)
         self.budget.value = float(budget)
         _silence_highs_banner()
-        options = {} if time_limit is None else {"time_limit": float(time_limit)}
-        self.lp.solve(solver=LP_SOLVER, **options)
+        options = {} if deadline.limit is None else {"time_limit": float(deadline.limit)}
+        with warnings.catch_warnings():  # cvxpy warns of inaccurate solutions; the status is checked below
+            warnings.simplefilter("ignore", UserWarning)
+            self.lp.solve(solver=LP_SOLVER, **options)
         if self.lp.status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
             return None
         if self.lp.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
-            raise RuntimeError(f"the LP relaxation ended with status {self.lp.status!r}")
+            raise RelaxationLimitError(
+                NAME, lp_status=str(self.lp.status), time_limit=deadline.limit, elapsed=deadline.elapsed()
+            )
         return float(self.lp.value), np.asarray(self.lam.value)
 
 
@@ -135,34 +156,30 @@ def solve_sweep(
     """Relax-and-round ``problem`` at each budget, compiling the LP once.
 
     Returns one Solution per budget, in order; the first one's ``solve_time`` includes building the
-    LP. Raises ``InfeasibleError`` for the first budget at
-    which the problem is infeasible."""
-    from quota.solvers.diagnose import explain_infeasible
-
-    start = time.perf_counter()
+    LP. ``time_limit`` (seconds, None: no limit) bounds each LP solve. Raises ``InfeasibleError`` for
+    the first budget at which the problem is infeasible, ``RelaxationLimitError`` when an LP stops at
+    its limit, ``NoScheduleError`` (with the LP bound) when rounding finds no schedule."""
+    time_limit = check_time_limit(time_limit)
+    deadline = Deadline(None)
     relaxation = Relaxation(problem)
     out = []
     for i, budget in enumerate(budgets):
         if i > 0:
-            start = time.perf_counter()
+            deadline = Deadline(None)
         at_budget = problem if budget == problem.budget else problem.replace(budget=budget)
         lp = relaxation.solve(budget, time_limit)
         if lp is None:
-            error = explain_infeasible(at_budget)
-            if error is None:
-                raise RuntimeError("the LP relaxation is infeasible but the diagnosis found a feasible schedule")
-            raise error
+            raise infeasible_error(at_budget, NAME, "found the LP relaxation infeasible")
         bound, weights = lp
         idx = round_weights(at_budget, weights)
-        elapsed = time.perf_counter() - start
+        elapsed = deadline.elapsed()
         if idx is None:
-            error = explain_infeasible(at_budget)
-            if error is not None:
+            error = infeasible_error(at_budget, NAME, "found no rounded schedule")
+            if isinstance(error, InfeasibleError):
                 raise error
-            out.append(
-                Solution.build(at_budget, None, status="bound_only", solver=NAME, solve_time=elapsed, lower_bound=bound)
+            raise NoScheduleError(
+                NAME, time_limit=time_limit, elapsed=elapsed, lower_bound=bound, reason="rounding of the LP optimum"
             )
-            continue
         solution = Solution.build(at_budget, idx, status="feasible", solver=NAME, solve_time=elapsed, lower_bound=bound)
         if solution.gap is not None and solution.gap <= OPTIMAL_GAP:
             solution = Solution.build(

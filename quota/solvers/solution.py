@@ -1,17 +1,20 @@
-"""What every solver returns (``Solution``) and how a solve fails (``InfeasibleError``,
-``UnsupportedFeatureError``)."""
+"""What every solver returns: ``Solution``, a feasible schedule with its objective, bound and status.
+
+A solver that finds no schedule raises (``quota.solvers.errors``) instead of returning one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from quota.solvers.problem import AllocationProblem
+from quota.solvers.errors import InfeasibleError, UnsupportedFeatureError
+from quota.solvers.problem import AllocationProblem
 
-STATUSES = ("optimal", "feasible", "time_limit", "unknown", "bound_only")
+STATUSES = ("optimal", "feasible", "time_limit")
 
 
 def relative_gap(objective: float | None, bound: float | None) -> float | None:
@@ -26,29 +29,33 @@ def relative_gap(objective: float | None, bound: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class Solution:
-    """A solver's answer.
+    """A solver's answer: always a feasible schedule.
 
-    - ``schedule``: tokens kept per layer (grid values), or None when no feasible schedule was found
-      (status ``"unknown"``: time limit hit first; ``"bound_only"``: the relaxation could not round).
-    - ``indices``: grid indices of ``schedule``.
+    - ``schedule``: tokens kept per layer (grid values). ``indices``: their grid indices.
     - ``objective``: the problem's objective at ``schedule`` (recomputed in float64 from the problem).
     - ``lower_bound``: a proven lower bound on the optimum (never above ``objective``), or None.
-    - ``status``: ``"optimal"`` (proven), ``"feasible"`` (no optimality proof), ``"time_limit"``
-      (stopped by the time limit with a schedule), ``"unknown"``, ``"bound_only"``.
-    - ``gap``: ``relative_gap(objective, lower_bound)``.
-    - ``solve_time``: seconds spent in the solver call. ``solver``: its registered name.
+    - ``status``: ``"optimal"`` (proven), ``"time_limit"`` (stopped by the time limit, no proof) or
+      ``"feasible"`` (a heuristic or rounded answer, no proof).
+    - ``gap``: ``relative_gap(objective, lower_bound)`` (None without a bound).
+    - ``solve_time``: seconds spent in the solver call.
+    - ``solver``: the registered name of the solver whose schedule this is (``"dp"`` or ``"cpsat"``
+      when ``"auto"`` was asked for). ``requested``: the name the caller asked for (None when a solver
+      function was called directly). ``note``: one line on how the answer came about (e.g. why
+      ``"auto"`` picked its solver, or how the DP rounded a float budget), or ``""``.
     - ``cost_ratios``: cost of ``schedule`` per cost kind, as a fraction of the full cost.
     """
 
-    schedule: tuple[int, ...] | None
-    indices: tuple[int, ...] | None
-    objective: float | None
+    schedule: tuple[int, ...]
+    indices: tuple[int, ...]
+    objective: float
     lower_bound: float | None
     status: str
     gap: float | None
     solve_time: float
     solver: str
     cost_ratios: dict[str, float] = field(default_factory=dict)
+    requested: str | None = None
+    note: str = ""
 
     @classmethod
     def build(
@@ -60,14 +67,13 @@ class Solution:
         solver: str,
         solve_time: float,
         lower_bound: float | None = None,
+        note: str = "",
     ) -> Solution:
-        """Assemble a Solution from grid indices (or None), computing objective, gap and cost ratios.
+        """Assemble a Solution from grid indices ``[L]``, computing objective, gap and cost ratios.
 
         A ``lower_bound`` above the schedule's objective (float noise of an LP) is clamped to it."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        if indices is None:
-            return cls(None, None, None, lower_bound, status, None, solve_time, solver, {})
         idx = tuple(int(g) for g in indices)
         objective = float(problem.objective_of_indices(np.asarray(idx)))
         if lower_bound is not None:
@@ -88,54 +94,39 @@ class Solution:
             solve_time=float(solve_time),
             solver=solver,
             cost_ratios=ratios,
+            note=note,
         )
 
     @property
+    def proven_optimal(self) -> bool:
+        """Whether ``schedule`` is proven optimal (status ``"optimal"``; then ``gap == 0``)."""
+        return self.status == "optimal"
+
+    @property
     def found(self) -> bool:
-        """Whether a schedule was found."""
-        return self.schedule is not None
+        """Whether a schedule was found (always True: solvers raise when they find none)."""
+        return True
+
+    def replace(self, **changes: Any) -> Solution:
+        """A copy with some fields changed (``requested``, ``note``, ``solve_time``...)."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict of every field (tuples become lists)."""
+        """A JSON-serializable dict of every field (tuples become lists) plus ``proven_optimal``."""
         return {
-            "schedule": None if self.schedule is None else list(self.schedule),
-            "indices": None if self.indices is None else list(self.indices),
+            "schedule": list(self.schedule),
+            "indices": list(self.indices),
             "objective": self.objective,
             "lower_bound": self.lower_bound,
             "status": self.status,
+            "proven_optimal": self.proven_optimal,
             "gap": self.gap,
             "solve_time": self.solve_time,
             "solver": self.solver,
+            "requested": self.requested,
+            "note": self.note,
             "cost_ratios": dict(self.cost_ratios),
         }
 
 
-class InfeasibleError(ValueError):
-    """No schedule satisfies the budget and the constraints.
-
-    The message states the least achievable budget-kind cost (as a ratio of the full cost; that is,
-    the cost of the cheapest schedule meeting every other constraint) against the budget, and what
-    binds. Attributes: ``least_cost`` (ratio, or None when even the other constraints conflict),
-    ``budget``, ``budget_kind``, ``binding`` (the constraint kinds that make it infeasible).
-    """
-
-    def __init__(
-        self, message: str, *, least_cost: float | None, budget: float, budget_kind: str, binding: str
-    ) -> None:
-        super().__init__(message)
-        self.least_cost = least_cost
-        self.budget = budget
-        self.budget_kind = budget_kind
-        self.binding = binding
-
-
-class UnsupportedFeatureError(ValueError):
-    """A solver was asked for a problem feature it cannot express (e.g. ``max_task`` in ``dp``)."""
-
-    def __init__(self, solver: str, feature: str, hint: str = "") -> None:
-        message = f"solver {solver!r} does not support {feature}"
-        if hint:
-            message += f"; {hint}"
-        super().__init__(message)
-        self.solver = solver
-        self.feature = feature
+__all__ = ["STATUSES", "InfeasibleError", "Solution", "UnsupportedFeatureError", "relative_gap"]

@@ -6,19 +6,19 @@ Every error is a ``ProblemError`` whose message starts with the field name (``bu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from quota.solvers.constraints import SENSES, CostCap, FixedLayer, LinearConstraint, MinKeepBefore
+from quota.solvers.errors import ProblemError
 
-if TYPE_CHECKING:
-    from quota.solvers.problem import AllocationProblem
+COST_KINDS = ("tokens", "flops", "kv", "latency")
+AGGREGATES = ("sum", "max_task")
 
 
-def _error(message: str) -> Exception:
-    from quota.solvers.problem import ProblemError
-
+def _error(message: str) -> ProblemError:
     return ProblemError(message)
 
 
@@ -66,8 +66,6 @@ def _grid(n_tokens: int, grid: Any) -> tuple[int, ...]:
 
 
 def _costs(costs: Any, grid: tuple[int, ...], shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    from quota.solvers.problem import COST_KINDS
-
     if costs is None:
         costs = {}
     if not hasattr(costs, "items"):
@@ -129,10 +127,17 @@ def _constraint(i: int, c: Any, grid: tuple[int, ...], costs: dict[str, np.ndarr
     raise _error(f"{name} must be MinKeepBefore, FixedLayer, LinearConstraint or CostCap, got {type(c).__name__}")
 
 
-def validate_problem(problem: AllocationProblem) -> dict[str, Any]:
-    """Check every field of ``problem``; return the normalized values to store (field -> value)."""
-    from quota.solvers.problem import AGGREGATES
+class _Fields:
+    """Attribute access to a field mapping (``fields.budget``)."""
 
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self.__dict__.update(fields)
+
+
+def validate_problem(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every AllocationProblem field (given as field name -> value); return the normalized values
+    to store (field -> value)."""
+    problem = _Fields(fields)
     n_tokens = problem.n_tokens
     if not _is_int(n_tokens) or n_tokens < 1:
         raise _error(f"n_tokens must be a positive integer, got {n_tokens!r}")

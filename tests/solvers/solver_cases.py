@@ -1,4 +1,8 @@
-"""Random allocation problems and an independent brute-force oracle for the solver tests."""
+"""Random allocation problems and an independent brute-force oracle for the solver tests.
+
+The oracle (``brute_force``) enumerates every schedule (every monotone one when the problem is
+monotone) and checks it against the raw fields of the problem, not its lowered forms.
+"""
 
 from __future__ import annotations
 
@@ -100,6 +104,60 @@ def random_problem(
     )
 
 
+def arbitrary_curves(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Damage curves of every kind the solvers must take: non-monotone in k, negative values, flat
+    stretches (ties), and large offsets between layers."""
+    kind = int(rng.integers(4))
+    if kind == 0:  # white noise around zero: non-monotone, about half negative
+        return rng.normal(size=shape)
+    if kind == 1:  # a decreasing curve with a dip below zero (dropping a few tokens helps)
+        base = monotone_damage(rng, shape)
+        return base - rng.uniform(0.0, 1.0, size=shape[:-1] + (1,)) * np.sin(np.linspace(0, np.pi, shape[-1]))
+    if kind == 2:  # plateaus: integer levels, many ties
+        return rng.integers(-2, 3, size=shape).astype(np.float64)
+    return rng.normal(size=shape) * 10.0 ** rng.uniform(-3, 3, size=shape[:-1] + (1,))  # per-layer scales
+
+
+def curve_problem(
+    rng: np.random.Generator,
+    *,
+    layers: tuple[int, int] = (2, 6),
+    cands: tuple[int, int] = (2, 7),
+    float_budget: bool = False,
+) -> AllocationProblem:
+    """A small DP-expressible problem ("sum" aggregate, domain constraints only) with arbitrary curves
+    (``arbitrary_curves``), one to three tasks, sometimes an extra term; ``float_budget``: a budget kind
+    with float costs that are not multiples of a power of two."""
+    n_layers = int(rng.integers(layers[0], layers[1] + 1))
+    n_cand = int(rng.integers(cands[0], cands[1] + 1))
+    n_tokens = int(rng.integers(max(n_cand, 8), 65))
+    grid = random_grid(rng, n_tokens, n_cand)
+    n_tasks = int(rng.integers(1, 4))
+    shape = (n_layers, n_cand) if n_tasks == 1 else (n_tasks, n_layers, n_cand)
+    costs, kind = {}, "tokens"
+    if float_budget:
+        costs["latency"] = increasing_curve(rng, (n_layers, n_cand), integer=False) * 0.1 + 0.01
+        kind = "latency"
+    constraints = []
+    if rng.random() < 0.3:
+        constraints.append(MinKeepBefore(int(rng.integers(0, n_layers + 1)), int(rng.integers(0, n_tokens + 1))))
+    if rng.random() < 0.2:
+        constraints.append(FixedLayer(int(rng.integers(0, n_layers)), int(rng.choice(grid))))
+    extra = [rng.normal(size=(n_layers, n_cand))] if rng.random() < 0.3 else []
+    return AllocationProblem(
+        n_tokens=n_tokens,
+        grid=grid,
+        damage=arbitrary_curves(rng, shape),
+        budget=float(rng.choice([rng.uniform(0.05, 1.0), rng.uniform(0.2, 0.6), 1.0])),
+        costs=costs,
+        budget_kind=kind,
+        monotone=bool(rng.random() < 0.7),
+        task_weights=rng.uniform(0.2, 2.0, size=n_tasks) if n_tasks > 1 else None,
+        extra_costs=extra,
+        constraints=constraints,
+    )
+
+
 def realistic_problem(n_layers: int = 30, steps: int = 32, n_tokens: int = 576, budget: float = 0.3, seed: int = 0):
     """Sensitivity-like curves: early layers more sensitive, convex-ish decreasing damage plus noise."""
     rng = np.random.default_rng(seed)
@@ -165,9 +223,22 @@ def all_schedules(problem: AllocationProblem) -> np.ndarray:
     return np.array(list(itertools.product(range(problem.n_candidates), repeat=problem.n_layers)), dtype=np.int64)
 
 
+def monotone_schedules(n_layers: int, n_candidates: int) -> np.ndarray:
+    """Every non-increasing index schedule, ``[C(G + L - 1, L), L]`` (far fewer than ``G**L``)."""
+    rising = itertools.combinations_with_replacement(range(n_candidates), n_layers)
+    return np.array([combo[::-1] for combo in rising], dtype=np.int64).reshape(-1, n_layers)
+
+
+def candidate_schedules(problem: AllocationProblem) -> np.ndarray:
+    """The schedules brute force must look at: the monotone ones when the problem is monotone."""
+    if problem.monotone:
+        return monotone_schedules(problem.n_layers, problem.n_candidates)
+    return all_schedules(problem)
+
+
 def brute_force(problem: AllocationProblem) -> tuple[float, np.ndarray] | None:
     """Optimum and an optimal schedule by enumeration, or None if infeasible."""
-    cands = all_schedules(problem)
+    cands = candidate_schedules(problem)
     ok = feasible_mask(problem, cands)
     if not ok.any():
         return None

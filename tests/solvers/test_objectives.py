@@ -151,11 +151,7 @@ def test_unsupported_features_name_solver_and_feature() -> None:
         (problem.replace(damage=np.stack([problem.damage] * 2), aggregate="max_task"), "max_task"),
         (problem.replace(constraints=[LinearConstraint(np.ones((5, 6)), 10.0)]), "LinearConstraint"),
         (problem.replace(constraints=[CostCap("tokens", 50.0)]), "CostCap"),
-        (
-            problem.replace(costs={"flops": np.cumsum(rng.uniform(0.1, 1, (5, 6)), axis=1)}, budget_kind="flops"),
-            "budget kind 'flops'",
-        ),
-    ]
+    ]  # a float budget kind is no longer unsupported: the DP rounds it (tests/solvers/test_dp.py)
     for case, feature in cases:
         with pytest.raises(UnsupportedFeatureError) as info:
             solve(case, "dp")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from quota.solvers import SOLVERS, AllocationProblem, Solution, solve, solve_sweep
+from quota.solvers import SOLVERS, AllocationProblem, NoScheduleError, Solution, solve, solve_sweep
 from quota.solvers.relax import Relaxation
 from tests.solvers.solver_cases import close, random_problem, realistic_problem
 
@@ -80,7 +80,8 @@ def test_solution_to_dict_is_json() -> None:
     problem = realistic_problem(n_layers=6, steps=8)
     for name in SOLVERS:
         solution = solve(problem, name)
-        assert isinstance(solution, Solution) and solution.solver == name
+        assert isinstance(solution, Solution) and solution.requested == name
+        assert solution.solver == ("dp" if name == "auto" else name)  # auto names the solver that ran
         data = json.loads(json.dumps(solution.to_dict()))
         assert data["schedule"] == list(solution.schedule)
         assert data["status"] in ("optimal", "feasible")
@@ -89,15 +90,17 @@ def test_solution_to_dict_is_json() -> None:
 
 
 def test_time_limit_statuses() -> None:
-    """Stopped by the time limit: a schedule with a bound, or no schedule at all; never a wrong claim."""
+    """Stopped by the time limit: a schedule with a bound, or NoScheduleError; never a wrong claim.
+
+    (A run that finds no schedule raises NoScheduleError instead of returning status "unknown".)"""
     problem = realistic_problem(n_layers=40, steps=64, seed=5)
     for name in ("cpsat", "mip"):
         for limit in (1e-6, 0.2):
-            solution = solve(problem, name, time_limit=limit)
-            assert solution.status in ("optimal", "time_limit", "unknown")
-            if solution.status == "unknown":
-                assert solution.schedule is None and solution.objective is None and not solution.found
-                assert solution.to_dict()["schedule"] is None
-            else:
-                assert problem.is_feasible(solution.schedule)
-                assert solution.lower_bound is None or solution.lower_bound <= solution.objective
+            try:
+                solution = solve(problem, name, time_limit=limit, accept_gap=float("inf"))
+            except NoScheduleError as error:
+                assert error.solver == name and error.time_limit == limit
+                continue
+            assert solution.status in ("optimal", "time_limit")
+            assert problem.is_feasible(solution.schedule)
+            assert solution.lower_bound is None or solution.lower_bound <= solution.objective
