@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of the README that needs a GPU, one section at a time (each fits a 10-minute slot on one H100,
+# Every figure of docs/results that needs a GPU, one section at a time (each fits a 10-minute slot on one H100,
 # except where noted). Usage: examples/gpu_figures.sh SECTION OUT_DIR
 #   tests    GPU runs of the kernel and runtime tests (about 3 minutes)
 #   e2e      end-to-end speed and memory, LLaVA-1.5-7B- and Qwen2-VL-7B-shaped models (random weights), prefill
@@ -110,13 +110,13 @@ case "$section" in
     GPUS="${TRAIN_GPUS:-$(n_gpus)}"
     mkdir -p "$out/weights"  # the card's history of pieces travels in the checkpoint
     timeout $((minutes * 60 + 90)) python3 -m torch.distributed.run --standalone --nproc_per_node "$GPUS" \
-      examples/train_testbed.py --init quota/models/weights --resume --ckpt "$ckpt" \
+      -m quota.testbed.train --init quota/testbed/weights --resume --ckpt "$ckpt" \
       --minutes "$minutes" --steps "${TRAIN_STEPS:-3000}" --lr "${TRAIN_LR:-5e-4}" --per-task "${TRAIN_PER_TASK:-2}" \
       --token-aux-weight "${TRAIN_TOKEN_AUX:-0}" \
       --export "$out/weights" > "$out/train.log" 2>&1 || true
     if [ -n "${TRAIN_EVAL:-}" ]; then  # one process per task, spread over the GPUs, merged into train_eval.json
       mkdir -p "$out/train_eval" && i=0
-      for task in $(python3 -c 'from quota.eval.tasks import TASKS; print(*TASKS)'); do
+      for task in $(python3 -c 'from quota.testbed.tasks import TASKS; print(*TASKS)'); do
         on_gpu $i timeout 300 $q eval --weights "$out/weights" --tasks "$task" \
           --limit "$TRAIN_EVAL" -o "$out/train_eval/$task.json" > "$out/train_eval/$task.log" 2>&1 &
         i=$((i + 1))

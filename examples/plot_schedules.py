@@ -1,4 +1,4 @@
-"""The schedule chart of the README: visual tokens kept at each decoder layer of the testbed, quota's recipes
+"""The schedule chart of docs/results/README.md: visual tokens kept at each decoder layer of the testbed, quota's recipes
 (solved from the low-bit and the full-precision H100 profiles) against the stage-wise baselines' schedules, at
 128 equivalent tokens and at the 0.3 budget. Needs matplotlib (``pip install -e '.[plot]'``).
 

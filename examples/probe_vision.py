@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quota.eval.scenes import make_scene
-from quota.eval.splits import scene_seed
-from quota.models import testbed
+from quota.testbed.scenes import make_scene
+from quota.testbed.splits import scene_seed
+from quota.testbed import model as testbed
 
 FAMILIES = ("shape", "colour", "char", "size", "texture")
 

@@ -16,10 +16,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from quota.quant.config import QuantConfig
-from quota.quant.quantize import quantize_model
+from quota.quantize.model import quantize_model
 from quota.runtime.generate import PrunedRunner
 from quota.runtime.graphs import StaticDecoder, StaticPrefill
-from quota.runtime.speed import VISUAL_TOKENS, build_random, inputs
+from quota.bench.e2e import VISUAL_TOKENS, build_random, inputs
 
 
 def sync() -> None:

@@ -4,7 +4,7 @@ Calibration: 32 x 512 tokens from the first half of ``pydoc_data.topics``; evalu
 from its second half. Every row is compared with the bf16 model (top-1 agreement, KL). Results are
 written (atomically, after each row) to ``--out`` as JSON and markdown.
 
-    python examples/smollm2_quality.py --out docs/results_smollm2
+    python examples/smollm2_quality.py --out docs/results/smollm2/results_smollm2
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from quota.eval.language import lm_quality, next_token_logprobs
 from quota.eval.text_corpus import CORPUS_NAME, token_blocks
 from quota.models.smollm2 import load_smollm2
 from quota.quant.config import QuantConfig
-from quota.quant.quantize import quantize_model
+from quota.quantize.model import quantize_model
 
 OFF = dict(rotate=False, online_hadamard=False, kv_hadamard=False)
 ROWS = {
@@ -63,7 +63,7 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/results_smollm2")
+    parser.add_argument("--out", default="docs/results/smollm2/results_smollm2")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--calib-blocks", type=int, default=32)
     parser.add_argument("--eval-blocks", type=int, default=16)

@@ -14,14 +14,14 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "QuantConfig": "quota.quant.config",
-    "quantize_model": "quota.quant.quantize",
+    "quantize_model": "quota.quantize.model",
     "Recipe": "quota.recipe",
-    "Profile": "quota.profiling.io",
-    "profile": "quota.profiling.api",
+    "Profile": "quota.profiling.profile",
+    "profile": "quota.testbed.profile",
     "apply": "quota.runtime.apply",
     "AllocationProblem": "quota.solvers",
     "Solution": "quota.solvers",
-    "solve": "quota.solving",
+    "solve": "quota.allocate",
     "evaluate": "quota.eval.run",
 }
 

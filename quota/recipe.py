@@ -1,43 +1,147 @@
-"""Recipe: the frozen output of profiling and solving, applied by the runtime.
+"""Recipe: the frozen output of profiling and solving, and the one contract the runtime applies.
 
-A recipe is a versioned, content-hashed JSON document: the per-layer visual-token schedule, the token
-score weights, the quantization config, how the schedule was obtained (budget, solver, status, gap,
-time) and what it was measured on (model id and hash, data version, library versions). Saving is
-atomic; loading refuses an unknown schema version, a tampered file (hash mismatch) or, when a model
-is given, a recipe made for another model, each with a message that says which and why.
+A recipe is a versioned, content-hashed JSON document (:mod:`quota.versioned`): the per-layer visual-token
+schedule, the scoring that picks the tokens (:class:`ScoringSpec`: weights, normalization, seed), the
+quantization config, how the schedule was obtained (budget, solver, status, gap, time) and what it was
+measured on (model id and hash, data version, library versions). Saving is atomic. Loading validates every
+field and names the one that is wrong (``schedule[29]``, ``scoring.weights.attn_last``); it refuses an
+unknown version, a tampered file (hash mismatch) and, when a model is given, a recipe made for another model.
+
+Version 1 files (``schema``/``schema_version`` keys, a flat ``score_weights`` field) still load.
+:class:`PruningPlan` is the part of a recipe the runtime executes (a schedule and its scoring); the
+stage-wise baselines are plans too, and :meth:`Recipe.from_plan` makes a recipe of one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import numbers
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from quota.atomic import write_json_atomic
 from quota.quant.config import QuantConfig
+from quota.schedule import (
+    ScheduleError, check_budget, check_budget_kind, check_schedule, equivalent_tokens, is_full,
+)
+from quota.signals import NORMALIZATIONS, SIGNALS, available_signals
+from quota.versioned import VersionError, read_json, stamp, type_of, unstamp
 
-RECIPE_SCHEMA = "quota.recipe"
-RECIPE_VERSION = 1
-BUDGET_KINDS = ("tokens", "flops", "kv", "latency")
+RECIPE_TYPE = "quota.recipe"
+RECIPE_VERSION = 2
+READ_VERSIONS = (1, 2)  # 1: a flat ``score_weights`` field instead of ``scoring``
 
 
 class RecipeError(ValueError):
     """A recipe is malformed, of an unknown version, tampered with, or made for another model."""
 
 
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """How token scores are formed at every pruning point.
+
+    ``weights`` maps signal names (:data:`quota.signals.SIGNALS`) to finite non-negative weights, at least one
+    of them positive; a larger weighted signal makes a token more likely to be kept. ``normalize`` is applied
+    per sample over the alive visual tokens before weighting (``"minmax"`` or ``"rank"``). ``seed`` drives the
+    ``random`` signal. Raises :class:`RecipeError` naming the bad field (``scoring.weights.attn_last``).
+    """
+
+    weights: Mapping[str, float] = field(default_factory=lambda: {"attn_last": 1.0})
+    normalize: str = "minmax"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weights, Mapping):
+            raise RecipeError(f"scoring.weights must be an object of signal -> weight, got {self.weights!r}")
+        weights = {}
+        for name, w in self.weights.items():
+            if name not in SIGNALS:
+                raise RecipeError(f"scoring.weights.{name}: unknown score signal; known signals: {list(SIGNALS)}")
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+                raise RecipeError(f"scoring.weights.{name} = {w!r} must be a finite non-negative number")
+            weights[str(name)] = float(w)
+        if not any(w > 0 for w in weights.values()):
+            raise RecipeError(f"scoring.weights needs at least one positive weight, got {weights}")
+        if self.normalize not in NORMALIZATIONS:
+            raise RecipeError(f"scoring.normalize = {self.normalize!r}; choose one of {NORMALIZATIONS}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise RecipeError(f"scoring.seed = {self.seed!r} must be an integer")
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "seed", int(self.seed))
+
+    @property
+    def active(self) -> dict[str, float]:
+        """The signals with a non-zero weight."""
+        return {k: w for k, w in self.weights.items() if w != 0.0}
+
+    def check_pruning_points(self, schedule: tuple[int, ...], n_visual: int) -> None:
+        """Refuse a schedule that prunes before a layer where none of the weighted signals exists (before
+        layer 0 the language model's attention does not exist yet)."""
+        previous = n_visual
+        for layer, k in enumerate(schedule):
+            if k < previous and not set(self.active) & set(available_signals(layer)):
+                raise RecipeError(
+                    f"schedule[{layer}] = {k} prunes before layer {layer}, where none of the weighted signals "
+                    f"{sorted(self.active)} exists (available there: {list(available_signals(layer))})"
+                )
+            previous = k
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": dict(self.weights), "normalize": self.normalize, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ScoringSpec":
+        if not isinstance(data, Mapping):
+            raise RecipeError(f"scoring must be an object with weights, normalize and seed, got {data!r}")
+        unknown = sorted(set(data) - {"weights", "normalize", "seed"})
+        if unknown:
+            raise RecipeError(f"scoring: unknown field(s) {unknown}; known: weights, normalize, seed")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """A schedule and its scoring, executed by :class:`quota.runtime.generate.PrunedRunner`."""
+
+    name: str
+    schedule: tuple[int, ...]
+    scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedule", check_schedule(self.schedule))
+
+    @property
+    def equivalent_tokens(self) -> float:
+        return equivalent_tokens(self.schedule)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "schedule": list(self.schedule), "scoring": self.scoring.to_dict(),
+                "notes": self.notes}
+
+
+# ------------------------------------------------------------------------------------------------- recipe
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """What the runtime needs (``schedule``, ``score_weights``, ``quant``) and how it was obtained."""
+    """What the runtime needs (``schedule``, ``scoring``, ``quant``) and how it was obtained.
+
+    ``quant`` is a :meth:`QuantConfig.to_dict` dict, or ``None`` for a model left in full precision."""
 
     model_id: str
     model_hash: str
     n_layers: int
     n_visual_tokens: int
     schedule: tuple[int, ...]
-    score_weights: dict[str, float]
-    quant: dict[str, Any]
+    scoring: ScoringSpec
+    quant: dict[str, Any] | None
     budget_kind: str = "tokens"
     budget: float = 1.0
     solver: dict[str, Any] = field(default_factory=dict)  # name, status, objective, bound, gap, seconds
@@ -46,36 +150,78 @@ class Recipe:
     quota_version: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "schedule", tuple(int(k) for k in self.schedule))
-        if len(self.schedule) != self.n_layers:
-            raise RecipeError(f"schedule has {len(self.schedule)} entries for n_layers={self.n_layers}")
-        for i, k in enumerate(self.schedule):
-            if not 0 <= k <= self.n_visual_tokens:
-                raise RecipeError(f"schedule[{i}]={k} is outside [0, n_visual_tokens={self.n_visual_tokens}]")
-        if any(a < b for a, b in zip(self.schedule, self.schedule[1:])):
-            raise RecipeError(f"schedule must be non-increasing over layers, got {list(self.schedule)}")
-        if self.budget_kind not in BUDGET_KINDS:
-            raise RecipeError(f"budget_kind={self.budget_kind!r}; choose one of {BUDGET_KINDS}")
-        if not 0.0 < float(self.budget) <= 1.0:
-            raise RecipeError(f"budget={self.budget!r} must lie in (0, 1]")
-        QuantConfig.from_dict(self.quant)  # validates
+        for name in ("model_id", "model_hash", "data_version", "quota_version"):
+            if not isinstance(getattr(self, name), str):
+                raise RecipeError(f"{name} = {getattr(self, name)!r} must be a string")
+        for name in ("n_layers", "n_visual_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise RecipeError(f"{name} = {value!r} must be a positive integer")
+        try:
+            schedule = check_schedule(self.schedule, self.n_layers, self.n_visual_tokens)
+            check_budget_kind(self.budget_kind)
+            check_budget(self.budget)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+        object.__setattr__(self, "schedule", schedule)
+        scoring = self.scoring if isinstance(self.scoring, ScoringSpec) else ScoringSpec.from_dict(self.scoring)
+        scoring.check_pruning_points(schedule, self.n_visual_tokens)
+        object.__setattr__(self, "scoring", scoring)
+        if self.quant is not None:
+            quant = self.quant.to_dict() if isinstance(self.quant, QuantConfig) else self.quant
+            try:
+                QuantConfig.from_dict(quant)
+            except (TypeError, ValueError) as err:
+                raise RecipeError(f"quant: {err}") from None
+            object.__setattr__(self, "quant", dict(quant))
+        for name in ("solver", "versions"):
+            if not isinstance(getattr(self, name), dict):
+                raise RecipeError(f"{name} must be an object, got {getattr(self, name)!r}")
+
+    # -- what the runtime reads
 
     @property
-    def quant_config(self) -> QuantConfig:
-        return QuantConfig.from_dict(self.quant)
+    def quant_config(self) -> QuantConfig | None:
+        """The quantization config, or ``None`` for full precision."""
+        return None if self.quant is None else QuantConfig.from_dict(self.quant)
 
     @property
     def equivalent_tokens(self) -> float:
         """Mean over layers of the visual tokens kept (the budget convention of SparseVLM/PyramidDrop tables)."""
-        return sum(self.schedule) / self.n_layers
+        return equivalent_tokens(self.schedule)
+
+    @property
+    def prunes(self) -> bool:
+        return not is_full(self.schedule, self.n_visual_tokens)
+
+    @property
+    def plan(self) -> PruningPlan:
+        return PruningPlan(self.model_id, self.schedule, self.scoring)
+
+    @classmethod
+    def from_plan(
+        cls, plan: PruningPlan, n_visual_tokens: int, quant: QuantConfig | dict | None = None, model_id: str = "",
+        model_hash: str = "",
+    ) -> "Recipe":
+        """A recipe that runs ``plan`` (a stage-wise baseline, say) under ``quant``; not solved, so it records
+        no solver, and its token budget is the plan's equivalent tokens over ``n_visual_tokens``."""
+        n_layers = len(plan.schedule)
+        budget = max(plan.equivalent_tokens / n_visual_tokens, 1e-9)
+        return cls(model_id=model_id or plan.name, model_hash=model_hash, n_layers=n_layers,
+                   n_visual_tokens=n_visual_tokens, schedule=plan.schedule, scoring=plan.scoring,
+                   quant=quant.to_dict() if isinstance(quant, QuantConfig) else quant, budget=min(budget, 1.0),
+                   solver={"name": "plan", "plan": plan.name})
+
+    # -- files
 
     def body(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["schedule"] = list(self.schedule)
-        return {"schema": RECIPE_SCHEMA, "schema_version": RECIPE_VERSION, **d}
+        body = {f.name: getattr(self, f.name) for f in fields(self)}
+        body["schedule"] = list(self.schedule)
+        body["scoring"] = self.scoring.to_dict()
+        return stamp(RECIPE_TYPE, RECIPE_VERSION, body)
 
     def content_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.body(), sort_keys=True).encode()).hexdigest()
+        return content_hash(self.body())
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.body(), "content_hash": self.content_hash()}
@@ -85,44 +231,35 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "recipe") -> "Recipe":
-        if not isinstance(data, dict):
-            raise RecipeError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        if data.get("schema") != RECIPE_SCHEMA:
-            raise RecipeError(f"{source}: schema is {data.get('schema')!r}, not {RECIPE_SCHEMA!r}: not a quota recipe")
-        if data.get("schema_version") != RECIPE_VERSION:
-            raise RecipeError(
-                f"{source}: schema_version {data.get('schema_version')!r} is not supported "
-                f"(this quota reads version {RECIPE_VERSION})"
-            )
-        fields = {f for f in cls.__dataclass_fields__}
-        body = {k: v for k, v in data.items() if k not in ("schema", "schema_version", "content_hash")}
-        unknown = sorted(set(body) - fields)
+        """A recipe from its JSON object. The ``content_hash``, when present, is checked against the object as
+        stored, so a file of either version verifies; a missing hash is accepted (a recipe written by hand)."""
+        try:
+            version, body = unstamp(data, RECIPE_TYPE, READ_VERSIONS, source)
+        except VersionError as err:
+            raise RecipeError(str(err)) from None
+        stored = body.pop("content_hash", None)
+        if stored is not None and stored != content_hash({k: v for k, v in data.items() if k != "content_hash"}):
+            raise RecipeError(f"{source}: content_hash does not match the contents (edited or corrupted file)")
+        if version == 1 and "score_weights" in body:
+            body["scoring"] = {"weights": body.pop("score_weights")}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(body) - known)
         if unknown:
-            raise RecipeError(f"{source}: unknown field(s) {unknown}")
+            raise RecipeError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(known)}")
         missing = sorted(f for f in ("model_id", "model_hash", "n_layers", "n_visual_tokens", "schedule",
-                                     "score_weights", "quant") if f not in body)
+                                     "scoring", "quant") if f not in body)
         if missing:
             raise RecipeError(f"{source}: missing field(s) {missing}")
         try:
-            recipe = cls(**body)
-        except RecipeError as err:
+            return cls(**body)
+        except (RecipeError, ScheduleError, TypeError, ValueError) as err:
             raise RecipeError(f"{source}: {err}") from None
-        except (TypeError, ValueError) as err:
-            raise RecipeError(f"{source}: {err}") from None
-        stored = data.get("content_hash")
-        if stored is not None and stored != recipe.content_hash():
-            raise RecipeError(f"{source}: content_hash does not match the contents (edited or corrupted file)")
-        return recipe
 
     @classmethod
     def load(cls, path: str | Path, model_id: str | None = None, model_hash: str | None = None) -> "Recipe":
         """Read a recipe; with ``model_id``/``model_hash``, refuse one made for another model."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise RecipeError(f"{path}: not valid JSON (truncated or corrupt?): {err}") from None
-        recipe = cls.from_dict(data, str(path))
+        recipe = cls.from_dict(read_json(path, "recipe", RecipeError), str(path))
         if model_id is not None and recipe.model_id != model_id:
             raise RecipeError(f"{path}: recipe is for model {recipe.model_id!r}, not {model_id!r}")
         if model_hash is not None and recipe.model_hash != model_hash:
@@ -131,3 +268,13 @@ class Recipe:
                 f"but this model's hash is {model_hash[:12]} (different weights)"
             )
         return recipe
+
+
+def content_hash(data: dict[str, Any]) -> str:
+    """sha256 of a JSON object (keys sorted), as stored in ``content_hash``."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def is_recipe(data: Any) -> bool:
+    """True when a JSON object names itself a quota recipe (either key convention)."""
+    return type_of(data) == RECIPE_TYPE

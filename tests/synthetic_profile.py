@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quota.profiling.io import Profile
+from quota.profiling.profile import Profile
 from quota.quant.config import QuantConfig
 from quota.solvers import default_grid
 
@@ -24,6 +24,6 @@ def synthetic_profile(n_layers: int = 6, n_tokens: int = 64, steps: int = 16, se
         model_id="synthetic", model_hash="0" * 64, n_layers=n_layers, n_visual_tokens=n_tokens, grid=grid,
         damage={"kl": damage, "task_loss": damage * 2}, per_task=per_task,
         costs={"tokens": tokens, "flops": flops, "kv": kv, "latency": latency},
-        score_weights={"attention": 0.6, "magnitude": 0.2, "risk": 0.2}, quant=QuantConfig().to_dict(),
+        score_weights={"attn_last": 0.6, "magnitude": 0.2, "risk": 0.2}, quant=QuantConfig().to_dict(),
         data_version="synthvqa-v1", device="none",
     )

@@ -1,24 +1,33 @@
+"""The recipe contract: one class, validated field by field, versioned, content-hashed; old files still load."""
+
 import json
+from pathlib import Path
 
 import pytest
 
 from quota.quant.config import QuantConfig
-from quota.recipe import RECIPE_VERSION, Recipe, RecipeError
+from quota.recipe import RECIPE_VERSION, PruningPlan, Recipe, RecipeError, ScoringSpec
+
+DOCS_RECIPES = Path(__file__).resolve().parents[1] / "docs" / "results" / "recipes"
 
 
 def make(**kw):
     base = dict(model_id="m", model_hash="h" * 64, n_layers=4, n_visual_tokens=16, schedule=(16, 12, 8, 8),
-                score_weights={"attention": 0.6, "magnitude": 0.2, "risk": 0.2}, quant=QuantConfig().to_dict(),
-                budget=0.7)
+                scoring=ScoringSpec({"attn_last": 0.6, "magnitude": 0.2, "risk": 0.2}, "rank", 3),
+                quant=QuantConfig().to_dict(), budget=0.7)
     base.update(kw)
     return Recipe(**base)
 
 
-def test_save_load_round_trip(tmp_path):
+def test_save_load_round_trip_keeps_the_whole_scoring(tmp_path):
     r = make()
     path = r.save(tmp_path / "r.json")
-    assert Recipe.load(path) == r
+    loaded = Recipe.load(path)
+    assert loaded == r
+    assert loaded.scoring.normalize == "rank" and loaded.scoring.seed == 3
     assert r.equivalent_tokens == 11.0
+    data = json.loads(path.read_text())
+    assert data["type"] == "quota.recipe" and data["version"] == RECIPE_VERSION and "schema" not in data
 
 
 def test_tampered_file_is_refused(tmp_path):
@@ -33,9 +42,10 @@ def test_tampered_file_is_refused(tmp_path):
 def test_wrong_version_and_model_are_named(tmp_path):
     path = make().save(tmp_path / "r.json")
     d = json.loads(path.read_text())
-    d["schema_version"] = RECIPE_VERSION + 1
+    d["version"] = RECIPE_VERSION + 1
+    del d["content_hash"]
     (tmp_path / "v.json").write_text(json.dumps(d))
-    with pytest.raises(RecipeError, match="schema_version"):
+    with pytest.raises(RecipeError, match=f"version {RECIPE_VERSION + 1} is not supported"):
         Recipe.load(tmp_path / "v.json")
     with pytest.raises(RecipeError, match="not 'other'"):
         Recipe.load(path, model_id="other")
@@ -52,9 +62,79 @@ def test_truncated_json_is_reported(tmp_path):
 
 @pytest.mark.parametrize(
     "kw,match",
-    [(dict(schedule=(16, 12, 13, 8)), "non-increasing"), (dict(schedule=(17, 12, 8, 8)), "outside"),
-     (dict(schedule=(16, 8)), "entries"), (dict(budget=0.0), "budget"), (dict(budget_kind="time"), "budget_kind")],
+    [(dict(schedule=(16, 12, 13, 8)), r"non-increasing: schedule\[2\] = 13"),
+     (dict(schedule=(17, 12, 8, 8)), r"schedule\[0\] = 17"),
+     (dict(schedule=(16, 8)), "2 entries but the model has 4"),
+     (dict(schedule=(16, 12.5, 8, 8)), r"schedule\[1\] = 12.5 is not an integer"),
+     (dict(schedule=(16, True, 1, 1)), r"schedule\[1\] = True is not an integer"),
+     (dict(schedule=("16", 8, 8, 8)), r"schedule\[0\] = '16' is not an integer"),
+     (dict(budget=0.0), "budget"), (dict(budget=float("nan")), "budget"), (dict(budget_kind="time"), "budget_kind"),
+     (dict(n_visual_tokens=0), "n_visual_tokens"), (dict(quant={"w_bits": 3}), "quant")],
 )
 def test_invalid_fields_are_named(kw, match):
     with pytest.raises(RecipeError, match=match):
         make(**kw)
+
+
+@pytest.mark.parametrize(
+    "weights,match",
+    [({"attn_last": float("nan")}, r"scoring\.weights\.attn_last = nan"),
+     ({"attn_last": -1.0}, r"scoring\.weights\.attn_last = -1.0"),
+     ({"bogus": 1.0}, r"scoring\.weights\.bogus: unknown score signal"),
+     ({"attn_last": 0.0}, "at least one positive weight")],
+)
+def test_bad_score_weights_are_named(weights, match):
+    with pytest.raises(RecipeError, match=match):
+        make(scoring={"weights": weights})
+
+
+def test_pruning_before_layer_0_needs_a_signal_that_exists_there():
+    with pytest.raises(RecipeError, match=r"schedule\[0\] = 8 prunes before layer 0"):
+        make(schedule=(8, 8, 8, 8), scoring=ScoringSpec({"attn_last": 1.0}))
+    assert make(schedule=(8, 8, 8, 8), scoring=ScoringSpec({"vision_attn": 1.0})).prunes
+
+
+def test_unknown_and_misspelled_fields_are_refused():
+    d = make().to_dict()
+    del d["content_hash"]
+    d["quant_cfg"] = d.pop("quant")
+    with pytest.raises(RecipeError, match=r"unknown field\(s\) \['quant_cfg'\]"):
+        Recipe.from_dict(d)
+    d = make().to_dict()
+    del d["content_hash"]
+    d["scoring"]["normalise"] = "rank"
+    with pytest.raises(RecipeError, match=r"scoring: unknown field\(s\) \['normalise'\]"):
+        Recipe.from_dict(d)
+
+
+def test_version_1_files_load_and_verify(tmp_path):
+    """A recipe written before the versioned-JSON convention (``schema``/``schema_version``, flat
+    ``score_weights``), hashed the way it was then, loads as the same schedule and weights."""
+    import hashlib
+
+    body = {"schema": "quota.recipe", "schema_version": 1, "model_id": "m", "model_hash": "h" * 64, "n_layers": 4,
+            "n_visual_tokens": 16, "schedule": [16, 12, 8, 8], "score_weights": {"attn_last": 1.0},
+            "quant": QuantConfig().to_dict(), "budget_kind": "tokens", "budget": 0.7, "solver": {},
+            "data_version": "", "versions": {}, "quota_version": "0.1.0"}
+    body["content_hash"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    (tmp_path / "old.json").write_text(json.dumps(body))
+    r = Recipe.load(tmp_path / "old.json")
+    assert r.schedule == (16, 12, 8, 8) and r.scoring == ScoringSpec({"attn_last": 1.0})
+    body["schedule"] = [16, 16, 8, 8]
+    (tmp_path / "edited.json").write_text(json.dumps(body))
+    with pytest.raises(RecipeError, match="content_hash"):
+        Recipe.load(tmp_path / "edited.json")
+
+
+@pytest.mark.parametrize("path", sorted(DOCS_RECIPES.glob("*.json")), ids=lambda p: p.name)
+def test_recipes_written_before_the_change_still_load(path):
+    r = Recipe.load(path)
+    assert r.n_layers == len(r.schedule) == 30 and r.scoring.active
+
+
+def test_a_plan_becomes_a_recipe_without_a_solver():
+    plan = PruningPlan("fastv", (16, 16, 4, 4), ScoringSpec({"attn_last": 1.0}))
+    r = Recipe.from_plan(plan, 16, QuantConfig())
+    assert r.plan == PruningPlan("fastv", (16, 16, 4, 4), ScoringSpec({"attn_last": 1.0}))
+    assert r.budget == pytest.approx(10 / 16) and r.quant_config == QuantConfig() and r.solver["name"] == "plan"
+    assert Recipe.from_plan(plan, 16).quant_config is None

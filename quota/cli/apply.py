@@ -11,7 +11,7 @@ import math
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("apply", help="apply a recipe to the testbed and answer test questions with it")
     p.add_argument("recipe", help="recipe JSON written by `quota solve`")
-    p.add_argument("--model", default="testbed", choices=("testbed",))
+    p.add_argument("--model", default="testbed", help="model to apply the recipe to (default: testbed)")
     p.add_argument("--weights", default=None, help="folder of testbed weights (default: the shipped ones)")
     p.add_argument("--questions", type=int, default=5, help="test questions to answer, spread over the tasks")
     p.add_argument("--calibration", type=int, default=None, metavar="N",
@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def spread_questions(count: int):
     """The first ``count`` test questions taken round-robin over the tasks (question ``i`` of every task
     before question ``i + 1`` of any)."""
-    from quota.eval.splits import test_split
-    from quota.eval.tasks import TASKS
+    from quota.testbed.splits import test_split
+    from quota.testbed.tasks import TASKS
 
     if count < 1:
         raise ValueError(f"--questions must be at least 1, got {count}")
@@ -39,10 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from quota.device import placement
     from quota.eval.harness import answer_questions
     from quota.eval.run import check_calibration_limit, prepare_model
-    from quota.eval.tasks import score
-    from quota.models import testbed
+    from quota.testbed.tasks import score
+    from quota.models.registry import check_model_name
     from quota.recipe import Recipe
+    from quota.testbed import model as testbed
 
+    check_model_name(args.model, "apply")
     check_calibration_limit(args.calibration)
     recipe = Recipe.load(args.recipe, model_id=testbed.MODEL_ID)
     questions = spread_questions(args.questions)
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     kept = [int(k.shape[-1]) for k in runner.kept_indices] if runner is not None and runner.kept_indices else None
     rows = [{"task": q.task, "question": q.question, "answer": q.answer, "prediction": p, "correct": score(p, q.answer)}
             for q, p in zip(questions, predictions)]
-    summary = {"recipe": str(args.recipe), "quant": recipe.quant_config.short_name(), "schedule": list(recipe.schedule),
+    summary = {"recipe": str(args.recipe), "quant": recipe.quant_config.short_name() if recipe.quant else "BF16", "schedule": list(recipe.schedule),
                "equivalent_tokens": recipe.equivalent_tokens, "kept_per_layer_last_batch": kept,
                "recipe_matches_weights": same_weights, "answers": rows}
     if args.json:
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     if not same_weights:
         console.print("[yellow]warning:[/yellow] the recipe was solved for other testbed weights (model hash differs)")
-    console.print(f"{recipe.quant_config.short_name()}, {recipe.equivalent_tokens:.1f} equivalent visual tokens; "
+    console.print(f"{summary['quant']}, {recipe.equivalent_tokens:.1f} equivalent visual tokens; "
                   f"kept per layer: {kept if kept is not None else 'all'}")
     table = Table()
     for col in ("task", "question", "answer", "prediction"):

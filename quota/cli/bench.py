@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 
 def run_kernels(args: argparse.Namespace) -> int:
-    from quota.kernels.benchmark import render_markdown, run_all
+    from quota.bench.kernels import render_markdown, run_all
 
     result = run_all(quick=args.quick)
     text = render_markdown(result)
@@ -49,7 +49,7 @@ def run_kernels(args: argparse.Namespace) -> int:
 def run_e2e(args: argparse.Namespace) -> int:
     import torch
 
-    from quota.runtime.speed import run_speed
+    from quota.bench.e2e import run_speed
 
     schedule, source_visual = None, None
     if args.recipe:

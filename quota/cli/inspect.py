@@ -19,27 +19,23 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from quota.cli.render import bar
-    from quota.profiling.io import PROFILE_SCHEMA, Profile
-    from quota.recipe import RECIPE_SCHEMA, Recipe
+    from quota.profiling.profile import Profile, is_profile
+    from quota.recipe import Recipe, is_recipe
+    from quota.versioned import read_json, type_of
 
     path = Path(args.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        schema = json.loads(path.read_text()).get("schema")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"{path}: not a JSON object (truncated or corrupt?): {err}") from None
+    data = read_json(path, "file")
     console = Console()
-    if schema == RECIPE_SCHEMA:
+    if is_recipe(data):
         r = Recipe.load(path)
         if args.json:
             print(json.dumps(r.to_dict(), indent=2))
             return 0
         console.print(f"[bold]recipe[/bold] for {r.model_id} ({r.model_hash[:12]}), {r.n_layers} layers, "
                       f"N={r.n_visual_tokens}; budget {r.budget:.3g} ({r.budget_kind}); "
-                      f"{r.equivalent_tokens:.1f} equivalent tokens; quant {r.quant_config.short_name()}")
+                      f"{r.equivalent_tokens:.1f} equivalent tokens; quant {r.quant_config.short_name() if r.quant else 'none (full precision)'}")
         console.print(f"solver {r.solver.get('name')} {r.solver.get('status')} gap {r.solver.get('gap')} "
-                      f"in {r.solver.get('seconds')}s; score weights {r.score_weights}; data {r.data_version}")
+                      f"in {r.solver.get('seconds')}s; scoring {r.scoring.to_dict()}; data {r.data_version}")
         table = Table()
         table.add_column("layer", justify="right")
         table.add_column("tokens", justify="right")
@@ -48,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(str(i), str(k), f"[cyan]{bar(k, r.n_visual_tokens)}[/cyan]")
         console.print(table)
         return 0
-    if schema == PROFILE_SCHEMA:
+    if is_profile(data):
         p = Profile.load(path)
         if args.json:
             print(json.dumps(p.to_dict(), indent=2))
@@ -68,4 +64,4 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(str(layer), *[f"{p.damage[kind][layer, g]:.4f}" for g in marks])
         console.print(table)
         return 0
-    raise ValueError(f"{path}: schema {schema!r} is neither a quota profile nor a quota recipe")
+    raise ValueError(f"{path}: type {type_of(data)!r} is neither a quota profile nor a quota recipe")

@@ -9,7 +9,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure per-layer pruning damage and cost curves (writes a profile JSON)")
-    p.add_argument("--model", default="testbed", choices=("testbed",))
+    p.add_argument("--model", default="testbed", help="model to profile (default: testbed)")
     p.add_argument("-o", "--output", default="profile.json")
     p.add_argument("--grid-steps", type=int, default=32, help="candidate keep counts: multiples of N/steps (default 32)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -27,9 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from quota.profiling.api import ProfileSettings, profile_testbed
+    from quota.models.registry import check_model_name
+    from quota.profiling.measure import ProfileSettings
     from quota.quant.config import QuantConfig
+    from quota.testbed.profile import profile_testbed
 
+    check_model_name(args.model, "profile")
     if args.validate_only:
         return _validate(args)
     if args.grid_steps < 1:
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from quota.profiling.api import validate_testbed_profile
+    from quota.testbed.profile import validate_testbed_profile
 
     if args.validate < 3:
         raise ValueError(f"--validate needs at least 3 schedules for a rank correlation, got {args.validate}")

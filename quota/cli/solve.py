@@ -37,8 +37,9 @@ def parse_sweep(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from quota.cli import render
-    from quota.profiling.io import Profile
-    from quota.solving import budget_from_keep_tokens, check_budget, shipped_profile_path, solve, summarize
+    from quota.profiling.profile import Profile
+    from quota.allocate import budget_from_keep_tokens, shipped_profile_path, solve, summarize
+    from quota.schedule import check_budget
 
     if args.budget is not None and args.keep_tokens is not None:
         raise ValueError("give --budget or --keep-tokens, not both")

@@ -11,8 +11,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from quota.eval.splits import DATA_VERSION, load_scene
-from quota.eval.tasks import TASKS, Question, normalize_answer
+from quota.testbed.model import encode_batch, pixel_values
+from quota.testbed.splits import DATA_VERSION, load_scene
+from quota.testbed.tasks import TASKS, Question, normalize_answer
 
 BOOTSTRAP_SAMPLES = 1000
 
@@ -106,9 +107,7 @@ def answer_questions(
     progress: bool | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Greedy answers of a testbed-style VLM (prompt format of :mod:`quota.models.testbed`)."""
-    from quota.models.testbed import encode_batch, pixel_values
-
+    """Greedy answers of a testbed-style VLM (prompt format of :mod:`quota.testbed.model`)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     show = sys.stderr.isatty() if progress is None else progress

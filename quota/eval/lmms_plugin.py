@@ -21,6 +21,13 @@ from typing import Any
 import numpy as np
 
 from quota.device import placement
+from quota.models.registry import check_model_name
+from quota.recipe import Recipe
+from quota.runtime.apply import apply
+from quota.runtime.baselines import baseline_plan_for
+from quota.runtime.vision import expected_visual_tokens
+from quota.testbed import model as testbed
+from quota.testbed.model import IMAGE_SIZE, encode_batch, pixel_values
 
 MODEL_NAME = "quota"
 
@@ -40,40 +47,27 @@ class QuotaVLM:
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size_per_gpu = int(batch_size)
         if model is None:
-            if pretrained != "testbed":
-                raise ValueError(
-                    f"pretrained={pretrained!r}: this plugin loads the testbed offline; for a checkpoint of a "
-                    "supported family pass the loaded model and tokenizer (QuotaVLM(model=..., tokenizer=...))"
-                )
-            from quota.models import testbed
-
+            check_model_name(pretrained, "lmms plugin (pass a loaded checkpoint as QuotaVLM(model=..., tokenizer=...))")
             tb = testbed.load(self.device_name, dtype)
             model, tokenizer = tb.model, tb.tokenizer
         self.tokenizer = tokenizer
         self.model = self._prepare(model, recipe, baseline, tokens)
 
     def _prepare(self, model, recipe, baseline, tokens):
-        from quota.runtime.apply import apply
-
         if recipe is not None and baseline is not None:
             raise ValueError("give recipe or baseline, not both")
         if recipe is not None:
-            from quota.recipe import Recipe
-
             return apply(model, Recipe.load(recipe))
         if baseline is not None:
-            from quota.runtime.baselines import baseline_plan_for
-
             if tokens is None:
                 raise ValueError(f"baseline={baseline} needs tokens=<equivalent visual tokens>")
-            return apply(model, baseline_plan_for(model, baseline, tokens))
+            plan = baseline_plan_for(model, baseline, tokens)
+            return apply(model, Recipe.from_plan(plan, expected_visual_tokens(model)))
         return model
 
     # lmms-eval interface --------------------------------------------------------------------------
     def generate_until(self, requests) -> list[str]:
         """Each request's ``args``: (context, gen_kwargs, doc_to_visual, doc_id, task, split)."""
-        from quota.models.testbed import IMAGE_SIZE, encode_batch, pixel_values
-
         outputs = []
         for request in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from quota.atomic import write_json_atomic
 from quota.eval.harness import EvalResult, summarize
-from quota.eval.splits import test_split
+from quota.testbed.splits import test_split
 
 AGREEING_META = ("model", "dtype", "quant", "recipe", "baseline", "schedule", "equivalent_tokens")
 """What every merged result must share: the same model, precision and pruning, or the merge is meaningless."""

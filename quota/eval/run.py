@@ -4,6 +4,7 @@ against reference results, and write the JSON result atomically."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,12 +15,18 @@ import torch
 from quota.atomic import write_json_atomic
 from quota.device import placement
 from quota.eval.harness import EvalResult, TaskScore, answer_questions, retention, summarize
-from quota.eval.splits import test_split
-from quota.eval.tasks import TASKS, check_task
-from quota.profiling.sensitivity import calibration_inputs
+from quota.models.registry import check_model_name
 from quota.quant.config import QuantConfig
-
-SUPPORTED_MODELS = ("testbed",)
+from quota.quantize.model import needs_calibration, quantize_model
+from quota.recipe import Recipe
+from quota.runtime.apply import apply
+from quota.runtime.baselines import baseline_plan_for
+from quota.runtime.vision import expected_visual_tokens
+from quota.schedule import equivalent_tokens
+from quota.testbed import model as testbed
+from quota.testbed.batches import calibration_inputs
+from quota.testbed.splits import calibration_split, test_split
+from quota.testbed.tasks import TASKS, check_task
 
 
 def load_result(path: str | Path) -> EvalResult:
@@ -36,35 +43,28 @@ def check_calibration_limit(limit: int | None) -> int | None:
     return limit
 
 
-def prepare_model(model, tokenizer, quant: QuantConfig | None, recipe=None, baseline: str | None = None,
-                  tokens: float | None = None, calibration_limit: int | None = None):
-    """Quantize (``quant``, or the recipe's config) and attach pruning (the recipe's or a baseline's plan).
+def prepare_model(model, tokenizer, quant: QuantConfig | None, recipe: Recipe | None = None,
+                  baseline: str | None = None, tokens: float | None = None, calibration_limit: int | None = None):
+    """Quantize (``quant``, else the recipe's config) and attach pruning (the recipe's or a baseline's plan).
     Calibration uses the first ``calibration_limit`` questions of the calibration split (default: all 256)."""
     check_calibration_limit(calibration_limit)
-    from quota.runtime.apply import apply
-
     if recipe is not None and baseline is not None:
         raise ValueError("give --recipe or --baseline, not both")
-    if recipe is not None:
-        plan = {"schedule": recipe.schedule, "score_weights": recipe.score_weights}
-        quant = quant or recipe.quant_config
+    if baseline is not None and tokens is None:
+        raise ValueError(f"--baseline {baseline} needs --tokens (equivalent visual tokens per layer)")
+    if recipe is not None and quant is not None:
+        recipe = dataclasses.replace(recipe, quant=quant.to_dict())
     elif baseline is not None:
-        from quota.runtime.baselines import baseline_plan_for
-
-        if tokens is None:
-            raise ValueError(f"--baseline {baseline} needs --tokens (equivalent visual tokens per layer)")
         plan = baseline_plan_for(model, baseline, tokens)
-    else:
-        plan = {"schedule": None}
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    from quota.quant.quantize import needs_calibration
-
+        recipe = Recipe.from_plan(plan, expected_visual_tokens(model), quant)
+    config = recipe.quant_config if recipe is not None else quant
     calib = None
-    if quant is not None and needs_calibration(quant):
-        from quota.eval.splits import calibration_split
-
+    if config is not None and needs_calibration(config):
+        device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
         calib = calibration_inputs(tokenizer, device, dtype, questions=calibration_split()[:calibration_limit])
-    return apply(model, {**plan, "quant": quant.to_dict() if quant is not None else None}, calib)
+    if recipe is None:
+        return model if config is None else quantize_model(model, config, calib)
+    return apply(model, recipe, calib)
 
 
 def evaluate(
@@ -86,20 +86,13 @@ def evaluate(
 ) -> EvalResult:
     """Accuracy on the test split (``limit`` questions per task) with 95% intervals; with ``references``
     (name -> result or result file), the retention against each."""
-    if model_name not in SUPPORTED_MODELS:
-        raise ValueError(f"unknown model {model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}")
+    check_model_name(model_name, "eval")
     tasks = [check_task(t) for t in (tasks or TASKS)]
     check_calibration_limit(calibration_limit)
     refs = {name: (r if isinstance(r, EvalResult) else load_result(r)) for name, r in (references or {}).items()}
     device, default_dtype = placement(device)
     dtype = dtype or default_dtype
-    from quota.models import testbed
-
-    rec = None
-    if recipe is not None:
-        from quota.recipe import Recipe
-
-        rec = Recipe.load(recipe, model_id=testbed.MODEL_ID)
+    rec = Recipe.load(recipe, model_id=testbed.MODEL_ID) if recipe is not None else None
     tb = testbed.load(device, dtype, weights_dir)
     model = prepare_model(tb.model, tb.tokenizer, quant, rec, baseline, tokens, calibration_limit)
     questions = [q for t in tasks for q in test_split(t, limit)]
@@ -114,7 +107,7 @@ def evaluate(
         "recipe": str(recipe) if recipe else None,
         "baseline": baseline,
         "schedule": list(runner.schedule) if runner is not None else None,
-        "equivalent_tokens": (sum(runner.schedule) / len(runner.schedule)) if runner is not None else testbed.N_VISUAL_TOKENS,
+        "equivalent_tokens": equivalent_tokens(runner.schedule) if runner is not None else testbed.N_VISUAL_TOKENS,
         "questions_per_task": limit,
         "calibration_questions": calibration_limit,  # None: the whole calibration split (when calibrated)
         "seconds": round(time.time() - start, 1),

@@ -20,14 +20,22 @@ from quota.atomic import write_json_atomic, write_text_atomic
 from quota.device import placement
 from quota.eval.harness import EvalResult, answer_questions, retention, summarize
 from quota.eval.run import check_calibration_limit, load_result
-from quota.eval.splits import calibration_split, test_split
-from quota.eval.tasks import TASKS
-from quota.profiling.sensitivity import calibration_inputs
 from quota.quant.config import QuantConfig
+from quota.quantize.model import needs_calibration, quantize_model
+from quota.recipe import PruningPlan, Recipe
+from quota.runtime.apply import apply
+from quota.runtime.baselines import baseline_plan_for
+from quota.runtime.vision import expected_visual_tokens
+from quota.schedule import equivalent_tokens
+from quota.testbed import model as testbed
+from quota.testbed.batches import calibration_inputs
+from quota.testbed.quantized import quantize_testbed
+from quota.testbed.splits import calibration_split, test_split
+from quota.testbed.tasks import TASKS
 
 
 @dataclass(frozen=True)
-class Row:
+class SuiteRow:
     precision: str  # "bf16" | "lowbit"
     plan: str  # "all", a baseline name, "fastv_keep", or "recipe:<path>"
     tokens: float | None = None
@@ -41,31 +49,26 @@ class Row:
         return self.name.replace("/", "__").replace(":", "_").replace("@", "_at_").replace(".json", "")
 
 
-def suite_rows(plans: Sequence[str], budgets: Sequence[float], precisions: Sequence[str] = ("bf16", "lowbit")) -> list[Row]:
+def suite_rows(plans: Sequence[str], budgets: Sequence[float], precisions: Sequence[str] = ("bf16", "lowbit")) -> list[SuiteRow]:
     """Every (precision, plan, budget) row, after the all-token row of each precision. The all-token rows of
     both precisions are always included (those of precisions not asked for come last), since retention is
     reported against both references."""
-    rows = [Row(p, "all") for p in precisions]
+    rows = [SuiteRow(p, "all") for p in precisions]
     for precision in precisions:
         for plan in plans:
             if plan.startswith("recipe:"):
-                rows.append(Row(precision, plan))
+                rows.append(SuiteRow(precision, plan))
             else:
-                rows += [Row(precision, plan, float(t)) for t in budgets]
-    return rows + [Row(p, "all") for p in ("bf16", "lowbit") if p not in precisions]
+                rows += [SuiteRow(precision, plan, float(t)) for t in budgets]
+    return rows + [SuiteRow(p, "all") for p in ("bf16", "lowbit") if p not in precisions]
 
 
-def plan_of(row: Row, model) -> dict | None:
-    """The runtime plan (schedule + scoring) of a row, or None for all tokens."""
-    from quota.runtime.baselines import baseline_plan_for
-
+def plan_of(row: SuiteRow, model) -> PruningPlan | None:
+    """The pruning plan (schedule + scoring) of a row, or None for all tokens."""
     if row.plan == "all":
         return None
     if row.plan.startswith("recipe:"):
-        from quota.recipe import Recipe
-
-        r = Recipe.load(row.plan[len("recipe:"):])
-        return {"schedule": r.schedule, "score_weights": r.score_weights}
+        return Recipe.load(row.plan[len("recipe:"):]).plan
     name, options = (("fastv", {"form": "keep"}) if row.plan == "fastv_keep" else (row.plan, {}))
     return baseline_plan_for(model, name, row.tokens, **options)
 
@@ -81,10 +84,6 @@ def run_suite(
     ``report_only``, nothing is evaluated: ``suite.md`` is written from the rows already in ``out_dir`` and
     lists the rows that are not there. ``calibration_limit``: calibrate the low-bit model on the first N
     calibration questions only (default: all 256; fewer for quick CPU runs)."""
-    from quota.quant.cache import quantize_testbed
-    from quota.quant.quantize import needs_calibration, quantize_model
-    from quota.runtime.apply import apply
-
     out = Path(out_dir)
     if report_only:
         rows = suite_rows(plans, budgets, precisions)
@@ -93,10 +92,8 @@ def run_suite(
         return _write_report(out, present, [r.name for r in rows if r.name not in present])
     check_calibration_limit(calibration_limit)
     device, dtype = placement(device)
-    loads_testbed = model is None  # then its quantized form comes from the cache (quota.quant.cache)
+    loads_testbed = model is None  # then its quantized form comes from the cache (quota.quantize.disk_cache)
     if loads_testbed:
-        from quota.models import testbed
-
         tb = testbed.load(device, dtype, weights_dir)
         model, tokenizer = tb.model, tb.tokenizer
     quant = quant or QuantConfig(impl="auto")
@@ -119,14 +116,14 @@ def run_suite(
                 models[row.precision] = quantize_model(model, quant, calib)
         base = models[row.precision]
         plan = plan_of(row, base)
-        runnable = base if plan is None else apply(base, {**plan, "quant": None})
+        runnable = base if plan is None else apply(base, Recipe.from_plan(plan, expected_visual_tokens(base)))
         answers = answer_questions(runnable, tokenizer, questions, batch_size, progress=False)
         runner = getattr(runnable, "runner", None)
         meta = {"row": row.name, "precision": row.precision, "plan": row.plan, "tokens": row.tokens,
                 "quant": quant.short_name() if row.precision == "lowbit" else "BF16",
                 "calibration_questions": len(calib_questions) if row.precision == "lowbit" else None,
                 "schedule": list(runner.schedule) if runner is not None else None,
-                "equivalent_tokens": sum(runner.schedule) / len(runner.schedule) if runner is not None else None,
+                "equivalent_tokens": equivalent_tokens(runner.schedule) if runner is not None else None,
                 "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
         result = summarize(questions, answers, meta)
         write_json_atomic(path, result.to_dict())

@@ -1,6 +1,6 @@
 """Attention over the int4/int8 KV cache, dequantizing inside the kernel.
 
-Cache layout: see ``quota.kernels.kv_cache`` (codes uint8 ``[B, H_kv, S_cap, D/2 or D]``, float32
+Cache layout: see ``quota.kernels.kv_write`` (codes uint8 ``[B, H_kv, S_cap, D/2 or D]``, float32
 scale and zero ``[B, H_kv, S_cap, D / group]``). Each call names the cache length ``L`` in use (each
 layer has its own), and optionally ``kv_start`` int32 ``[B]``: positions before it are padding
 (left-padded batches) and are masked out.

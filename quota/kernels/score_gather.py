@@ -14,17 +14,18 @@ Two kernels behind one launcher, :func:`score_gather_triton`:
 
 Combining the signals into one score per token stays in PyTorch (:func:`quota.runtime.scoring.combine`):
 its floating-point sum is not fused, so kernel and reference select from bit-identical scores.
-The reference is :func:`quota.runtime.prune.score_gather_reference`; outputs are bit-identical to it.
+The reference is :func:`score_gather_reference` (below); outputs are bit-identical to it.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from quota.kernels._env import check_device, next_power_of_2
-from quota.runtime.prune import Compacted, score_gather_reference
 
 MAX_SPAN = 16384  # visual tokens one program sorts at once
 
@@ -100,9 +101,9 @@ def score_gather_triton(
     - ``span_start``: long ``[B]``, first visual token of each row (``span_start + n <= S``);
     - ``k``: ``0 <= k <= n``.
 
-    Returns :class:`~quota.runtime.prune.Compacted` (``hidden [B, S - n + k, d]``, ``positions``,
+    Returns :class:`Compacted` (``hidden [B, S - n + k, d]``, ``positions``,
     ``valid``, ``kept [B, k]`` ascending span-relative indices, ``src [B, S - n + k]``), bit-identical to
-    :func:`~quota.runtime.prune.score_gather_reference`.
+    :func:`score_gather_reference`.
     """
     name = "score_gather_triton"
     if hidden.dim() != 3 or hidden.dtype not in (torch.bfloat16, torch.float16, torch.float32):
@@ -151,3 +152,87 @@ def score_gather_triton(
             BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
     return Compacted(out_h, out_pos, out_valid.view(torch.bool), kept, src)
+
+
+# ------------------------------------------------------------------------ PyTorch reference (the oracle)
+
+
+class Compacted(NamedTuple):
+    """Result of a score-and-gather.
+
+    - ``hidden``: ``[B, S', d]``; ``positions``: long ``[R, B, S']`` (``R = 1`` RoPE, ``3`` M-RoPE);
+    - ``valid``: bool ``[B, S']`` key validity (False on padding);
+    - ``kept``: long ``[B, k]`` kept indices relative to the span, ascending;
+    - ``src``: long ``[B, S']`` source index in the input sequence of every output token.
+    """
+
+    hidden: torch.Tensor
+    positions: torch.Tensor
+    valid: torch.Tensor
+    kept: torch.Tensor
+    src: torch.Tensor
+
+
+def gather_map(span_start: torch.Tensor, n: int, kept: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Source indices ``[B, S - n + k]`` (long) for ``kept`` ``[B, k]`` span-relative indices."""
+    k = kept.shape[1]
+    r = torch.arange(seq_len - n + k, device=span_start.device)[None, :]  # [1, S']
+    start = span_start[:, None]  # [B, 1]
+    inside = (r >= start) & (r < start + k)
+    if k:
+        rel = (r - start).clamp(0, k - 1)
+        visual = start + kept.gather(1, rel.expand(kept.shape[0], -1))
+    else:
+        visual = torch.zeros_like(r + start)
+    return torch.where(r < start, r.expand_as(inside), torch.where(inside, visual, r + (n - k)))
+
+
+def compact(
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor,
+    span_start: torch.Tensor,
+    n: int,
+    kept: torch.Tensor,
+) -> Compacted:
+    """Gather ``hidden`` ``[B, S, d]``, ``positions`` ``[R, B, S]`` and ``valid`` ``[B, S]`` to the tokens kept
+    by ``kept`` ``[B, k]`` (span-relative, ascending)."""
+    src = gather_map(span_start, n, kept, hidden.shape[1])  # [B, S']
+    h = hidden.gather(1, src[..., None].expand(-1, -1, hidden.shape[-1]))
+    p = positions.gather(2, src[None].expand(positions.shape[0], -1, -1))
+    v = valid.gather(1, src)
+    return Compacted(h, p, v, kept, src)
+
+
+def score_gather_reference(
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor,
+    scores: torch.Tensor,
+    span_start: torch.Tensor,
+    k: int,
+    check_values: bool = True,
+) -> Compacted:
+    """Keep the ``k`` best-scored visual tokens of the span and compact (the reference of the fused op).
+
+    - ``hidden``: ``[B, S, d]`` any float dtype; ``positions``: long ``[R, B, S]``; ``valid``: bool ``[B, S]``;
+    - ``scores``: ``[B, n]`` finite, one per alive visual token of the span, in span order;
+    - ``span_start``: long ``[B]``; ``k``: ``0 <= k <= n``.
+
+    Selection follows :func:`select_topk` (exactly ``k``, ties to the lower index).
+    """
+    kept = select_topk(scores, k, check_values)  # [B, k]
+    return compact(hidden, positions, valid, span_start, scores.shape[1], kept)
+
+
+def select_topk(scores: torch.Tensor, k: int, check_values: bool = True) -> torch.Tensor:
+    """Indices ``[B, k]`` (long, ascending) of the ``k`` highest scores of ``[B, n]`` per row; ties go to the
+    lower index. Scores must be finite (checked on the host unless ``check_values`` is off)."""
+    n = scores.shape[-1]
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot keep k={k} of n={n} tokens")
+    s = scores.float() + 0.0  # -0.0 -> +0.0
+    if check_values and not torch.isfinite(s).all():
+        raise ValueError("token scores must be finite")
+    order = torch.sort(-s, dim=-1, stable=True).indices  # [B, n], ties in index order
+    return order[:, :k].sort(dim=-1).values

@@ -1,7 +1,7 @@
 """Low-rank adapters as ``torch.nn.utils.parametrize`` parametrizations: ``W = W0 + (alpha / r) B A``.
 
 Training adapts a frozen linear without changing its class or its stored ``W0``; :func:`lora_factors`
-exports ``A`` and ``B`` under the linear's module path, the format :func:`quota.models.testbed.merge_lora`
+exports ``A`` and ``B`` under the linear's module path, the format :func:`quota.testbed.model.merge_lora`
 merges at load time.
 """
 

@@ -1,6 +1,10 @@
-"""One :class:`ArchSpec` per supported family, looked up by the model's class name."""
+"""The model registry: one :class:`ArchSpec` per supported family, looked up by the model's class name, and
+the models quota loads by name (the testbed) or from a local checkpoint folder."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch.nn as nn
 
@@ -57,3 +61,44 @@ def spec_for(model: nn.Module) -> ArchSpec:
             f"quota has no architecture description for {name}; supported: {', '.join(supported_model_classes())}"
         )
     return _BY_CLASS[name]
+
+
+MODEL_NAMES: tuple[str, ...] = ("testbed",)
+"""Models quota loads by name: ``testbed`` is the shipped synthetic VLM (:mod:`quota.testbed.model`)."""
+
+
+def checkpoint_class(folder: str | Path) -> str:
+    """The model class named by a local Hugging Face checkpoint's ``config.json`` (``architectures[0]``),
+    checked against the registry; :class:`UnsupportedModelError` names what is wrong and what is supported."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        raise UnsupportedModelError(f"{folder} has no config.json: not a Hugging Face checkpoint folder")
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or []
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise UnsupportedModelError(f"{config} is not a JSON object: {err}") from None
+    name = architectures[0] if architectures else None
+    if name not in _BY_CLASS:
+        raise UnsupportedModelError(
+            f"{folder}: model class {name!r} has no architecture description; supported: "
+            f"{', '.join(supported_model_classes())}"
+        )
+    return name
+
+
+def check_model_name(model: str, command: str) -> str:
+    """``model`` when ``quota {command}`` can run it (one of :data:`MODEL_NAMES`), else
+    :class:`UnsupportedModelError` saying why: an unknown name, an unsupported checkpoint class, or a supported
+    checkpoint that this command cannot run yet."""
+    if model in MODEL_NAMES:
+        return model
+    if Path(model).is_dir():
+        name = checkpoint_class(model)
+        raise UnsupportedModelError(
+            f"quota {command}: {model} holds a {name}, a supported architecture, but this command runs only "
+            f"the models {', '.join(MODEL_NAMES)} so far"
+        )
+    raise UnsupportedModelError(
+        f"quota {command}: unknown model {model!r}; give one of {', '.join(MODEL_NAMES)} or a checkpoint folder "
+        f"of a supported class ({', '.join(supported_model_classes())})"
+    )

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from quota.versioned import VersionError, stamp, unstamp
+
 CONFIG_TYPE = "quota.QuantConfig"
 CONFIG_VERSION = 1
 
@@ -115,21 +117,17 @@ class QuantConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["keep_full_precision"] = list(self.keep_full_precision)
-        return {"type": CONFIG_TYPE, "version": CONFIG_VERSION, **d}
+        return stamp(CONFIG_TYPE, CONFIG_VERSION, d)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
-        if not isinstance(data, dict):
-            raise QuantConfigError(f"a serialized QuantConfig must be a JSON object, got {type(data).__name__}")
-        if data.get("type", CONFIG_TYPE) != CONFIG_TYPE:
-            raise QuantConfigError(f"type is {data.get('type')!r}, expected {CONFIG_TYPE!r}")
-        version = data.get("version")
-        if version != CONFIG_VERSION:
-            raise QuantConfigError(
-                f"QuantConfig version {version!r} is not supported by this quota (it reads version {CONFIG_VERSION})"
-            )
+        """A config from :meth:`to_dict`'s form; a missing ``type`` is accepted (a config embedded in a recipe
+        or a profile), another type, an unknown version or an unknown field is refused."""
+        try:
+            _, body = unstamp(data, CONFIG_TYPE, (CONFIG_VERSION,), "QuantConfig", default_type=True)
+        except VersionError as err:
+            raise QuantConfigError(str(err)) from None
         fields = {f.name for f in dataclasses.fields(cls)}
-        body = {k: v for k, v in data.items() if k not in ("type", "version")}
         unknown = sorted(set(body) - fields)
         if unknown:
             raise QuantConfigError(f"unknown QuantConfig field(s) {unknown}; known fields: {sorted(fields)}")

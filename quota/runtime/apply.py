@@ -1,17 +1,12 @@
 """``apply(model, recipe)``: quantize per the recipe's config, then attach the pruning runtime.
 
-A recipe is any object (or dict) with:
+The recipe is a :class:`quota.recipe.Recipe` (files: :meth:`Recipe.load`; stage-wise baselines:
+:meth:`Recipe.from_plan`). Before anything else its schedule is checked against the model: one entry per
+decoder layer, and ``n_visual_tokens`` equal to the model's image span, whatever the schedule holds.
 
-- ``schedule``: ``L`` keep counts, or ``None`` for no pruning;
-- ``score_weights``: signal name -> weight (optional; default ``{"attn_last": 1.0}``); optional
-  ``normalize`` and ``seed``, or a ``scoring`` dict holding ``weights``/``normalize``/``seed``;
-- a quantization config: a :meth:`QuantConfig.to_dict` dict (or a ``QuantConfig``) under ``quant``,
-  ``quant_config`` or ``quantization``; absent or ``None`` means full precision;
-- optionally ``n_visual_tokens`` (``N``); else ``N`` is read from the model's vision config.
-
-The contract of section 8 of the design: when the schedule keeps all ``N`` tokens in every layer (or
-is ``None``) and the quantization config is the identity, ``apply`` returns ``model`` itself, untouched.
-Otherwise it returns the quantized copy (no pruning) or a :class:`PrunedModel` around it.
+The contract of section 8 of the design: when the schedule keeps all ``N`` tokens in every layer and the
+quantization config is absent or the identity, ``apply`` returns ``model`` itself, untouched. Otherwise it
+returns the quantized copy (no pruning) or a :class:`PrunedModel` around it.
 """
 
 from __future__ import annotations
@@ -21,40 +16,24 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from quota.quant.config import QuantConfig
+from quota.models.registry import spec_for
+from quota.quantize.model import quantize_model
+from quota.recipe import Recipe, RecipeError
 from quota.runtime.generate import PrunedRunner
-from quota.runtime.plan import is_full
 from quota.runtime.vision import expected_visual_tokens
 
-QUANT_FIELDS = ("quant", "quant_config", "quantization")
 
-
-def _field(recipe: Any, name: str, default=None):
-    if isinstance(recipe, dict):
-        return recipe.get(name, default)
-    return getattr(recipe, name, default)
-
-
-def quant_config_of(recipe: Any) -> QuantConfig | None:
-    """The recipe's :class:`QuantConfig`, or ``None`` when it has none."""
-    for name in QUANT_FIELDS:
-        value = _field(recipe, name)
-        if value is None:
-            continue
-        return value if isinstance(value, QuantConfig) else QuantConfig.from_dict(dict(value))
-    return None
-
-
-def scoring_of(recipe: Any) -> dict[str, Any]:
-    """``{"weights", "normalize", "seed"}`` from the recipe's fields."""
-    scoring = _field(recipe, "scoring") or {}
-    scoring = scoring if isinstance(scoring, dict) else getattr(scoring, "__dict__", {})
-    weights = _field(recipe, "score_weights") or scoring.get("weights") or {"attn_last": 1.0}
-    return {
-        "weights": dict(weights),
-        "normalize": _field(recipe, "normalize") or scoring.get("normalize", "minmax"),
-        "seed": int(_field(recipe, "seed") or scoring.get("seed", 0)),
-    }
+def check_fits(model: nn.Module, recipe: Recipe) -> None:
+    """Refuse a recipe whose layer count or visual-token count is not the model's (:class:`RecipeError`)."""
+    n_layers = len(spec_for(model).layers_of(model))
+    if recipe.n_layers != n_layers:
+        raise RecipeError(f"the recipe's schedule has {recipe.n_layers} layers but the model has {n_layers}")
+    n_visual = expected_visual_tokens(model)
+    if n_visual is not None and recipe.n_visual_tokens != n_visual:
+        raise RecipeError(
+            f"the recipe was made for images of {recipe.n_visual_tokens} visual tokens but the model's images "
+            f"have {n_visual}"
+        )
 
 
 class PrunedModel:
@@ -99,23 +78,25 @@ class PrunedModel:
 
 
 def apply(
-    model: nn.Module, recipe: Any, calibration_batches: Iterable[Any] | None = None, impl: str = "auto"
+    model: nn.Module, recipe: Recipe, calibration_batches: Iterable[Any] | None = None, impl: str = "auto"
 ) -> nn.Module | PrunedModel:
     """Quantize ``model`` per ``recipe`` (a copy; ``calibration_batches`` as for
-    :func:`~quota.quant.quantize.quantize_model`) and wrap it for pruned generation.
+    :func:`~quota.quantize.model.quantize_model`) and wrap it for pruned generation.
 
-    Returns ``model`` itself when the recipe neither quantizes nor prunes.
+    Returns ``model`` itself when the recipe neither quantizes nor prunes. Raises :class:`TypeError` for
+    anything but a :class:`Recipe` and :class:`RecipeError` for one that does not fit the model.
     """
-    config = quant_config_of(recipe)
-    schedule = _field(recipe, "schedule")
-    n_visual = _field(recipe, "n_visual_tokens") or expected_visual_tokens(model)
-    prunes = schedule is not None and not (n_visual is not None and is_full(schedule, n_visual))
+    if not isinstance(recipe, Recipe):
+        raise TypeError(
+            f"apply takes a quota.recipe.Recipe (Recipe.load(path), or Recipe.from_plan(plan, ...) for a baseline), "
+            f"got {type(recipe).__name__}"
+        )
+    check_fits(model, recipe)
+    config = recipe.quant_config
     if config is not None and not config.is_identity:
-        from quota.quant.quantize import quantize_model
-
         model = quantize_model(model, config, calibration_batches)
-    if not prunes:
+    if not recipe.prunes:
         return model
-    s = scoring_of(recipe)
-    runner = PrunedRunner(model, schedule, s["weights"], normalize=s["normalize"], seed=s["seed"], impl=impl)
+    s = recipe.scoring
+    runner = PrunedRunner(model, recipe.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl)
     return PrunedModel(model, runner)

@@ -1,10 +1,10 @@
-"""Stage-wise pruning baselines as :class:`~quota.runtime.plan.PruningPlan` presets.
+"""Stage-wise pruning baselines as :class:`~quota.recipe.PruningPlan` presets.
 
 Each preset maps an equivalent-token budget ``tokens`` (the mean over layers of ``k_l``, e.g. 64, 128
 or 192 of ``N = 576``) to its own schedule and scoring; the same :class:`~quota.runtime.generate.PrunedRunner`
 executes all of them, in full precision or on top of a quantized model. The schedules' mean matches
 ``tokens`` within one token (integer keep counts); a budget a preset cannot reach raises
-:class:`~quota.runtime.plan.ScheduleError` with the least (or most) it can do.
+:class:`~quota.schedule.ScheduleError` with the least (or most) it can do.
 
 - ``fastv``: all ``N`` tokens in layers ``< K`` (``K = 2``), then ``R`` tokens from layer ``K`` on, ranked
   by the attention of the last token in layer ``K - 1``. ``form="mean"`` (default) picks ``R`` so that
@@ -27,7 +27,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from quota.runtime.plan import PruningPlan, ScheduleError, ScoringSpec
+from quota.models.registry import spec_for
+from quota.recipe import PruningPlan, ScoringSpec
+from quota.runtime.vision import expected_visual_tokens
+from quota.schedule import ScheduleError
 
 SPARSEVLM_LAYERS_OF_32 = (2, 6, 15)
 
@@ -150,12 +153,8 @@ def baseline_plan(name: str, tokens: float, n_visual: int, num_layers: int, **op
     return BASELINES[name](tokens, n_visual, num_layers, **options)
 
 
-def baseline_plan_for(model, name: str, tokens: float, **options) -> dict:
-    """The runtime plan (``{"schedule", "scoring"}``, what :func:`quota.runtime.apply.apply` takes) of
-    baseline ``name`` at ``tokens`` equivalent tokens, sized to ``model``'s layers and visual tokens."""
-    from quota.models.registry import spec_for
-    from quota.runtime.vision import expected_visual_tokens
-
+def baseline_plan_for(model, name: str, tokens: float, **options) -> PruningPlan:
+    """The plan of baseline ``name`` at ``tokens`` equivalent tokens, sized to ``model``'s layers and visual
+    tokens (run it with ``apply(model, Recipe.from_plan(plan, n_visual_tokens))``)."""
     n_layers = len(spec_for(model).layers_of(model))
-    plan = baseline_plan(name, float(tokens), expected_visual_tokens(model), n_layers, **options)
-    return {"schedule": plan.schedule, "scoring": plan.scoring.to_dict()}
+    return baseline_plan(name, float(tokens), expected_visual_tokens(model), n_layers, **options)

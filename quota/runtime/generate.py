@@ -10,7 +10,7 @@ model's config selects the ``quota`` attention function (KV quantizer if install
 previous setting is restored afterwards), and the attention module of a layer whose successor prunes
 gets a ``quota_probe`` attribute for that one forward.
 
-Conventions (see also :mod:`quota.runtime.plan` and :mod:`quota.runtime.scoring`):
+Conventions (see also :mod:`quota.schedule` and :mod:`quota.runtime.scoring`):
 
 - inputs are left-padded (the last column is a real token in every row), one image per sample whose
   ``N`` placeholder tokens are contiguous; every sample has the same ``N`` and keeps the same ``k_l``;
@@ -28,7 +28,6 @@ Conventions (see also :mod:`quota.runtime.plan` and :mod:`quota.runtime.scoring`
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -37,11 +36,13 @@ import torch.nn as nn
 
 from quota.models.registry import spec_for
 from quota.models.spec import get_submodule
-from quota.quant.kv import ATTENTION_NAME, KVQuantizer, register_attention
-from quota.runtime.cache import LayerwiseKVCache
-from quota.runtime.kv_store import QuantizedKVStore
+from quota.quantize.attention import KVQuantizer, quota_attention_of
+from quota.runtime.graphs.static_decode import StaticDecoder
+from quota.runtime.kv.layerwise import LayerwiseKVCache
+from quota.runtime.kv.quantized import QuantizedKVStore
 from quota.runtime.masks import decode_mask, prefill_mask
-from quota.runtime.plan import PruningPlan, ScoringSpec, check_schedule
+from quota.recipe import PruningPlan, ScoringSpec
+from quota.schedule import check_schedule
 from quota.runtime.positions import (
     POSITION_KINDS,
     NotSupportedError,
@@ -96,18 +97,6 @@ class PrefillState:
         if self.valid_owed:
             self.key_valid = [torch.cat([v, v.new_ones(v.shape[0], self.valid_owed)], dim=1) for v in self.key_valid]
             self.valid_owed = 0
-
-
-@contextmanager
-def quota_attention_of(config):
-    """Select the ``quota`` attention function on ``config`` for the duration; restore it afterwards."""
-    register_attention()
-    previous = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
 
 
 class PrunedRunner:
@@ -408,8 +397,6 @@ class PrunedRunner:
         over its whole capacity under a mask, which can round differently from the eager path)."""
         logits, state = self.prefill(input_ids, attention_mask, pixel_values, reserve=max_new_tokens, **vision_inputs)
         if static and max_new_tokens > 1:
-            from quota.runtime.graphs import StaticDecoder
-
             decoder = StaticDecoder(self, state, max_new_tokens - 1)
             step = decoder
         else:

@@ -12,7 +12,7 @@ Conventions:
   tokens keep the values of their original indices.
 - Attention signals are computed only for the queries that need them (``q_sel @ K^T`` with the softmax
   over all keys of each selected query); the full attention matrix is never formed. They are recorded
-  through the ``quota`` attention function (:mod:`quota.quant.kv`), which calls the attention module's
+  through the ``quota`` attention function (:mod:`quota.quantize.attention`), which calls the attention module's
   ``quota_probe`` attribute, an :class:`AttentionRecorder` the runner sets for one forward.
 - :func:`combine` normalizes each signal per sample over the visual tokens, takes the weighted sum and
   snaps it to a grid of :data:`SCORE_GRID`: floating-point noise below that (a batched kernel summing
@@ -32,25 +32,11 @@ import torch.nn as nn
 from quota.quant.config import FULL_PRECISION
 from quota.quant.hadamard import apply_block_hadamard
 from quota.quant.quantizers import fake_quantize_activation
+from quota.kernels.score_gather import select_topk
+from quota.quantize.linear import QuantLinear
+from quota.signals import ATTENTION_SIGNALS, EMBEDDING_SIGNALS, LAYER_SIGNALS, SIGNALS, available_signals
 
-SIGNALS = {
-    "magnitude": "L2 norm of the hidden state entering the layer",
-    "attn_last": "attention received from the last prompt token in the previous layer (mean over heads)",
-    "attn_text": "attention received from the text tokens after the image in the previous layer",
-    "risk": "relative error of the token's normalized input under the next q_proj's activation quantizer",
-    "outlier": "max|x| / rms(x) of the token's normalized input to the next layer",
-    "vision_attn": "vision-tower attention (CLS query, or mean received), once per image, at every layer",
-    "random": "seeded uniform random numbers, one per original visual index and layer",
-}
-ATTENTION_SIGNALS = ("attn_last", "attn_text")
-EMBEDDING_SIGNALS = ("magnitude", "risk", "outlier", "vision_attn", "random")
-LAYER_SIGNALS = ("magnitude", "attn_last", "attn_text", "risk", "outlier", "vision_attn", "random")
 SCORE_GRID = 2.0**-16
-
-
-def available_signals(layer: int) -> tuple[str, ...]:
-    """Signals that exist when pruning before decoder layer ``layer``."""
-    return EMBEDDING_SIGNALS if layer == 0 else LAYER_SIGNALS
 
 
 # ----------------------------------------------------------------------------------- activation signals
@@ -63,9 +49,7 @@ def activation_magnitude(hidden: torch.Tensor) -> torch.Tensor:
 
 def activation_quantizer_of(linear: nn.Module) -> tuple[int, float, int | None]:
     """``(bits, clip_ratio, hadamard_block)`` of ``linear``'s per-token activation quantizer: the deployed
-    one of a :class:`~quota.quant.modules.QuantLinear` that quantizes activations, else int4 absmax."""
-    from quota.quant.modules import QuantLinear
-
+    one of a :class:`~quota.quantize.linear.QuantLinear` that quantizes activations, else int4 absmax."""
     if isinstance(linear, QuantLinear) and linear.a_bits != FULL_PRECISION:
         return linear.a_bits, linear.a_clip_ratio, linear.hadamard_block
     return 4, 1.0, None
@@ -231,16 +215,3 @@ def combine(signals: Mapping[str, torch.Tensor], weights: Mapping[str, float], m
         term = float(weights[name]) * normalize(signals[name], method)
         acc = term if acc is None else acc + term
     return torch.round(acc / SCORE_GRID) * SCORE_GRID
-
-
-def select_topk(scores: torch.Tensor, k: int, check_values: bool = True) -> torch.Tensor:
-    """Indices ``[B, k]`` (long, ascending) of the ``k`` highest scores of ``[B, n]`` per row; ties go to the
-    lower index. Scores must be finite (checked on the host unless ``check_values`` is off)."""
-    n = scores.shape[-1]
-    if not 0 <= k <= n:
-        raise ValueError(f"cannot keep k={k} of n={n} tokens")
-    s = scores.float() + 0.0  # -0.0 -> +0.0
-    if check_values and not torch.isfinite(s).all():
-        raise ValueError("token scores must be finite")
-    order = torch.sort(-s, dim=-1, stable=True).indices  # [B, n], ties in index order
-    return order[:, :k].sort(dim=-1).values

@@ -7,7 +7,8 @@
   schedule optimal: CP-SAT runs next from the DP's schedule (as a hint) with the time left; the
   better schedule is returned with the better of the two proven bounds (``solver`` names the solver
   whose schedule it is; ``note`` says both ran).
-- Otherwise (a side constraint the DP cannot express, or the problem is too large for it): CP-SAT.
+- Otherwise (a side constraint the DP cannot express, the problem is too large for it, or its
+  rounded units left no schedule): CP-SAT.
 
 ``Solution.note`` says which case applied and why.
 """
@@ -40,6 +41,13 @@ def solve_auto(
     except UnsupportedFeatureError as why:
         solution = solve_cpsat(problem, deadline.remaining(), **cpsat_options)
         return solution.replace(solve_time=deadline.elapsed(), note=f"cpsat, because dp does not support {why.feature}")
+    except NoScheduleError as why:
+        if deadline.expired():
+            raise
+        solution = solve_cpsat(problem, deadline.remaining(), **cpsat_options)
+        return solution.replace(
+            solve_time=deadline.elapsed(), note=f"cpsat, because dp found no schedule ({why.reason})"
+        )
     if dp.proven_optimal:
         return dp.replace(note=f"dp ({dp.note})")
     options = {"hint": list(dp.indices), **cpsat_options}

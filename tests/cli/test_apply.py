@@ -7,22 +7,22 @@ import pytest
 from quota.cli.apply import spread_questions
 from quota.cli.main import main
 from quota.quant.config import QuantConfig
-from quota.recipe import Recipe
+from quota.recipe import Recipe, ScoringSpec
 
 pytestmark = pytest.mark.slow
 
 
 def _recipe(tmp_path, model_id, schedule, model_hash=None):
-    from quota.models import testbed
+    from quota.testbed import model as testbed
 
     bf16 = QuantConfig(w_bits=16, a_bits=16, kv_bits=16, rotate=False).to_dict()
     return Recipe(model_id=model_id, model_hash=model_hash or testbed.model_hash(), n_layers=len(schedule),
-                  n_visual_tokens=576, schedule=tuple(schedule), score_weights={"attn_last": 1.0},
+                  n_visual_tokens=576, schedule=tuple(schedule), scoring=ScoringSpec({"attn_last": 1.0}),
                   quant=bf16).save(tmp_path / "recipe.json")
 
 
 def test_apply_keeps_what_the_schedule_says(tmp_path, capsys):
-    from quota.models import testbed
+    from quota.testbed import model as testbed
 
     schedule = [576, 576] + [96] * 10 + [48] * 18
     path = _recipe(tmp_path, testbed.MODEL_ID, schedule)

@@ -91,7 +91,7 @@ def test_default_profile_is_the_first_shipped_one_in_preference_order():
 
     import pytest
 
-    from quota.solving import DEFAULT_PROFILES, shipped_profile_path
+    from quota.allocate import DEFAULT_PROFILES, shipped_profile_path
 
     shipped = [n for n in DEFAULT_PROFILES if (Path(__file__).parents[2] / "profiles" / n).is_file()]
     if shipped:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from quota.eval.scenes import CELL, COLOURS, REGIONS, SHAPES, SIZES, TEXTURES, Layout, SceneObject, TextItem
-from quota.eval.tasks import MIN_OFFSET, NEAR_MAX, REGION_MARGIN
+from quota.testbed.scenes import CELL, COLOURS, REGIONS, SHAPES, SIZES, TEXTURES, Layout, SceneObject, TextItem
+from quota.testbed.tasks import MIN_OFFSET, NEAR_MAX, REGION_MARGIN
 
 
 class Ambiguous(AssertionError):

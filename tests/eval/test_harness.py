@@ -4,7 +4,7 @@ import pytest
 
 from quota.eval.harness import bootstrap_ci, retention, summarize
 from quota.eval.run import evaluate, load_result
-from quota.eval.tasks import Question
+from quota.testbed.tasks import Question
 
 
 def q(task, answer, i):
@@ -56,21 +56,17 @@ def test_unknown_task_and_model_are_named():
 
 def test_recipe_for_another_model_is_refused(tmp_path):
     from quota.quant.config import QuantConfig
-    from quota.recipe import Recipe, RecipeError
+    from quota.recipe import Recipe, RecipeError, ScoringSpec
 
     path = Recipe(model_id="other-model", model_hash="0" * 64, n_layers=2, n_visual_tokens=4, schedule=(4, 2),
-                  score_weights={}, quant=QuantConfig().to_dict()).save(tmp_path / "r.json")
+                  scoring=ScoringSpec({"attn_last": 1.0}), quant=QuantConfig().to_dict()).save(tmp_path / "r.json")
     with pytest.raises(RecipeError, match="not 'quota-testbed"):
         evaluate(recipe=path, limit=1)
 
 
 def test_calibration_limit_takes_a_prefix_of_the_calibration_split(monkeypatch):
-    import importlib
-
     import quota.eval.run as run
-
-    apply_module = importlib.import_module("quota.runtime.apply")  # the package re-exports the function as `apply`
-    from quota.eval.splits import calibration_split
+    from quota.testbed.splits import calibration_split
     from quota.quant.config import QuantConfig
 
     seen = {}
@@ -80,7 +76,7 @@ def test_calibration_limit_takes_a_prefix_of_the_calibration_split(monkeypatch):
         return ["batch"]
 
     monkeypatch.setattr(run, "calibration_inputs", fake_inputs)
-    monkeypatch.setattr(apply_module, "apply", lambda model, plan, calib: (model, calib))
+    monkeypatch.setattr(run, "quantize_model", lambda model, config, calib: (model, calib))
     model = torch.nn.Linear(2, 2)
     out = run.prepare_model(model, None, QuantConfig(), calibration_limit=3)
     assert out == (model, ["batch"])

@@ -6,7 +6,7 @@ import pytest
 
 from quota.eval.harness import summarize
 from quota.eval.merge import main, merge_results
-from quota.eval.splits import test_split
+from quota.testbed.splits import test_split
 
 META = {"model": "quota-testbed-smollm2-vit6", "dtype": "bfloat16", "quant": "BF16", "recipe": None,
         "baseline": None, "schedule": None, "equivalent_tokens": 576, "seconds": 2.0}

@@ -2,7 +2,7 @@
 
 import json
 
-from quota.eval.suite import Row, run_suite, suite_rows
+from quota.eval.suite import SuiteRow, run_suite, suite_rows
 from quota.quant.config import QuantConfig
 
 
@@ -11,7 +11,7 @@ def test_rows_and_names():
     names = [r.name for r in rows]
     assert names[:2] == ["bf16/all", "lowbit/all"]
     assert "bf16/fastv@64" in names and "lowbit/fastv@192" in names and "lowbit/recipe:r.json" in names
-    assert Row("bf16", "fastv", 64.0).file_stem == "bf16__fastv_at_64"
+    assert SuiteRow("bf16", "fastv", 64.0).file_stem == "bf16__fastv_at_64"
 
 
 def test_suite_runs_writes_and_resumes(small_testbed, tmp_path):

@@ -11,7 +11,7 @@ from quota.kernels.kv_attention import (
     kv_attention_decode,
     kv_attention_prefill,
 )
-from quota.kernels.kv_cache import allocate_kv_cache, kv_cache_write_reference
+from quota.kernels.kv_write import allocate_kv_cache, kv_cache_write_reference
 from tests.kernels.kernel_checks import DEVICE, assert_twice_torch_error, gpu, poison_like, requires_cuda
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from quota.quant.hadamard import apply_block_hadamard
-from quota.quant.modules import QuantLinear
+from quota.quantize.linear import QuantLinear
 from quota.quant.quantizers import quantize_weight_rtn
 from tests.kernels.kernel_checks import DEVICE
 

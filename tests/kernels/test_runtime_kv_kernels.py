@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from quota.quant.config import QuantConfig
-from quota.quant.quantize import quantize_model
+from quota.quantize.model import quantize_model
 from quota.runtime.generate import PrunedRunner
 from quota.runtime.graphs import StaticDecoder, StaticPrefill, forbid_host_sync
-from quota.runtime.kv_store import QuantizedKVStore
+from quota.runtime.kv.quantized import QuantizedKVStore
 from tests.kernels.kernel_checks import DEVICE, gpu, requires_cuda
 from tests.runtime.models import left_pad, n_visual, pixels, prompt, tiny_llava
 

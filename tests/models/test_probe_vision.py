@@ -25,7 +25,7 @@ def test_probe_recovers_a_linear_labelling_and_not_a_random_one(pv):
 
 
 def test_scenes_come_from_the_asked_split_with_one_label_map_per_family(pv):
-    from quota.eval.splits import scene_seed, split_of
+    from quota.testbed.splits import scene_seed, split_of
 
     images, labels = pv.scenes("test", 2)
     assert images.shape == (2, 192, 192, 3) and labels.shape == (2, len(pv.FAMILIES), 576)

@@ -94,7 +94,7 @@ def test_rotation_is_exact_on_vlm_language_models(make):
     import torch
 
     from quota.quant.config import QuantConfig
-    from quota.quant.quantize import quantize_model
+    from quota.quantize.model import quantize_model
 
     torch.manual_seed(0)
     model = make().double().eval()

@@ -1,6 +1,6 @@
 """Progress lines of a long profiling run: on stderr, rate-limited, always at the last item."""
 
-from quota.profiling.api import progress_reporter
+from quota.profiling.measure import progress_reporter
 
 
 def test_progress_reports_first_and_last_items_and_rate_limits_between(capsys):

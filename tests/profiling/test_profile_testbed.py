@@ -1,15 +1,17 @@
 """Profiling end to end on the CPU: the testbed architecture cut to two decoder layers, two questions."""
 
 import numpy as np
+import torch
 
-from quota.profiling.api import ProfileSettings, profile_model
-from quota.profiling.io import Profile
+from quota.profiling.measure import ProfileSettings, profile_model
+from quota.profiling.profile import Profile
 from quota.quant.config import QuantConfig
-from quota.quant.quantize import quantize_model
+from quota.quantize.model import quantize_model
+from quota.testbed.batches import make_batches
 
 
 def test_profile_curves_are_consistent(small_testbed, tmp_path):
-    from quota.eval.splits import calibration_split
+    from quota.testbed.splits import calibration_split
 
     model, tok = small_testbed
     questions = calibration_split()[:2]
@@ -18,7 +20,8 @@ def test_profile_curves_are_consistent(small_testbed, tmp_path):
     settings = ProfileSettings(grid_steps=2, batch_size=2, latency=False,
                                score_candidates=[{"attn_last": 0.9, "magnitude": 0.1}, {"magnitude": 1.0}])
     out = tmp_path / "p.json"
-    prof = profile_model(qmodel, tok, questions, quant, model_id="t", model_hash="0" * 64, data_version="v",
+    batches = make_batches(tok, questions, 2, "cpu", torch.float32)
+    prof = profile_model(qmodel, batches, quant, model_id="t", model_hash="0" * 64, data_version="v",
                          settings=settings, output=out)
     again = Profile.load(out)
     assert again.grid == (0, 288, 576) and again.n_layers == 2

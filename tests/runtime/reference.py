@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from quota.quant.kv import quota_attention
+from quota.quantize.attention import quota_attention
 
 REF_ATTENTION = "quota_test_masked"
 

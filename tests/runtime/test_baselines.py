@@ -5,7 +5,7 @@ import torch
 
 from quota.runtime.baselines import BASELINES, baseline_plan, fastv, pyramiddrop
 from quota.runtime.generate import PrunedRunner
-from quota.runtime.plan import ScheduleError, equivalent_tokens
+from quota.schedule import ScheduleError, equivalent_tokens
 from quota.runtime.scoring import select_topk
 from tests.runtime.models import n_visual, tiny_plans
 

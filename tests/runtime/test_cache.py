@@ -2,7 +2,7 @@
 
 import torch
 
-from quota.runtime.cache import LayerwiseKVCache
+from quota.runtime.kv.layerwise import LayerwiseKVCache
 
 
 def test_layers_hold_their_own_lengths_and_grow():

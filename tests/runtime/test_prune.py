@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from quota.runtime.prune import compact, gather_map, score_gather, score_gather_reference
+from quota.kernels.score_gather import compact, gather_map, score_gather_reference
+from quota.runtime.prune import score_gather
 
 
 def _loop_map(span_start, n, kept, seq_len):

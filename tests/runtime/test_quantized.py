@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from quota.quant.config import QuantConfig
-from quota.quant.modules import QuantLinear
-from quota.quant.quantize import quantize_model
+from quota.quantize.linear import QuantLinear
+from quota.quantize.model import quantize_model
 from quota.runtime.generate import PrunedRunner
 from quota.runtime.scoring import activation_quantizer_of
 from tests.runtime.models import n_visual, tiny_plans

@@ -152,7 +152,7 @@ def test_invalid_inputs(llava, batch3):
         PrunedRunner(llava, (n, n - 1, n, n))
     with pytest.raises(ValueError, match="decoder layers"):
         PrunedRunner(llava, (n, n))
-    with pytest.raises(ValueError, match="N=16"):
+    with pytest.raises(ValueError, match="N = 16"):
         PrunedRunner(llava, (n + 1,) * 4).prefill(ids, mask, pv)
     with pytest.raises(ValueError, match="before layer 0"):
         PrunedRunner(llava, (n - 1,) * 4, {"attn_last": 1.0}).prefill(ids, mask, pv)

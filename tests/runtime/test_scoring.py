@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from quota.quant.kv import quota_attention
+from quota.quantize.attention import quota_attention
 from quota.runtime.scoring import (
     SCORE_GRID,
     AttentionRecorder,

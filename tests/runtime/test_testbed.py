@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_fastv_on_the_testbed_equals_masked_reference(small_testbed):
-    from quota.models.testbed import IMAGE_TOKEN_ID, N_VISUAL_TOKENS, encode_batch
+    from quota.testbed.model import IMAGE_TOKEN_ID, N_VISUAL_TOKENS, encode_batch
 
     model, tok = small_testbed
     batch = encode_batch(tok, ["How many red squares are there?", "Colour?"])

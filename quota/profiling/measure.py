@@ -1,0 +1,188 @@
+"""Measure a profile: sensitivity and cost curves of a (quantized) model on calibration batches, written as a
+:class:`quota.profiling.profile.Profile`. :mod:`quota.testbed.profile` drives it for the testbed."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import transformers
+import triton
+
+from quota import __version__
+from quota.profiling.costs import analytic_costs, measure_latency
+from quota.profiling.profile import Profile
+from quota.models.registry import spec_for
+from quota.profiling.sensitivity import (
+    CalibrationBatch, DamageMeter, measure_grid, per_layer_contributions, prune_from_schedule,
+)
+from quota.profiling.sharding import clear_partials, item_key, run_shared, run_sharded, world
+from quota.quant.config import QuantConfig
+from quota.solvers import default_grid
+
+# candidate score weightings searched on the calibration data (signal -> weight)
+SCORE_CANDIDATES: tuple[dict[str, float], ...] = (
+    # every candidate keeps an embedding-level signal (magnitude, risk or vision_attn), the only kind that exists
+    # before layer 0, so that a schedule pruning there can be scored
+    {"attn_last": 0.9, "magnitude": 0.1},
+    {"attn_text": 0.9, "magnitude": 0.1},
+    {"attn_last": 0.45, "attn_text": 0.45, "magnitude": 0.1},
+    {"attn_last": 0.6, "magnitude": 0.2, "risk": 0.2},
+    {"attn_text": 0.6, "magnitude": 0.2, "risk": 0.2},
+    {"attn_last": 0.4, "attn_text": 0.4, "risk": 0.2},
+    {"magnitude": 0.5, "risk": 0.5},
+    # the vision tower's attention (VisionZip's signal), alone and with the language model's own attention
+    {"vision_attn": 0.9, "magnitude": 0.1},
+    {"vision_attn": 0.45, "attn_text": 0.45, "magnitude": 0.1},
+)
+
+
+@dataclass
+class ProfileSettings:
+    grid_steps: int = 32
+    batch_size: int = 64
+    probe_layer: int = 2
+    probe_keeps: tuple[float, ...] = (1 / 9, 1 / 3)  # fractions of N: 64 and 192 of 576
+    score_candidates: Sequence[dict[str, float]] = field(default_factory=lambda: list(SCORE_CANDIDATES))
+    latency: bool = True
+    impl: str = "auto"
+
+
+def calibrate_score_weights(meter: DamageMeter, n_layers: int, n_visual: int, settings: ProfileSettings) -> tuple[dict, dict]:
+    """Pick the candidate weighting with the least mean KL over the probe schedules. Under torchrun the
+    (candidate, probe) runs are shared out over the ranks and every rank gets every result, so all of them
+    measure the grid with the same weights."""
+    keeps = [max(1, round(f * n_visual)) for f in settings.probe_keeps]
+    candidates = [dict(w) for w in settings.score_candidates]
+
+    def probe(item) -> float:
+        c, k = item
+        schedule = prune_from_schedule(n_layers, n_visual, settings.probe_layer, keeps[k])
+        return meter.measure(schedule, n_visual, candidates[c]).kl
+
+    items = [(c, k) for c in range(len(candidates)) for k in range(len(keeps))]
+    kl = run_shared(items, probe)
+    results = [{"weights": w, "mean_kl": float(np.mean([kl[item_key((c, k))] for k in range(len(keeps))]))}
+               for c, w in enumerate(candidates)]
+    best = min(results, key=lambda r: r["mean_kl"])  # ties: the earlier candidate
+    search = {"probe_layer": settings.probe_layer, "probe_keeps": keeps,
+              "candidates": results, "criterion": "mean KL on the calibration split"}
+    return best["weights"], search
+
+
+def report(message: str) -> None:
+    """One progress line on stderr (rank-prefixed under torchrun), flushed so that logs survive a timeout."""
+    rank, size = world()
+    print(f"[quota profile{f' rank {rank}' if size > 1 else ''}] {message}", file=sys.stderr, flush=True)
+
+
+def progress_reporter(label: str, every_s: float = 30.0) -> Callable[[int, int], None]:
+    """``on_item(done, total)`` that reports progress and a time estimate at most every ``every_s`` seconds
+    (and at the last item)."""
+    start, last = time.time(), [0.0]
+
+    def on_item(done: int, total: int) -> None:
+        now = time.time()
+        if done == total or now - last[0] >= every_s:
+            last[0] = now
+            left = (now - start) / done * (total - done)
+            report(f"{label}: {done}/{total} in {now - start:.0f} s, about {left:.0f} s left")
+
+    return on_item
+
+
+def profile_model(
+    model, batches: Sequence[CalibrationBatch], quant: QuantConfig, *, model_id: str, model_hash: str,
+    data_version: str, settings: ProfileSettings | None = None, output: str | Path | None = None, resume: bool = False,
+) -> Profile | None:
+    """Profile an (already quantized) VLM on calibration ``batches`` (teacher-forced answers). Returns the
+    Profile on rank 0 (``None`` on other ranks); with ``output`` it is written there atomically, and per-rank
+    partial results next to it allow ``resume``."""
+    settings = settings or ProfileSettings()
+    start = time.time()
+    device = next(model.parameters()).device
+    spec = spec_for(model)
+    text_config = spec.text_config_of(model)
+    n_layers = len(spec.layers_of(model))
+    n_visual = int(model.config.image_seq_length) if hasattr(model.config, "image_seq_length") else None
+    grid = default_grid(n_visual, settings.grid_steps)
+
+    meter = DamageMeter(model, batches, dict(settings.score_candidates[0]), impl=settings.impl)
+    t0 = time.time()
+    report(f"calibrating score weights ({len(settings.score_candidates)} candidates, {sum(len(b.tasks) for b in batches)} questions)")
+    weights, search = calibrate_score_weights(meter, n_layers, n_visual, settings)
+    report(f"score weights {weights} after {time.time() - t0:.0f} s; measuring the grid")
+    meter.score_weights = weights
+    t_weights = time.time() - t0
+
+    stem = Path(output).with_suffix("") if output is not None else None
+    on_item = progress_reporter("grid items")
+    runner = (lambda items, fn: run_sharded(items, fn, stem, resume, on_item)) if stem is not None else None
+    t0 = time.time()
+    grid_results = measure_grid(meter, n_layers, n_visual, grid, runner)
+    t_grid = time.time() - t0
+    if grid_results is None:  # not rank 0
+        return None
+
+    def curve(get) -> np.ndarray:
+        from_layer = np.zeros((n_layers, len(grid)))
+        for (layer, k), d in grid_results.items():
+            from_layer[layer, grid.index(k)] = get(d)
+        return from_layer
+
+    kl_from, loss_from = curve(lambda d: d.kl), curve(lambda d: d.task_loss)
+    tasks = sorted({t for d in grid_results.values() for t in d.per_task})
+    per_task = {t: per_layer_contributions(curve(lambda d, t=t: d.per_task.get(t, 0.0))) for t in tasks}
+
+    text_tokens = float(np.mean([(b.attention_mask.sum(1) - n_visual).float().mean().item() for b in batches]))
+    costs = analytic_costs(text_config, quant, grid, n_layers, text_tokens)
+    t0 = time.time()
+    if settings.latency:
+        costs["latency"] = np.tile(layer_latency(model, spec, [int(k + text_tokens) for k in grid]), (n_layers, 1))
+    t_latency = time.time() - t0
+    prof = Profile(
+        model_id=model_id, model_hash=model_hash, n_layers=n_layers, n_visual_tokens=n_visual, grid=tuple(grid),
+        damage={"kl": per_layer_contributions(kl_from), "task_loss": per_layer_contributions(loss_from)},
+        per_task=per_task, costs=costs, score_weights=weights, score_search=search, quant=quant.to_dict(),
+        data_version=data_version,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__, "triton": triton.__version__,
+                  "quota": __version__},
+        timing={"total_s": round(time.time() - start, 1), "score_weights_s": round(t_weights, 1),
+                "grid_s": round(t_grid, 1), "latency_s": round(t_latency, 1), "world_size": world()[1],
+                "questions": sum(len(b.tasks) for b in batches), "schedules_measured": len(grid_results) + 1},
+        extra={"kl_prune_from_layer": kl_from.tolist(), "task_loss_prune_from_layer": loss_from.tolist(),
+               "text_tokens_mean": text_tokens, "additive_model": "h_l(k) = d_from(l, k) - d_from(l + 1, k)"},
+    )
+    if output is not None:
+        prof.save(output)
+        clear_partials(stem)
+    return prof
+
+
+@torch.no_grad()
+def layer_latency(model, spec, seq_lens: Sequence[int]) -> np.ndarray:
+    """Median seconds of one (the middle) decoder layer's forward at each sequence length, batch 1."""
+    layers = spec.layers_of(model)
+    layer = layers[len(layers) // 2]
+    lm = spec.language_model_of(model)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    d = spec.text_config_of(model).hidden_size
+    inputs = {}
+
+    def run(s: int) -> None:
+        if s not in inputs:
+            h = torch.randn(1, s, d, device=device, dtype=dtype)
+            pos = torch.arange(s, device=device)[None]
+            inputs[s] = (h, pos, lm.rotary_emb(h, pos))
+        h, pos, rope = inputs[s]
+        layer(h, attention_mask=None, position_ids=pos, position_embeddings=rope)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    return measure_latency(run, seq_lens, repeats=20 if device.type == "cuda" else 3, warmup=2, synchronize=sync)

@@ -1,0 +1,175 @@
+"""Profile: per-layer sensitivity (damage) and cost curves of one model on one device, as JSON.
+
+Layout (version 1; files written before the versioned-JSON convention carry ``schema``/``schema_version``
+instead of ``type``/``version``, and still load)::
+
+    {"type": "quota.profiling", "version": 1,
+     "model_id", "model_hash", "data_version", "device", "versions": {torch, transformers, triton, quota},
+     "n_layers": L, "n_visual_tokens": N, "grid": [G keep counts, ascending, ending with N],
+     "damage": {"kl": [[L x G]], "task_loss": [[L x G]], "per_task": {task: [[L x G]]}},
+     "costs": {"tokens": [[L x G]], "flops": ..., "kv": ..., "latency": ...},   # non-decreasing in k
+     "score_weights": {"attention": w, "magnitude": w, "risk": w}, "score_search": {...},
+     "quant": QuantConfig.to_dict(), "timing": {...}, "extra": {...}}
+
+Loading validates every field and names the field and value that are wrong; saving is atomic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quota.atomic import write_json_atomic
+from quota.quant.config import QuantConfig
+from quota.signals import SIGNALS
+from quota.versioned import VersionError, read_json, stamp, type_of, unstamp
+
+PROFILE_TYPE = "quota.profiling"
+PROFILE_VERSION = 1
+DAMAGE_KINDS = ("kl", "task_loss")
+
+
+class ProfileError(ValueError):
+    """A profile is malformed; the message names the field and the offending value."""
+
+
+@dataclass(frozen=True, eq=False)
+class Profile:
+    model_id: str
+    model_hash: str
+    n_layers: int
+    n_visual_tokens: int
+    grid: tuple[int, ...]
+    damage: dict[str, np.ndarray]  # kind -> [L, G]
+    costs: dict[str, np.ndarray]  # kind -> [L, G]
+    per_task: dict[str, np.ndarray] = field(default_factory=dict)  # task -> [L, G]
+    score_weights: dict[str, float] = field(default_factory=dict)
+    quant: dict[str, Any] = field(default_factory=dict)
+    data_version: str = ""
+    device: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    score_search: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return stamp(PROFILE_TYPE, PROFILE_VERSION, {
+            "model_id": self.model_id, "model_hash": self.model_hash, "data_version": self.data_version,
+            "device": self.device, "versions": self.versions,
+            "n_layers": self.n_layers, "n_visual_tokens": self.n_visual_tokens, "grid": list(self.grid),
+            "damage": {**{k: v.tolist() for k, v in self.damage.items()},
+                       "per_task": {k: v.tolist() for k, v in self.per_task.items()}},
+            "costs": {k: v.tolist() for k, v in self.costs.items()},
+            "score_weights": self.score_weights, "score_search": self.score_search, "quant": self.quant,
+            "timing": self.timing, "extra": self.extra,
+        })
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "profile") -> "Profile":
+        try:
+            return _from_dict(cls, d)
+        except ProfileError as err:
+            raise ProfileError(f"{source}: {err}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Profile":
+        return cls.from_dict(read_json(path, "profile", ProfileError), str(path))
+
+
+def _array(name: str, value: Any, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ProfileError(f"{name} is not a numeric array") from None
+    if arr.shape != shape:
+        raise ProfileError(f"{name} has shape {list(arr.shape)}, expected {list(shape)} (layers x grid)")
+    bad = np.argwhere(~np.isfinite(arr))
+    if len(bad):
+        layer, g = bad[0]
+        raise ProfileError(f"{name}[{layer}][{g}] is {arr[layer, g]} (NaN or infinite)")
+    return arr
+
+
+def _from_dict(cls, d: Any) -> Profile:
+    try:
+        _, d = unstamp(d, PROFILE_TYPE, (PROFILE_VERSION,), "profile")
+    except VersionError as err:
+        raise ProfileError(str(err).removeprefix("profile: ")) from None
+    unknown = sorted(set(d) - set(FIELDS))
+    if unknown:
+        raise ProfileError(f"unknown field(s) {unknown}; known fields: {sorted(FIELDS)}")
+    for key in ("model_id", "model_hash", "n_layers", "n_visual_tokens", "grid", "damage", "costs"):
+        if key not in d:
+            raise ProfileError(f"missing field {key!r}")
+    damage = dict(d["damage"])
+    per_task = damage.pop("per_task", {}) or {}
+    return cls(
+        model_id=d["model_id"], model_hash=d["model_hash"], n_layers=d["n_layers"],
+        n_visual_tokens=d["n_visual_tokens"], grid=tuple(d["grid"]), damage=damage, costs=dict(d["costs"]),
+        per_task=dict(per_task), score_weights=d.get("score_weights", {}), quant=d.get("quant", {}),
+        data_version=d.get("data_version", ""), device=d.get("device", ""), versions=d.get("versions", {}),
+        score_search=d.get("score_search", {}), timing=d.get("timing", {}), extra=d.get("extra", {}),
+    )
+
+
+def _validate(p: Profile) -> None:
+    if not isinstance(p.n_layers, int) or p.n_layers < 1:
+        raise ProfileError(f"n_layers must be a positive integer, got {p.n_layers!r}")
+    if not isinstance(p.n_visual_tokens, int) or p.n_visual_tokens < 1:
+        raise ProfileError(f"n_visual_tokens must be a positive integer, got {p.n_visual_tokens!r}")
+    grid = p.grid
+    if not grid or any(not isinstance(k, int) for k in grid):
+        raise ProfileError(f"grid must be a list of integers, got {list(grid)[:5]}")
+    if any(a >= b for a, b in zip(grid, grid[1:])):
+        raise ProfileError(f"grid must be strictly increasing, got {list(grid)}")
+    if grid[0] < 0 or grid[-1] != p.n_visual_tokens:
+        raise ProfileError(f"grid must lie in [0, {p.n_visual_tokens}] and end with n_visual_tokens, got {list(grid)}")
+    shape = (p.n_layers, len(grid))
+    if not p.damage:
+        raise ProfileError("damage has no curves")
+    object.__setattr__(p, "damage", {k: _array(f"damage.{k}", v, shape) for k, v in p.damage.items()})
+    object.__setattr__(p, "per_task", {k: _array(f"damage.per_task.{k}", v, shape) for k, v in p.per_task.items()})
+    costs = {}
+    for kind, value in p.costs.items():
+        arr = _array(f"costs.{kind}", value, shape)
+        if (arr < 0).any():
+            layer, g = np.argwhere(arr < 0)[0]
+            raise ProfileError(f"costs.{kind}[{layer}][{g}] = {arr[layer, g]} is negative")
+        drops = np.argwhere(np.diff(arr, axis=1) < -1e-12 * np.maximum(1.0, np.abs(arr[:, 1:])))
+        if len(drops):
+            layer, g = drops[0]
+            raise ProfileError(
+                f"costs.{kind} is not non-decreasing in the keep count at layer {layer}: "
+                f"{arr[layer, g]} at k={grid[g]} > {arr[layer, g + 1]} at k={grid[g + 1]}"
+            )
+        costs[kind] = arr
+    object.__setattr__(p, "costs", costs)
+    for name, w in p.score_weights.items():
+        if name not in SIGNALS:
+            raise ProfileError(f"score_weights.{name}: unknown score signal; known signals: {list(SIGNALS)}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ProfileError(f"score_weights.{name} = {w!r} must be a finite non-negative number")
+    if p.quant:
+        try:
+            QuantConfig.from_dict(p.quant)
+        except ValueError as err:
+            raise ProfileError(f"quant: {err}") from None
+
+
+FIELDS = ("model_id", "model_hash", "data_version", "device", "versions", "n_layers", "n_visual_tokens", "grid",
+          "damage", "costs", "score_weights", "score_search", "quant", "timing", "extra")
+
+
+def is_profile(data: Any) -> bool:
+    """True when a JSON object names itself a quota profile (either key convention)."""
+    return type_of(data) == PROFILE_TYPE

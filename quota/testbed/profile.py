@@ -1,0 +1,80 @@
+"""Profiling the testbed (the Python form of ``quota profile``): load it, quantize it on the calibration split
+(the only data profiling may see), measure its profile, and check the profile's additive damage model on
+held-out test questions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from quota.device import placement
+from quota.models.registry import check_model_name
+from quota.profiling.additivity import check_additivity
+from quota.profiling.measure import ProfileSettings, profile_model, progress_reporter
+from quota.profiling.profile import Profile
+from quota.profiling.sensitivity import DamageMeter
+from quota.profiling.sharding import init_from_env, world
+from quota.quant.config import QuantConfig
+from quota.testbed import model as testbed
+from quota.testbed.batches import make_batches
+from quota.testbed.quantized import quantize_testbed
+from quota.testbed.splits import DATA_VERSION, calibration_split, test_split
+
+
+def profile_testbed(
+    quant: QuantConfig | None = None, settings: ProfileSettings | None = None, output: str | Path | None = None,
+    resume: bool = False, device: str | None = None, limit: int | None = None,
+) -> Profile | None:
+    """Load the testbed, quantize it on the calibration split (the only data profiling may see) and profile it."""
+
+    init_from_env()
+    quant = quant or QuantConfig(impl="auto")
+    device, dtype = placement(device)
+    if device == "cuda" and world()[1] > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
+    tb = testbed.load(device, dtype)
+    questions = calibration_split()[:limit] if limit else calibration_split()
+    model = quantize_testbed(tb.model, tb.tokenizer, quant, calibration_limit=limit, inplace=True)
+    batches = make_batches(tb.tokenizer, questions, (settings or ProfileSettings()).batch_size, device, dtype)
+    return profile_model(model, batches, quant, model_id=testbed.MODEL_ID,
+                         model_hash=testbed.model_hash(), data_version=DATA_VERSION, settings=settings,
+                         output=output, resume=resume)
+
+
+def validate_testbed_profile(profile_path: str | Path, count: int = 30, questions_per_task: int = 52,
+                             device: str | None = None, seed: int = 0) -> dict:
+    """Spearman check of the additive damage model of a testbed profile, on held-out test questions.
+
+    The testbed is quantized as the profile says (calibrated on the calibration split), ``count`` random
+    feasible schedules are measured on ``questions_per_task`` test questions per task, and the report is
+    stored in the profile's ``extra["additivity"]`` (the file is rewritten atomically)."""
+
+    profile = Profile.load(profile_path)
+    device, dtype = placement(device)
+    tb = testbed.load(device, dtype)
+    quant = QuantConfig.from_dict(profile.quant)
+    model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
+    questions = test_split(limit=questions_per_task)
+    meter = DamageMeter(model, make_batches(tb.tokenizer, questions, 64, device, dtype), profile.score_weights)
+    result = check_additivity(profile, meter, count, seed, on_item=progress_reporter("additivity schedules"))
+    report = result.to_dict()
+    report["questions"] = len(questions)
+    data = profile.to_dict()
+    data["extra"] = {**data.get("extra", {}), "additivity": report}
+    Profile.from_dict(data).save(profile_path)
+    return report
+
+
+def profile(
+    model: str = "testbed", output: str | Path | None = None, quant: QuantConfig | None = None, grid_steps: int = 32,
+    batch_size: int = 64, resume: bool = False, device: str | None = None, limit: int | None = None,
+    latency: bool = True,
+) -> Profile | None:
+    """The Python form of ``quota profile``: profile ``model`` (the testbed) under ``quant`` (default W4A4 GPTQ
+    + rotation + KV4 on the deployed kernels) and write the profile to ``output`` atomically."""
+    check_model_name(model, "profile")
+    if not isinstance(grid_steps, int) or grid_steps < 1:
+        raise ValueError(f"grid_steps must be a positive integer, got {grid_steps!r}")
+    settings = ProfileSettings(grid_steps=grid_steps, batch_size=batch_size, latency=latency)
+    return profile_testbed(quant, settings, output, resume, device, limit)

@@ -1,0 +1,63 @@
+import json
+
+from quota.cli.main import main
+
+
+def test_e2e_bench_on_a_tiny_llava(tmp_path, capsys):
+    assert main(["bench", "e2e", "--arch", "tiny-llava", "--batches", "1", "2", "--new-tokens", "4",
+                 "--repeats", "1", "--budget", "0.5", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench_e2e_tiny-llava.json").read_text())["rows"]
+    assert [(r["variant"].split(",")[0], r["batch"]) for r in rows] == [
+        ("bf16", 1), ("bf16", 2), ("W4A4+KV4", 1), ("W4A4+KV4", 1), ("W4A4+KV4", 2), ("W4A4+KV4", 2)]
+    full, pruned = rows[2], rows[3]
+    assert full["schedule_mean"] == 16 and pruned["schedule_mean"] <= 8.5
+    assert pruned["kv_cache_mib"] < full["kv_cache_mib"]  # fewer visual tokens in the caches
+    for r in rows:  # the prompt's cache, then 3 more tokens per layer (4 new tokens, the last never written)
+        assert 0 < r["kv_prompt_mib"] < r["kv_cache_mib"]
+    assert pruned["kv_prompt_mib"] / full["kv_prompt_mib"] < pruned["kv_cache_mib"] / full["kv_cache_mib"]
+    assert all(r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in rows)
+    assert "TTFT ms" in capsys.readouterr().out
+
+
+def test_e2e_bench_on_a_tiny_qwen2_vl(tmp_path):
+    assert main(["bench", "e2e", "--arch", "tiny-qwen2-vl", "--batches", "2", "--new-tokens", "5",
+                 "--repeats", "1", "--budget", "0.5", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench_e2e_tiny-qwen2-vl.json").read_text())
+    assert result["arch"] == "tiny-qwen2-vl"
+    full, pruned = result["rows"][1], result["rows"][2]
+    assert full["schedule_mean"] == 16 and pruned["schedule_mean"] <= 8.5
+    assert pruned["kv_cache_mib"] < full["kv_cache_mib"]
+
+
+def test_qwen2_vl_7b_config_matches_the_published_numbers():
+    from quota.bench.e2e import VISUAL_TOKENS, qwen2_vl_7b_config
+
+    c = qwen2_vl_7b_config()
+    t, v = c.text_config, c.vision_config
+    assert (t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads) == (
+        3584, 18944, 28, 28, 4)
+    assert (v.depth, v.embed_dim, v.patch_size, v.spatial_merge_size) == (32, 1280, 14, 2)
+    assert VISUAL_TOKENS["qwen2-vl-7b"] == 576
+
+
+def test_resample_schedule_keeps_ratios_by_relative_depth():
+    import pytest
+
+    from quota.bench.e2e import resample_schedule
+
+    src = [576, 576, 432, 288, 144, 72, 0]
+    out = resample_schedule(src, 14, 16, 576)
+    assert len(out) == 14 and out[:4] == [16, 16, 16, 16] and out[-2:] == [0, 0]
+    assert all(a >= b for a, b in zip(out, out[1:]))
+    assert resample_schedule(src, 7, 576, 576) == src
+    with pytest.raises(ValueError, match="outside|lie in"):
+        resample_schedule([600], 4, 16, 576)
+
+
+def test_e2e_bench_takes_a_testbed_recipe(tmp_path):
+    recipe = tmp_path / "recipe.json"
+    assert main(["solve", "--budget", "0.3", "--solver", "dp", "-o", str(recipe)]) == 0
+    assert main(["bench", "e2e", "--arch", "tiny-llava", "--batches", "1", "--new-tokens", "4", "--eager",
+                 "--repeats", "1", "--recipe", str(recipe), "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench_e2e_tiny-llava.json").read_text())["rows"]
+    assert rows[1]["schedule_mean"] == 16 and rows[2]["schedule_mean"] < 16 * 0.5

@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+
+from quota.profiling.sensitivity import ScheduleDamage
+from quota.profiling.additivity import check_additivity, predicted_damage, random_schedules
+from tests.synthetic_profile import synthetic_profile
+
+
+def test_random_schedules_are_feasible_distinct_and_seeded():
+    p = synthetic_profile()
+    s = random_schedules(p, 40, seed=1)
+    assert len(set(s)) == 40 and s == random_schedules(p, 40, seed=1)
+    for sched in s:
+        assert list(sched) == sorted(sched, reverse=True) and all(k in p.grid for k in sched)
+        assert 0.1 <= sum(sched) / (p.n_layers * p.n_visual_tokens) <= 0.6
+
+
+class AdditiveMeter:
+    """A stand-in for DamageMeter whose damage is the profile's prediction plus noise of a given size."""
+
+    def __init__(self, profile, noise, seed=0):
+        self.profile, self.noise, self.rng = profile, noise, np.random.default_rng(seed)
+
+    def measure(self, schedule, n_visual):
+        kl = predicted_damage(self.profile, schedule) + self.rng.normal(0, self.noise)
+        return ScheduleDamage(kl, kl, {})
+
+
+@pytest.mark.parametrize("noise,low,high", [(0.0, 0.999, 1.0), (100.0, -0.6, 0.6)])
+def test_spearman_reflects_how_additive_the_measurements_are(noise, low, high):
+    p = synthetic_profile()
+    report = check_additivity(p, AdditiveMeter(p, noise), count=30)
+    assert len(report.measured) == 30 and low <= report.spearman <= high
