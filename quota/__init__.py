@@ -2,8 +2,14 @@
 pruning for vision-language models.
 
 Public API (imported lazily, so ``import quota`` stays light):
-``QuantConfig``, ``quantize_model``, ``apply`` (recipe -> runnable model), ``profile`` (model -> Profile),
-``Profile``, ``solve`` (profile -> recipe), ``Recipe``, ``AllocationProblem``, ``Solution``, ``evaluate``.
+
+- models and quantization: ``QuantConfig``, ``quantize_model``;
+- the pipeline: ``profile`` (the testbed -> ``Profile``), ``solve`` (profile -> ``SolveResult`` with its
+  ``Recipe``), ``apply`` (recipe -> runnable model), ``evaluate``;
+- the recipe contract: ``Recipe``, ``ScoringSpec``, ``PruningPlan``;
+- custom objectives: ``build_problem``, ``AllocationProblem``, ``Solution``, the constraints
+  ``MinKeepBefore``, ``FixedLayer``, ``CostCap``, ``LinearConstraint``, and ``SolverError`` (every solver
+  failure derives from it).
 """
 
 from __future__ import annotations
@@ -16,12 +22,21 @@ _EXPORTS = {
     "QuantConfig": "quota.quant.config",
     "quantize_model": "quota.quantize.model",
     "Recipe": "quota.recipe",
+    "ScoringSpec": "quota.recipe",
+    "PruningPlan": "quota.recipe",
     "Profile": "quota.profiling.profile",
     "profile": "quota.testbed.profile",
     "apply": "quota.runtime.apply",
+    "solve": "quota.allocate",
+    "build_problem": "quota.allocate",
+    "SolveResult": "quota.allocate",
     "AllocationProblem": "quota.solvers",
     "Solution": "quota.solvers",
-    "solve": "quota.allocate",
+    "MinKeepBefore": "quota.solvers",
+    "FixedLayer": "quota.solvers",
+    "CostCap": "quota.solvers",
+    "LinearConstraint": "quota.solvers",
+    "SolverError": "quota.solvers",
     "evaluate": "quota.eval.run",
 }
 

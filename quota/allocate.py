@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from importlib import metadata
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -48,36 +49,76 @@ def budget_from_keep_tokens(profile: Profile, keep_tokens: float) -> float:
     return keep_tokens / n
 
 
+AGGREGATES = ("mean", "max", "weighted")
+"""How per-task damage curves combine (``damage="per_task"``): the mean over tasks, the worst task, or a
+weighted sum with ``task_weights``."""
+
+
 def build_problem(
     profile: Profile,
     budget: float,
     budget_kind: str = "tokens",
     damage: str = "kl",
-    aggregate: str = "sum",
+    aggregate: str | None = None,
+    task_weights: Mapping[str, float] | None = None,
     constraints: Sequence[Any] = (),
     extra_costs: Sequence[np.ndarray] = (),
     extra_weights: Sequence[float] | None = None,
 ) -> AllocationProblem:
-    """The allocation problem of ``profile`` under a budget. ``damage`` picks the curve (``kl``,
-    ``task_loss``, or ``per_task`` for one curve per task, to use with ``aggregate="max_task"``)."""
+    """The allocation problem of ``profile`` under a budget.
+
+    - ``budget``: a fraction in (0, 1] of the all-tokens cost of ``budget_kind`` (one of
+      :data:`quota.schedule.BUDGET_KINDS`; ``tokens`` means equivalent visual tokens).
+    - ``damage``: the curve minimized: ``kl`` (mean KL over the answer tokens against all tokens), ``task_loss``
+      (increase of the answers' cross-entropy), or ``per_task`` (one KL curve per task).
+    - ``aggregate``, ``task_weights``: with ``per_task`` only: ``mean`` (default), ``max`` (the worst task) or
+      ``weighted`` (``task_weights``: task -> weight, every task of the profile named).
+    - ``constraints``: :class:`~quota.solvers.MinKeepBefore`, :class:`~quota.solvers.FixedLayer`,
+      :class:`~quota.solvers.CostCap`, :class:`~quota.solvers.LinearConstraint`.
+    - ``extra_costs``, ``extra_weights``: ``[L, G]`` arrays added to the objective, each times its weight.
+    """
     check_budget(budget)
     check_budget_kind(budget_kind)
     if budget_kind not in profile.costs and budget_kind != "tokens":
         raise ProfileError(f"the profile has no {budget_kind!r} cost curve (it has {sorted(profile.costs)})")
+    weights = None
     if damage == "per_task":
         if not profile.per_task:
             raise ProfileError("the profile has no per-task damage curves")
-        curves = np.stack([profile.per_task[t] for t in sorted(profile.per_task)])  # [T, L, G]
+        tasks = sorted(profile.per_task)
+        curves = np.stack([profile.per_task[t] for t in tasks])  # [T, L, G]
+        weights, solver_aggregate = _task_weights(tasks, aggregate or "mean", task_weights)
     elif damage in profile.damage:
-        curves = profile.damage[damage]
+        if aggregate is not None or task_weights is not None:
+            raise ValueError(f"--aggregate and task weights apply to --damage per_task, not to {damage!r}")
+        curves, solver_aggregate = profile.damage[damage], "sum"
     else:
-        raise ProfileError(f"the profile has no {damage!r} damage curve (it has {sorted(profile.damage)})")
+        raise ProfileError(f"the profile has no {damage!r} damage curve (it has {sorted(profile.damage)} and per_task)")
     return AllocationProblem(
         n_tokens=profile.n_visual_tokens, grid=profile.grid, damage=curves, budget=budget,
-        costs=dict(profile.costs), budget_kind=budget_kind, aggregate=aggregate,
+        costs=dict(profile.costs), budget_kind=budget_kind, aggregate=solver_aggregate, task_weights=weights,
         constraints=tuple(constraints), extra_costs=tuple(extra_costs),
         extra_weights=tuple(extra_weights) if extra_weights is not None else None,
     )
+
+
+def _task_weights(
+    tasks: Sequence[str], aggregate: str, task_weights: Mapping[str, float] | None
+) -> tuple[np.ndarray, str]:
+    """``([T] weights, the solver's aggregate)`` for one of :data:`AGGREGATES`."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+    if (aggregate == "weighted") != (task_weights is not None):
+        raise ValueError("--aggregate weighted needs task weights (--task-weights task=w,...), and only it takes them")
+    if aggregate == "mean":
+        return np.full(len(tasks), 1.0 / len(tasks)), "sum"
+    if aggregate == "max":
+        return np.ones(len(tasks)), "max_task"
+    unknown, missing = sorted(set(task_weights) - set(tasks)), sorted(set(tasks) - set(task_weights))
+    if unknown or missing:
+        raise ValueError(f"task weights must name every task of the profile {list(tasks)}: unknown {unknown}, "
+                         f"missing {missing}")
+    return np.array([float(task_weights[t]) for t in tasks]), "sum"
 
 
 @dataclass
@@ -100,26 +141,52 @@ def recipe_from_solution(profile: Profile, problem: AllocationProblem, solution:
         solver={"name": solution.solver, "status": solution.status, "objective": solution.objective,
                 "lower_bound": solution.lower_bound, "gap": solution.gap, "seconds": round(solution.solve_time, 4),
                 "cost_ratios": solution.cost_ratios},
-        data_version=profile.data_version, versions={"numpy": np.__version__}, quota_version=__version__,
+        data_version=profile.data_version, versions=solver_versions(), quota_version=__version__,
     )
+
+
+def solver_versions() -> dict[str, str]:
+    """Versions of the libraries of the solving environment (recorded in the recipe)."""
+    versions = {}
+    for name in ("numpy", "ortools", "cvxpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = ""
+    return versions
 
 
 def solve(
     profile: Profile | str | Path | None = None,
     budget: float = 0.3,
     budget_kind: str = "tokens",
-    solver: str = "cpsat",
+    solver: str = "auto",
     damage: str = "kl",
-    time_limit: float = 30.0,
+    time_limit: float | None = 30.0,
+    accept_gap: float | None = None,
     **problem_kw: Any,
 ) -> SolveResult:
-    """Solve the allocation problem of ``profile`` (default: the shipped testbed profile)."""
+    """Solve the allocation problem of ``profile`` and make its recipe (the Python form of ``quota solve``).
+
+    - ``profile``: a :class:`Profile`, a path, or None for the shipped testbed profile.
+    - ``budget``, ``budget_kind``, ``damage``: as :func:`build_problem` (0.3 of the all-tokens ``tokens`` cost,
+      KL damage by default).
+    - ``solver``: one of :data:`quota.solvers.SOLVERS`; exact: ``auto`` (default: the DP whenever the problem
+      fits it, else CP-SAT), ``dp``, ``cpsat``, ``mip``; heuristics: ``relax``, ``greedy``.
+    - ``time_limit``: seconds, positive and finite, or None for no limit.
+    - ``accept_gap``: the largest relative gap accepted for a schedule not proven optimal (see
+      :func:`quota.solvers.solve`); by default only proven optima of exact solvers are returned.
+    - ``problem_kw``: the rest of :func:`build_problem`'s keywords: ``aggregate``, ``task_weights`` (per-task
+      damage), ``constraints`` (``MinKeepBefore``, ``FixedLayer``, ``CostCap``, ``LinearConstraint``),
+      ``extra_costs`` and ``extra_weights`` (``[L, G]`` terms added to the objective).
+
+    Raises ``ValueError``/``ProfileError`` for bad input and a :class:`quota.solvers.SolverError` when no
+    acceptable schedule is found (infeasible, time limit, gap).
+    """
     if not isinstance(profile, Profile):
         profile = Profile.load(profile if profile is not None else shipped_profile_path())
     problem = build_problem(profile, budget, budget_kind, damage, **problem_kw)
-    solution = run_solver(problem, solver, time_limit)
-    if solution.schedule is None:
-        raise RuntimeError(f"solver {solver} found no feasible schedule within {time_limit}s (status {solution.status})")
+    solution = run_solver(problem, solver, time_limit, accept_gap=accept_gap)
     return SolveResult(profile, problem, solution, recipe_from_solution(profile, problem, solution))
 
 
@@ -127,7 +194,7 @@ def summarize(result: SolveResult) -> dict[str, Any]:
     """JSON-friendly summary: schedule, per-layer cost and predicted damage, totals against all tokens."""
     p, s, prob = result.profile, result.solution, result.problem
     idx = list(s.indices)
-    damage = prob.damage if prob.damage.ndim == 2 else prob.damage.sum(axis=0)  # [L, G]
+    damage = prob.damage if prob.damage.ndim == 2 else np.tensordot(prob.task_weights, prob.damage, 1)  # [L, G]
     per_layer = []
     for layer, (k, g) in enumerate(zip(s.schedule, idx)):
         row = {"layer": layer, "tokens": int(k), "damage": float(damage[layer, g]),

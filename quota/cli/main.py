@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from quota.solvers.errors import InfeasibleError, SolverError  # numpy at most: --help loads no torch
+
 # sub-command name -> module in quota.cli exposing ``register(subparsers)``
 COMMANDS = {
     "bench": "quota.cli.bench",
@@ -20,6 +22,10 @@ COMMANDS = {
 
 class CommandError(Exception):
     """An error the user can fix: printed as one line, exit status 2."""
+
+
+EXIT_INPUT = 2  # bad input: an option, a file, a profile or a recipe that is wrong (the message says which)
+EXIT_SOLVER = 3  # the input was fine but no acceptable schedule came out (infeasible, time limit, gap)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,9 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
+    except SolverError as err:
+        outcome = isinstance(err, InfeasibleError) or not isinstance(err, ValueError)
+        code = EXIT_SOLVER if outcome else EXIT_INPUT
+        print(f"quota {args.command}: error: {err}", file=sys.stderr)
+        return code
     except (CommandError, ValueError, FileNotFoundError, ImportError) as err:
         print(f"quota {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

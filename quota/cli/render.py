@@ -26,21 +26,27 @@ def bar(value: float, full: float, width: int = 32) -> str:
     return "█" * n + "·" * (width - n)
 
 
-def print_schedule(summary: dict[str, Any], recipe_path: str | Path | None = None, console: Console | None = None) -> None:
+def print_schedule(
+    summary: dict[str, Any], recipe_path: str | Path | None = None, console: Console | None = None,
+    notes: tuple[str, ...] = (),
+) -> None:
+    """The schedule as a table (fits 80 columns), its totals, its objective and ``notes`` (wrapped lines)."""
     console = console or Console()
     kind = summary["budget_kind"]
     table = Table(title=f"{summary['model_id']}: budget {summary['budget']:.3g} ({kind}), solver {summary['solver']} "
                         f"({summary['status']}, {summary['seconds']:.2f}s)")
     table.add_column("layer", justify="right")
     table.add_column("tokens kept", justify="right")
-    table.add_column(f"cost ({UNITS.get(kind, (kind, 1))[0]})", justify="right")
+    if kind != "tokens":  # a token budget's cost is the tokens kept
+        table.add_column(f"cost ({UNITS.get(kind, (kind, 1))[0]})", justify="right")
     table.add_column("predicted damage", justify="right")
-    table.add_column("")
+    table.add_column("share of N", no_wrap=True)
     n = summary["n_visual_tokens"]
     for row in summary["per_layer"]:
         cost = row["costs"].get(kind, row["tokens"]) / UNITS.get(kind, (kind, 1))[1]
-        table.add_row(str(row["layer"]), str(row["tokens"]), f"{cost:.4g}", f"{row['damage']:.4f}",
-                      f"[cyan]{bar(row['tokens'], n)}[/cyan]")
+        cells = [str(row["layer"]), str(row["tokens"]), *([f"{cost:.4g}"] if kind != "tokens" else []),
+                 f"{row['damage']:.4f}", f"[cyan]{bar(row['tokens'], n, 16)}[/cyan]"]
+        table.add_row(*cells)
     console.print(table)
     console.print(_fmt_totals(summary))
     gap = "n/a" if summary["gap"] is None else f"{100 * summary['gap']:.2f}%"
@@ -48,6 +54,8 @@ def print_schedule(summary: dict[str, Any], recipe_path: str | Path | None = Non
                   f"{summary['lower_bound'] if summary['lower_bound'] is None else round(summary['lower_bound'], 4)}, gap {gap})")
     if recipe_path is not None:
         console.print(f"recipe written to [bold]{recipe_path}[/bold]")
+    for note in notes:
+        console.print(note, highlight=False)
 
 
 def print_sweep(rows: list[dict[str, Any]], png_path: str | Path | None = None, console: Console | None = None) -> None:

@@ -4,19 +4,88 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
+
+BUDGET_KINDS = ("tokens", "flops", "kv", "latency")  # quota.schedule.BUDGET_KINDS (checked by a test; kept
+# literal here so that `quota --help` loads nothing but the standard library)
+SOLVER_NAMES = ("auto", "dp", "cpsat", "mip", "relax", "greedy")  # quota.solvers.SOLVERS (checked by a test)
+
+DAMAGE_LINE = (
+    "predicted damage: the profile's estimate of the mean KL divergence (nats, summed over the answer tokens) "
+    "between the pruned and the all-tokens model, as a sum of per-layer terms; a term is a difference of two "
+    "measured damages, so it can be slightly negative where they agree within noise"
+)
+
+
+def positive_seconds(text: str) -> float:
+    """``--time-limit``: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text!r}")
+    return value
+
+
+def non_negative_gap(text: str) -> float:
+    """``--accept-gap``: a relative gap >= 0 (``inf`` accepts any schedule)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (or inf), got {text!r}")
+    return value
+
+
+def task_weight_pairs(text: str) -> dict[str, float]:
+    """``--task-weights counting=2,reading=1,...`` -> ``{"counting": 2.0, ...}``."""
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes task=weight pairs, got {part!r}") from None
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"takes task=weight pairs, got {part!r}")
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("solve", help="choose per-layer visual-token counts under a budget and write a recipe")
-    p.add_argument("--budget", type=float, default=None, help="fraction of the all-tokens cost in (0, 1] (default 0.3)")
-    p.add_argument("--keep-tokens", type=float, default=None, help="budget as equivalent visual tokens per layer")
-    p.add_argument("--budget-kind", choices=("tokens", "flops", "kv", "latency"), default="tokens")
-    p.add_argument("--profile", default=None, help="profile JSON (default: the shipped testbed profile)")
-    p.add_argument("--solver", choices=("cpsat", "mip", "relax", "dp", "greedy"), default="cpsat")
-    p.add_argument("--damage", default="kl", help="damage curve: kl, task_loss or per_task (default kl)")
-    p.add_argument("--time-limit", type=float, default=30.0)
-    p.add_argument("--sweep", default=None, metavar="START:STOP:STEP", help="solve a range of budgets (Pareto table)")
+    p = sub.add_parser(
+        "solve", help="choose per-layer visual-token counts under a budget and write a recipe",
+        description="Choose how many visual tokens each decoder layer keeps, minimizing the profile's predicted "
+                    "damage under a budget, and write the schedule as a recipe. Exact solvers prove optimality: "
+                    "auto, dp, cpsat, mip. Heuristics: relax (LP bound and rounding), greedy (no bound).",
+    )
+    p.add_argument("--budget", type=float, default=None,
+                   help="fraction in (0, 1] of the all-tokens cost of --budget-kind (default 0.3)")
+    p.add_argument("--keep-tokens", type=float, default=None,
+                   help="the budget as equivalent visual tokens per layer (mean over layers of the tokens kept)")
+    p.add_argument("--budget-kind", choices=BUDGET_KINDS, default="tokens",
+                   help="what the budget bounds: tokens (equivalent visual tokens), flops (prefill FLOPs of the "
+                        "visual tokens), kv (KV-cache bytes), latency (measured on the profiled GPU); default tokens")
+    p.add_argument("--profile", default=None, help="profile JSON file (default: the shipped testbed profile)")
+    p.add_argument("--solver", choices=SOLVER_NAMES, default="auto",
+                   help="auto (default: exact DP when the problem fits it, else CP-SAT), dp, cpsat, mip (exact); "
+                        "relax, greedy (heuristics)")
+    p.add_argument("--damage", default="kl",
+                   help="damage curve to minimize: kl (default), task_loss, or per_task (with --aggregate)")
+    p.add_argument("--aggregate", choices=("mean", "max", "weighted"), default=None,
+                   help="with --damage per_task: mean over tasks (default), the worst task, or weighted "
+                        "(--task-weights)")
+    p.add_argument("--task-weights", type=task_weight_pairs, default=None, metavar="TASK=W,...",
+                   help="with --aggregate weighted: one weight per task of the profile")
+    p.add_argument("--time-limit", type=positive_seconds, default=30.0,
+                   help="seconds the solver may run, positive (default 30)")
+    p.add_argument("--accept-gap", type=non_negative_gap, default=None, metavar="G",
+                   help="write a schedule not proven optimal when its relative gap to the lower bound is at most "
+                        "G (e.g. 0.01); by default only proven optima of the exact solvers are written")
+    p.add_argument("--sweep", default=None, metavar="START:STOP:STEP",
+                   help="solve a range of budgets (a Pareto table; writes no recipe)")
     p.add_argument("-o", "--output", default=None,
                    help="recipe path (default recipe.json; with --sweep, the PNG plot path, default pareto.png)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -36,20 +105,28 @@ def parse_sweep(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from quota.allocate import budget_from_keep_tokens, shipped_profile_path, solve, summarize
     from quota.cli import render
     from quota.profiling.profile import Profile
-    from quota.allocate import budget_from_keep_tokens, shipped_profile_path, solve, summarize
     from quota.schedule import check_budget
+    from quota.solvers import SolverError
 
     if args.budget is not None and args.keep_tokens is not None:
         raise ValueError("give --budget or --keep-tokens, not both")
+    if args.profile is not None and Path(args.profile).is_dir():
+        raise ValueError(f"--profile {args.profile} is a directory; give a profile JSON file")
     profile_path = args.profile or shipped_profile_path()
     profile = Profile.load(profile_path)
-    if not args.json:
-        print(f"profile {Path(profile_path).name}: {profile.model_id}, measured on {profile.device or 'an unrecorded device'}")
+    options = dict(solver=args.solver, damage=args.damage, time_limit=args.time_limit, accept_gap=args.accept_gap,
+                   aggregate=args.aggregate, task_weights=args.task_weights)
     if args.sweep:
-        rows = [summarize(solve(profile, b, args.budget_kind, args.solver, args.damage, args.time_limit))
-                for b in parse_sweep(args.sweep)]
+        rows = []
+        for budget in parse_sweep(args.sweep):
+            try:
+                rows.append(summarize(solve(profile, budget, args.budget_kind, **options)))
+            except (SolverError, ValueError) as err:
+                err.args = (f"--sweep at budget {budget:g}: {err}",)  # the same error, naming --sweep
+                raise
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -58,12 +135,15 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_tokens is not None:
         budget = budget_from_keep_tokens(profile, args.keep_tokens)
     else:
-        budget = check_budget(args.budget if args.budget is not None else 0.3)
-    result = solve(profile, budget, args.budget_kind, args.solver, args.damage, args.time_limit)
+        budget = check_budget(args.budget if args.budget is not None else 0.3, "--budget")
+    result = solve(profile, budget, args.budget_kind, **options)
     path = result.recipe.save(args.output or "recipe.json")
     summary = summarize(result)
     if args.json:
         print(json.dumps({**summary, "recipe_path": str(path), "recipe": result.recipe.to_dict()}, indent=2))
-    else:
-        render.print_schedule(summary, path)
+        return 0
+    print(f"profile {Path(profile_path).name}: {profile.model_id}, measured on {profile.device or 'an unrecorded device'}")
+    next_step = (f"next: quota apply {path} --questions 5 (answers test questions with the recipe; on a GPU, "
+                 f"quota eval --recipe {path} --limit 200 scores it)")
+    render.print_schedule(summary, path, notes=(DAMAGE_LINE, next_step))
     return 0
