@@ -13,7 +13,9 @@ gets a ``quota_probe`` attribute for that one forward.
 Conventions (see also :mod:`quota.schedule` and :mod:`quota.runtime.scoring`):
 
 - inputs are left-padded (the last column is a real token in every row), one image per sample whose
-  ``N`` placeholder tokens are contiguous; every sample has the same ``N`` and keeps the same ``k_l``;
+  ``N`` placeholder tokens are contiguous; every sample has the same ``N`` and keeps the same ``k_l``.
+  :meth:`PrunedRunner.check_inputs` refuses what it can detect otherwise (right padding, a mask of the wrong
+  shape, empty ``input_ids``; see :func:`~quota.runtime.masks.check_prompt`) with a ``ValueError``;
 - layer ``l`` sees ``k_l`` visual tokens; pruning before layer ``l`` scores the alive visual tokens with
   the signals of layer ``l - 1`` (embedding-level signals before layer 0), keeps exactly ``k_l`` (ties
   to the lower index) in original order, and never drops text;
@@ -40,11 +42,12 @@ from quota.quantize.attention import KVQuantizer, quota_attention_of
 from quota.runtime.graphs.static_decode import StaticDecoder
 from quota.runtime.kv.layerwise import LayerwiseKVCache
 from quota.runtime.kv.quantized import QuantizedKVStore
-from quota.runtime.masks import decode_mask, prefill_mask
+from quota.runtime.masks import check_prompt, decode_mask, prefill_mask
 from quota.recipe import PruningPlan, ScoringSpec
 from quota.schedule import check_schedule
 from quota.runtime.positions import (
     POSITION_KINDS,
+    InputError,
     NotSupportedError,
     decode_positions,
     layer_position_ids,
@@ -271,16 +274,30 @@ class PrunedRunner:
         feats = self.encode_images(pixel_values, input_ids.shape[0], vision_inputs)
         return self.prefill_language(input_ids, attention_mask, feats, pixel_values, reserve, grid_hw, checks=True)
 
-    @staticmethod
-    def check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pixel_values) -> torch.Tensor:
-        """The prefill's checks that read the inputs back to the host; returns the attention mask (all ones
-        when none is given)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if not bool(attention_mask[:, -1].all()):
-            raise NotSupportedError("inputs must be left-padded: the last column must be a real token in every row")
+    def pad_token_id(self) -> int | None:
+        """The model's pad token id (its config's, else its text config's), ``None`` when it has none."""
+        for config in (self.model.config, self.spec.text_config_of(self.model)):
+            pad = getattr(config, "pad_token_id", None)
+            if isinstance(pad, int) and not isinstance(pad, bool):
+                return pad
+        return None
+
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pixel_values,
+                     pad_token_id: int | None = None) -> torch.Tensor:  # fmt: skip
+        """The prefill's checks that read the inputs back to the host; returns the attention mask ``[B, S]``
+        (all ones when none is given). ``input_ids``/``attention_mask`` are checked by
+        :func:`~quota.runtime.masks.check_prompt` (``pad_token_id``: default :meth:`pad_token_id`), so a bad
+        shape, an empty batch or right padding is an :class:`~quota.runtime.positions.InputError` (a
+        ``ValueError``); a 4-D ``pixel_values`` must hold ``B`` images."""
+        pad = pad_token_id if pad_token_id is not None else self.pad_token_id()
+        attention_mask = check_prompt(input_ids, attention_mask, pad)
         if pixel_values is None:
             raise NotSupportedError("the pruning runtime needs pixel_values (one image per sample)")
+        if torch.is_tensor(pixel_values) and pixel_values.dim() == 4 and pixel_values.shape[0] != input_ids.shape[0]:
+            raise InputError(
+                f"pixel_values must hold one image per prompt, [B, C, H, W] with B = {input_ids.shape[0]}, "
+                f"got shape {tuple(pixel_values.shape)}"
+            )
         return attention_mask
 
     @torch.no_grad()
@@ -394,7 +411,16 @@ class PrunedRunner:
         emitted an EOS; after its EOS a sample gets ``pad_token_id``, default the first EOS id). ``static``:
         decode through a :class:`~quota.runtime.graphs.StaticDecoder`, which replays a CUDA graph on a GPU (the
         same tokens, many times faster for long answers; off by default: the full-precision cache then attends
-        over its whole capacity under a mask, which can round differently from the eager path)."""
+        over its whole capacity under a mask, which can round differently from the eager path).
+
+        Inputs are checked first (:meth:`check_inputs`, with ``pad_token_id`` as the pad id when given):
+        ``max_new_tokens`` must be an integer >= 0, and 0 returns ``[B, 0]`` without running the model."""
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
+        if max_new_tokens == 0:
+            self.check_inputs(input_ids, attention_mask, pixel_values, pad_token_id)
+            return input_ids.new_zeros((input_ids.shape[0], 0))
+        if attention_mask is None:  # the model's generation pad id may differ from its config's
+            attention_mask = self.check_inputs(input_ids, None, pixel_values, pad_token_id)
         logits, state = self.prefill(input_ids, attention_mask, pixel_values, reserve=max_new_tokens, **vision_inputs)
         if static and max_new_tokens > 1:
             decoder = StaticDecoder(self, state, max_new_tokens - 1)
@@ -429,3 +455,10 @@ class PrunedRunner:
         if not tokens:
             return input_ids.new_zeros((input_ids.shape[0], 0))
         return torch.stack(tokens, dim=1)
+
+
+def check_max_new_tokens(max_new_tokens) -> int:
+    """``max_new_tokens`` as an int, or :class:`~quota.runtime.positions.InputError` unless it is an integer >= 0."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    return max_new_tokens

@@ -24,6 +24,15 @@ class NotSupportedError(NotImplementedError):
     """The runtime does not handle this model, input layout or option (the message says what)."""
 
 
+class InputError(ValueError):
+    """A runtime input is malformed: the message names the argument, what it got and the expected shape."""
+
+
+class PaddingError(InputError, NotSupportedError):
+    """A prompt batch is padded on the right (or padded without an attention mask): the runtime needs
+    left padding, the last column a real token in every row."""
+
+
 def rope_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """``[1, B, S]`` long: ``cumsum(mask) - 1``, 0 on padding."""
     pos = attention_mask.long().cumsum(-1) - 1
