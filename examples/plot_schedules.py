@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from quota.atomic import savefig_atomic
 from quota.recipe import Recipe
 from quota.runtime.baselines import baseline_plan
 
@@ -49,7 +50,7 @@ def main() -> None:
     axes[0].set_ylabel(f"visual tokens kept (of {n})")
     fig.tight_layout()
     a.output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(a.output, dpi=110)
+    savefig_atomic(fig, a.output, dpi=110)  # a kill mid-write leaves the old figure, not half a file
     print(f"wrote {a.output}")
 
 
