@@ -9,14 +9,28 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure per-layer pruning damage and cost curves (writes a profile JSON)")
-    p.add_argument("--model", default="testbed", help="model to profile (default: testbed)")
-    p.add_argument("-o", "--output", default="profile.json")
-    p.add_argument("--grid-steps", type=int, default=32, help="candidate keep counts: multiples of N/steps (default 32)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None, help="use only the first LIMIT calibration questions")
+    p.add_argument("--model", default="testbed",
+                   help="model to profile; only the built-in testbed VLM is supported (default: testbed)")
+    p.add_argument("-o", "--output", default="profile.json",
+                   help="profile JSON to write (atomically); partial files <stem>.rank<r>of<w>.partial.json sit "
+                        "beside it while it runs (default: profile.json)")
+    p.add_argument("--grid-steps", type=int, default=32, metavar="STEPS",
+                   help="number of keep-count intervals: the candidate keep counts are the multiples of N/STEPS "
+                        "visual tokens (rounded), from 0 to N (N = 576 for the testbed: 32 gives 0, 18, 36, ..., 576; "
+                        "default 32)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="calibration questions per forward pass; lower it when memory is short; part of the "
+                        "settings a resume must match (default 64)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only the first LIMIT calibration questions, for quantizing and for measuring (default: all 256)")
     p.add_argument("--quant", default=None, help="QuantConfig JSON file (default: W4A4 GPTQ + rotation + KV4)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its partial files")
+    p.add_argument("--device", default=None,
+                   help="torch device to run on, e.g. cuda, cuda:1 or cpu (default: cuda when available, else cpu; "
+                        "under torchrun each rank takes its own GPU)")
+    p.add_argument("--resume", nargs="?", const="strict", default=None, choices=("strict", "recompute"),
+                   help="continue an interrupted run from its partial files; plain --resume reuses only results "
+                        "measured with exactly these settings and refuses otherwise, --resume=recompute discards "
+                        "those of other settings and measures them again")
     p.add_argument("--no-latency", action="store_true", help="skip the latency curve")
     p.add_argument("--validate", type=int, default=0, metavar="N",
                    help="then check the additive damage model on N random schedules (Spearman, held-out questions)")
@@ -37,9 +51,13 @@ def run(args: argparse.Namespace) -> int:
         return _validate(args)
     if args.grid_steps < 1:
         raise ValueError(f"--grid-steps must be a positive integer, got {args.grid_steps}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a number of calibration questions >= 1, got {args.limit}")
     quant = QuantConfig.from_dict(json.loads(open(args.quant).read())) if args.quant else QuantConfig(impl="auto")
     settings = ProfileSettings(grid_steps=args.grid_steps, batch_size=args.batch_size, latency=not args.no_latency)
-    prof = profile_testbed(quant, settings, args.output, args.resume, args.device, args.limit)
+    prof = profile_testbed(quant, settings, args.output, args.resume or False, args.device, args.limit)
     if prof is not None:
         print(f"profile of {prof.model_id} on {prof.device}: {prof.n_layers} layers x {len(prof.grid)} keep counts, "
               f"score weights {prof.score_weights}, {prof.timing['total_s']}s -> {args.output}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import sys
 import time
@@ -16,13 +17,14 @@ import transformers
 import triton
 
 from quota import __version__
+from quota.atomic import runtime_record
 from quota.profiling.costs import analytic_costs, measure_latency
 from quota.profiling.profile import Profile
 from quota.models.registry import spec_for
 from quota.profiling.sensitivity import (
     CalibrationBatch, DamageMeter, measure_grid, per_layer_contributions, prune_from_schedule,
 )
-from quota.profiling.sharding import clear_partials, item_key, run_shared, run_sharded, world
+from quota.profiling.sharding import check_partials, clear_partials, item_key, run_shared, run_sharded, world
 from quota.quant.config import QuantConfig
 from quota.solvers import default_grid
 
@@ -45,6 +47,10 @@ SCORE_CANDIDATES: tuple[dict[str, float], ...] = (
 
 @dataclass
 class ProfileSettings:
+    """How a profile is measured. ``grid_steps``: the candidate keep counts are the multiples of
+    ``N / grid_steps`` (0 to N). ``batch_size``: calibration questions per forward (it changes the padding,
+    so the measured floats, and is part of a profile's settings record)."""
+
     grid_steps: int = 32
     batch_size: int = 64
     probe_layer: int = 2
@@ -52,6 +58,35 @@ class ProfileSettings:
     score_candidates: Sequence[dict[str, float]] = field(default_factory=lambda: list(SCORE_CANDIDATES))
     latency: bool = True
     impl: str = "auto"
+
+
+def settings_record(
+    *, model_id: str, model_hash: str, quant: QuantConfig, data_version: str, questions: int, n_visual: int,
+    settings: ProfileSettings, device, extra: dict | None = None,
+) -> dict:
+    """What the grid items of a profile depend on, as stored in its partial files: a resumed run reuses them
+    only when this record is the same. ``extra``: settings the caller adds (the testbed: its calibration
+    question count). :func:`profile_model` completes it with the data's digest and the chosen score weights."""
+    return {
+        "model_id": model_id, "model_hash": model_hash, "quant": quant.to_dict(), "data_version": data_version,
+        "questions": int(questions), **(extra or {}),
+        "grid": [int(k) for k in default_grid(n_visual, settings.grid_steps)], "batch_size": settings.batch_size,
+        "probe_layer": settings.probe_layer, "probe_keeps": [float(f) for f in settings.probe_keeps],
+        "score_candidates": [dict(w) for w in settings.score_candidates], "impl": settings.impl,
+        **runtime_record(device),
+    }
+
+
+def batches_digest(batches: Sequence[CalibrationBatch]) -> str:
+    """sha256 (16 hex digits) of the calibration batches' tensors and tasks: identifies the exact data."""
+    h = hashlib.sha256()
+    for b in batches:
+        for t in (b.input_ids, b.attention_mask, b.pixel_values, b.answer_ids, b.answer_mask):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update("|".join(b.tasks).encode())
+    return h.hexdigest()[:16]
 
 
 def calibrate_score_weights(meter: DamageMeter, n_layers: int, n_visual: int, settings: ProfileSettings) -> tuple[dict, dict]:
@@ -99,11 +134,15 @@ def progress_reporter(label: str, every_s: float = 30.0) -> Callable[[int, int],
 
 def profile_model(
     model, batches: Sequence[CalibrationBatch], quant: QuantConfig, *, model_id: str, model_hash: str,
-    data_version: str, settings: ProfileSettings | None = None, output: str | Path | None = None, resume: bool = False,
+    data_version: str, settings: ProfileSettings | None = None, output: str | Path | None = None,
+    resume: bool | str = False, extra_settings: dict | None = None,
 ) -> Profile | None:
     """Profile an (already quantized) VLM on calibration ``batches`` (teacher-forced answers). Returns the
     Profile on rank 0 (``None`` on other ranks); with ``output`` it is written there atomically, and per-rank
-    partial results next to it allow ``resume``."""
+    partial results next to it, each with the run's settings record (:func:`settings_record`, plus the data
+    digest and the chosen score weights), allow ``resume``: ``True``/``"strict"`` reuses the partial results
+    of the very same settings and raises :class:`quota.atomic.ResumeMismatchError` on any other (before the
+    score weights are calibrated); ``"recompute"`` discards those of other settings."""
     settings = settings or ProfileSettings()
     start = time.time()
     device = next(model.parameters()).device
@@ -112,6 +151,13 @@ def profile_model(
     n_layers = len(spec.layers_of(model))
     n_visual = int(model.config.image_seq_length) if hasattr(model.config, "image_seq_length") else None
     grid = default_grid(n_visual, settings.grid_steps)
+    stem = Path(output).with_suffix("") if output is not None else None
+    record = settings_record(model_id=model_id, model_hash=model_hash, quant=quant, data_version=data_version,
+                             questions=sum(len(b.tasks) for b in batches), n_visual=n_visual, settings=settings,
+                             device=device, extra=extra_settings)
+    record["data_digest"] = batches_digest(batches)
+    if stem is not None:
+        check_partials(stem, record, resume)  # refuse now rather than after calibrating the score weights
 
     meter = DamageMeter(model, batches, dict(settings.score_candidates[0]), impl=settings.impl)
     t0 = time.time()
@@ -121,9 +167,9 @@ def profile_model(
     meter.score_weights = weights
     t_weights = time.time() - t0
 
-    stem = Path(output).with_suffix("") if output is not None else None
+    record["score_weights"] = dict(weights)
     on_item = progress_reporter("grid items")
-    runner = (lambda items, fn: run_sharded(items, fn, stem, resume, on_item)) if stem is not None else None
+    runner = (lambda items, fn: run_sharded(items, fn, stem, resume, on_item, record)) if stem is not None else None
     t0 = time.time()
     grid_results = measure_grid(meter, n_layers, n_visual, grid, runner)
     t_grid = time.time() - t0

@@ -2,13 +2,21 @@
 ranks (``torchrun``; NCCL with one GPU per rank, gloo on CPUs or when ranks share GPUs), each rank
 checkpointing what it finished so an interrupted run resumes, and gather everything on rank 0.
 
-Checkpoint files: ``<stem>.rank<r>of<w>.partial.json``, a JSON object ``{key: value}`` rewritten
-atomically after each finished item. A resumed run loads every partial file of the same stem (any
-world size), so no finished item is computed twice.
+Checkpoint files: ``<stem>.rank<r>of<w>.partial.json``, rewritten atomically after each finished item::
+
+    {"type": "quota.partial", "version": 2, "settings": {...}, "items": {key: value}}
+
+``settings`` is the caller's record of everything the values depend on (model hash, quantization, data,
+grid, library versions, device). A resumed run loads every partial file of the same stem (any world size)
+whose settings equal its own, so no finished item is computed twice; a file of other settings is refused
+(``resume="strict"``, one line naming the first field that differs) or discarded (``resume="recompute"``).
+Files of the first format (a bare ``{key: value}`` object) record no settings: they are treated as
+belonging to other settings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +24,10 @@ from typing import Any, Callable, Hashable, Sequence
 
 import torch.distributed as dist
 
-from quota.atomic import write_json_atomic
+from quota.atomic import first_difference, mismatch_error, resume_mode, unrecorded_error, write_json_atomic
+
+PARTIAL_TYPE, PARTIAL_VERSION = "quota.partial", 2
+_NO_SETTINGS = object()  # a partial file of the first format
 
 
 def world() -> tuple[int, int]:
@@ -48,39 +59,100 @@ def item_key(item: Hashable) -> str:
     return json.dumps(item)
 
 
-def load_partials(stem: Path) -> dict[str, Any]:
+def partial_files(stem: Path) -> list[Path]:
+    """Every partial file of ``stem`` (any rank, any world size), sorted by name."""
+    return sorted(stem.parent.glob(f"{stem.name}.rank*.partial.json"))
+
+
+def _read_partial(path: Path) -> tuple[Any, dict[str, Any]] | None:
+    """``(settings, items)`` of a partial file (settings ``_NO_SETTINGS`` for the first format), or ``None``
+    when it is unreadable (partial files are written atomically: a damaged one is ignored, its items redone)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if data.get("type") == PARTIAL_TYPE and isinstance(data.get("items"), dict):
+        return data.get("settings"), data["items"]
+    return _NO_SETTINGS, data
+
+
+def load_partials(stem: Path, settings: dict[str, Any] | None = None, resume: bool | str = "strict",
+                  only_given_fields: bool = False, delete_except: Sequence[str] | None = None) -> dict[str, Any]:
+    """The finished items of every partial file of ``stem`` whose settings equal ``settings``.
+
+    With ``settings=None`` nothing is checked (every readable file counts). Otherwise a file of other
+    settings (or of none) raises :class:`quota.atomic.ResumeMismatchError` when ``resume`` is strict
+    (``True``), and is skipped when it is ``"recompute"``; then it is also deleted unless ``delete_except``
+    is ``None`` or names it (the files of live ranks, which their owners overwrite). ``only_given_fields``:
+    compare only the fields ``settings`` has (an early check, made before every setting is known)."""
+    mode = resume_mode(resume) or "strict"
     done: dict[str, Any] = {}
-    for path in sorted(stem.parent.glob(f"{stem.name}.rank*.partial.json")):
-        try:
-            done.update(json.loads(path.read_text()))
-        except json.JSONDecodeError:
-            continue  # a partial file is always written atomically; a corrupt one is ignored, its items redone
+    for path in partial_files(stem):
+        read = _read_partial(path)
+        if read is None:
+            continue
+        stored, items = read
+        if settings is not None:
+            unrecorded = stored is _NO_SETTINGS or not isinstance(stored, dict)
+            diff = None if unrecorded else first_difference(stored, settings, only_wanted_keys=only_given_fields)
+            if unrecorded or diff is not None:
+                if mode == "strict":
+                    raise (unrecorded_error("the partial results", path.name) if unrecorded
+                           else mismatch_error("the partial results", path.name, diff))
+                if delete_except is not None and path.name not in delete_except:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                continue
+        done.update(items)
     return done
+
+
+def check_partials(checkpoint_stem: str | Path, settings: dict[str, Any], resume: bool | str) -> None:
+    """Refuse early (before loading or quantizing a model) to resume from partial files of other settings:
+    compares the fields ``settings`` has; a no-op unless ``resume`` is strict."""
+    if resume_mode(resume) == "strict":
+        load_partials(Path(checkpoint_stem), settings, "strict", only_given_fields=True)
+
+
+def partial_path(stem: Path, rank: int, size: int) -> Path:
+    return stem.parent / f"{stem.name}.rank{rank}of{size}.partial.json"
 
 
 def run_sharded(
     items: Sequence[Hashable],
     compute: Callable[[Hashable], Any],
     checkpoint_stem: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     on_item: Callable[[int, int], None] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Compute ``compute(item)`` for every item, items split round-robin over ranks.
 
     Returns ``{item_key(item): value}`` for all items on rank 0 and ``None`` on other ranks.
-    Values must be JSON-serializable. With ``checkpoint_stem``, each rank saves its finished items
-    after each one; with ``resume`` they (from any earlier world size) are loaded and skipped.
+    Values must be JSON-serializable. With ``checkpoint_stem``, each rank saves its finished items and
+    ``settings`` (a JSON-serializable record of what the values depend on) after each one. ``resume``:
+    ``False`` starts afresh; ``True`` or ``"strict"`` loads and skips the items of earlier partial files (of
+    any world size) whose settings equal ``settings``, and raises
+    :class:`quota.atomic.ResumeMismatchError` (before computing anything) if any file has other settings;
+    ``"recompute"`` skips the matching ones and deletes the others.
     """
     rank, size = world()
+    mode = resume_mode(resume)
     stem = Path(checkpoint_stem) if checkpoint_stem is not None else None
-    done = load_partials(stem) if (stem is not None and resume) else {}
+    live = [partial_path(stem, r, size).name for r in range(size)] if stem is not None else []
+    # rank 0 alone deletes the files of other settings, and never a live rank's file (its owner rewrites it)
+    done = load_partials(stem, settings, mode, delete_except=live if rank == 0 else None
+                         ) if (stem is not None and mode) else {}
     mine = {k: v for k, v in done.items()}
     todo = [it for i, it in enumerate(items) if i % size == rank and item_key(it) not in done]
-    partial_path = stem.parent / f"{stem.name}.rank{rank}of{size}.partial.json" if stem is not None else None
+    own_file = partial_path(stem, rank, size) if stem is not None else None
     for n, item in enumerate(todo):
         mine[item_key(item)] = compute(item)
-        if partial_path is not None:
-            write_json_atomic(partial_path, {k: v for k, v in mine.items()})
+        if own_file is not None:
+            write_json_atomic(own_file, {"type": PARTIAL_TYPE, "version": PARTIAL_VERSION, "settings": settings,
+                                         "items": mine})
         if on_item is not None:
             on_item(n + 1, len(todo))
     if size > 1:
@@ -111,6 +183,7 @@ def run_shared(items: Sequence[Hashable], compute: Callable[[Hashable], Any]) ->
 
 
 def clear_partials(checkpoint_stem: str | Path) -> None:
-    stem = Path(checkpoint_stem)
-    for path in stem.parent.glob(f"{stem.name}.rank*.partial.json"):
-        path.unlink()
+    """Remove every partial file of ``checkpoint_stem`` (once the whole result is written)."""
+    for path in partial_files(Path(checkpoint_stem)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -11,10 +11,10 @@ import torch
 from quota.device import placement
 from quota.models.registry import check_model_name
 from quota.profiling.additivity import check_additivity
-from quota.profiling.measure import ProfileSettings, profile_model, progress_reporter
+from quota.profiling.measure import ProfileSettings, profile_model, progress_reporter, settings_record
 from quota.profiling.profile import Profile
 from quota.profiling.sensitivity import DamageMeter
-from quota.profiling.sharding import init_from_env, world
+from quota.profiling.sharding import check_partials, init_from_env, world
 from quota.quant.config import QuantConfig
 from quota.testbed import model as testbed
 from quota.testbed.batches import make_batches
@@ -24,22 +24,35 @@ from quota.testbed.splits import DATA_VERSION, calibration_split, test_split
 
 def profile_testbed(
     quant: QuantConfig | None = None, settings: ProfileSettings | None = None, output: str | Path | None = None,
-    resume: bool = False, device: str | None = None, limit: int | None = None,
+    resume: bool | str = False, device: str | None = None, limit: int | None = None,
 ) -> Profile | None:
-    """Load the testbed, quantize it on the calibration split (the only data profiling may see) and profile it."""
+    """Load the testbed, quantize it on the calibration split (the only data profiling may see) and profile it.
+
+    ``resume`` (with ``output``): ``True``/``"strict"`` continues from partial files of the very same settings
+    (model hash, quantization, questions, grid, score candidates, batch size, versions, device) and refuses
+    any other with :class:`quota.atomic.ResumeMismatchError` before loading the model; ``"recompute"``
+    discards the partial results of other settings."""
 
     init_from_env()
+    settings = settings or ProfileSettings()
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--limit must be a number of calibration questions >= 1, got {limit!r}")
     quant = quant or QuantConfig(impl="auto")
     device, dtype = placement(device)
     if device == "cuda" and world()[1] > 1:
         device = f"cuda:{torch.cuda.current_device()}"
-    tb = testbed.load(device, dtype)
     questions = calibration_split()[:limit] if limit else calibration_split()
+    identity = dict(model_id=testbed.MODEL_ID, model_hash=testbed.model_hash(), data_version=DATA_VERSION)
+    extra = {"calibration_questions": len(questions)}  # the quantization's calibration set
+    if output is not None:
+        early = settings_record(**identity, quant=quant, questions=len(questions), n_visual=testbed.N_VISUAL_TOKENS,
+                                settings=settings, device=device, extra=extra)
+        check_partials(Path(output).with_suffix(""), early, resume)
+    tb = testbed.load(device, dtype)
     model = quantize_testbed(tb.model, tb.tokenizer, quant, calibration_limit=limit, inplace=True)
-    batches = make_batches(tb.tokenizer, questions, (settings or ProfileSettings()).batch_size, device, dtype)
-    return profile_model(model, batches, quant, model_id=testbed.MODEL_ID,
-                         model_hash=testbed.model_hash(), data_version=DATA_VERSION, settings=settings,
-                         output=output, resume=resume)
+    batches = make_batches(tb.tokenizer, questions, settings.batch_size, device, dtype)
+    return profile_model(model, batches, quant, **identity, settings=settings, output=output, resume=resume,
+                         extra_settings=extra)
 
 
 def validate_testbed_profile(profile_path: str | Path, count: int = 30, questions_per_task: int = 52,
@@ -68,11 +81,12 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
 
 def profile(
     model: str = "testbed", output: str | Path | None = None, quant: QuantConfig | None = None, grid_steps: int = 32,
-    batch_size: int = 64, resume: bool = False, device: str | None = None, limit: int | None = None,
+    batch_size: int = 64, resume: bool | str = False, device: str | None = None, limit: int | None = None,
     latency: bool = True,
 ) -> Profile | None:
     """The Python form of ``quota profile``: profile ``model`` (the testbed) under ``quant`` (default W4A4 GPTQ
-    + rotation + KV4 on the deployed kernels) and write the profile to ``output`` atomically."""
+    + rotation + KV4 on the deployed kernels) and write the profile to ``output`` atomically. ``grid_steps``:
+    the candidate keep counts are the multiples of N / grid_steps; ``resume``: see :func:`profile_testbed`."""
     check_model_name(model, "profile")
     if not isinstance(grid_steps, int) or grid_steps < 1:
         raise ValueError(f"grid_steps must be a positive integer, got {grid_steps!r}")

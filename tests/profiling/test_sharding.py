@@ -7,7 +7,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from quota.profiling.sharding import run_sharded
+import pytest
+
+from quota.atomic import ResumeMismatchError
+from quota.profiling.sharding import check_partials, run_sharded
 
 ITEMS = [(layer, k) for layer in range(3) for k in (0, 4, 8, 16)]
 
@@ -31,7 +34,7 @@ def test_single_process_and_resume(tmp_path):
         run_sharded(ITEMS, compute, stem)
     except KeyboardInterrupt:
         pass
-    assert len(json.loads(next(tmp_path.glob("grid.rank0of1.partial.json")).read_text())) == 4
+    assert len(json.loads(next(tmp_path.glob("grid.rank0of1.partial.json")).read_text())["items"]) == 4
     recomputed = []
 
     def resumed(item):
@@ -41,6 +44,77 @@ def test_single_process_and_resume(tmp_path):
     out = run_sharded(ITEMS, resumed, stem, resume=True)
     assert len(out) == len(ITEMS) and out[json.dumps([2, 0])] == 3.0
     assert recomputed == ITEMS[4:]  # the four finished items are not computed again
+
+
+SETTINGS = {"model_hash": "ab" * 32, "quant": {"w_bits": 4, "a_bits": 4}, "grid": [0, 4, 8, 16]}
+
+
+def _interrupted_run(stem, settings, finished=4):
+    """A run of ITEMS under ``settings`` interrupted after ``finished`` items (its partial file stays)."""
+    calls = []
+
+    def compute(item):
+        if len(calls) == finished:
+            raise KeyboardInterrupt
+        calls.append(item)
+        return value(item)["damage"]
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sharded(ITEMS, compute, stem, settings=settings)
+
+
+def test_partial_files_record_their_settings_and_other_settings_are_refused_in_one_line(tmp_path):
+    stem = tmp_path / "grid"
+    _interrupted_run(stem, SETTINGS)
+    stored = json.loads((tmp_path / "grid.rank0of1.partial.json").read_text())
+    assert stored["settings"] == SETTINGS and len(stored["items"]) == 4
+    other = {**SETTINGS, "quant": {"w_bits": 8, "a_bits": 4}}
+    computed = []
+    with pytest.raises(ResumeMismatchError) as err:
+        run_sharded(ITEMS, lambda it: computed.append(it), stem, resume=True, settings=other)
+    assert str(err.value) == ("cannot resume: the partial results in grid.rank0of1.partial.json were measured with "
+                              "quant.w_bits=4, this run has 8 (rerun with --resume=recompute to discard them)")
+    assert computed == [] and err.value.field == "quant.w_bits"
+    with pytest.raises(ResumeMismatchError, match="grid="):  # the early check compares what is known
+        check_partials(stem, {"grid": [0, 576]}, "strict")
+    check_partials(stem, {"model_hash": SETTINGS["model_hash"]}, True)  # a subset that matches passes
+    check_partials(stem, other, "recompute")  # recompute never refuses
+
+
+def test_recompute_discards_other_settings_and_strict_resume_reuses_matching_ones(tmp_path):
+    stem = tmp_path / "grid"
+    _interrupted_run(stem, SETTINGS)
+    recomputed = []
+
+    def compute(item):
+        recomputed.append(item)
+        return -1.0
+
+    other = {**SETTINGS, "grid": [0, 8, 16]}
+    out = run_sharded(ITEMS, compute, stem, resume="recompute", settings=other)
+    assert recomputed == ITEMS and set(out.values()) == {-1.0}  # nothing of the other settings is reused
+    stored = json.loads((tmp_path / "grid.rank0of1.partial.json").read_text())
+    assert stored["settings"] == other
+    again = []
+    out = run_sharded(ITEMS, lambda it: again.append(it), stem, resume=True, settings=other)
+    assert again == [] and set(out.values()) == {-1.0}
+
+
+def test_partials_of_another_world_size_and_of_the_first_format_are_judged_too(tmp_path):
+    stem = tmp_path / "grid"
+    stale = tmp_path / "grid.rank1of2.partial.json"
+    stale.write_text(json.dumps({"type": "quota.partial", "version": 2, "settings": {**SETTINGS, "device": "gpu"},
+                                 "items": {json.dumps([0, 0]): 99.0}}))
+    with pytest.raises(ResumeMismatchError, match=r"grid\.rank1of2\.partial\.json were measured with device=gpu, this run has no device"):
+        run_sharded(ITEMS, lambda it: 0.0, stem, resume=True, settings={**SETTINGS})
+    out = run_sharded(ITEMS, lambda it: 0.0, stem, resume="recompute", settings=SETTINGS)
+    assert out[json.dumps([0, 0])] == 0.0 and not stale.exists()  # discarded, not reused
+    first_format = tmp_path / "old.rank0of1.partial.json"
+    first_format.write_text(json.dumps({json.dumps([0, 0]): 5.0}))
+    with pytest.raises(ResumeMismatchError, match="record no settings"):
+        run_sharded(ITEMS, lambda it: 0.0, tmp_path / "old", resume=True, settings=SETTINGS)
+    # a caller that keeps no record (settings=None) resumes from anything, as before
+    assert run_sharded(ITEMS, lambda it: 0.0, tmp_path / "old", resume=True)[json.dumps([0, 0])] == 5.0
 
 
 SCRIPT = textwrap.dedent(
