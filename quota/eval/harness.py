@@ -3,14 +3,13 @@ bootstrap 95% intervals, and retention against reference results."""
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from quota.quantize.model import ProgressBar, wants_progress
 from quota.testbed.model import encode_batch, pixel_values
 from quota.testbed.splits import DATA_VERSION, load_scene
 from quota.testbed.tasks import TASKS, Question, normalize_answer
@@ -107,33 +106,36 @@ def answer_questions(
     progress: bool | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Greedy answers of a testbed-style VLM (prompt format of :mod:`quota.testbed.model`)."""
+    """Greedy answers of a testbed-style VLM (prompt format of :mod:`quota.testbed.model`), in the order of
+    ``questions``. ``progress``: show a progress bar with the time left (:class:`~quota.quantize.model.ProgressBar`)
+    when ``True``, or when ``None`` and stderr is a terminal; ``on_batch(done, total)`` after each batch."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    show = sys.stderr.isatty() if progress is None else progress
     answers: list[str] = []
-    start = time.time()
-    for i in range(0, len(questions), batch_size):
-        chunk = questions[i : i + batch_size]
-        batch = encode_batch(tokenizer, [q.question for q in chunk])
-        images = np.stack([load_scene(q).image for q in chunk])
-        out = model.generate(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            pixel_values=pixel_values(images).to(device, dtype),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        )
-        new = out[:, batch["input_ids"].shape[1]:]
-        answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-        done = min(i + batch_size, len(questions))
-        if on_batch is not None:
-            on_batch(done, len(questions))
-        if show:
-            rate = done / max(time.time() - start, 1e-9)
-            print(f"\r  {done}/{len(questions)} questions ({rate:.1f}/s)", end="", file=sys.stderr, flush=True)
-    if show:
-        print(file=sys.stderr)
+    with ProgressBar(len(questions), "answer", wants_progress(progress)) as bar:
+        for i in range(0, len(questions), batch_size):
+            chunk = questions[i : i + batch_size]
+            answers += _answer_batch(model, tokenizer, chunk, device, dtype, max_new_tokens)
+            done = min(i + batch_size, len(questions))
+            for _ in chunk:
+                bar.advance("questions")
+            if on_batch is not None:
+                on_batch(done, len(questions))
     return answers
+
+
+def _answer_batch(model, tokenizer, chunk: Sequence[Question], device, dtype, max_new_tokens: int) -> list[str]:
+    """Greedy answers (stripped text) to one batch of questions, their images loaded from the suite."""
+    batch = encode_batch(tokenizer, [q.question for q in chunk])  # left-padded [B, S]
+    images = np.stack([load_scene(q).image for q in chunk])  # uint8 [B, H, W, 3]
+    out = model.generate(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        pixel_values=pixel_values(images).to(device, dtype),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    )
+    new = out[:, batch["input_ids"].shape[1]:]  # [B, T]
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -78,12 +78,12 @@ def gptq_quantize(
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = w1[:, i]
-            s = col_scale[:, i1 + i]
+            col = w1[:, i]  # [N]
+            s = col_scale[:, i1 + i]  # [N]
             q = quantize_symmetric(col, s, bits)
             codes[:, i1 + i] = q
-            err = (col - q.double() * s) / hinv1[i, i]
-            w1[:, i:] -= err.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
+            err = (col - q.double() * s) / hinv1[i, i]  # [N]
+            w1[:, i:].addr_(err, hinv1[i, i:], alpha=-1)  # the outer product err x hinv1[i, i:], subtracted in place
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
 

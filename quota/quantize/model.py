@@ -1,9 +1,15 @@
 """``quantize_model``: rotate, calibrate and replace the language model's linears by quantized ones,
-and route its attention through the KV quantizer."""
+and route its attention through the KV quantizer.
+
+:class:`ProgressBar` is the progress display of long CPU work (this module's GPTQ and clipping searches, and
+the evaluation harness's questions): a rich bar with the time left on a terminal, plain lines elsewhere.
+"""
 
 from __future__ import annotations
 
 import copy
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -28,6 +34,82 @@ from quota.quantize.rotation import rotate_language_model
 
 ACT_CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 _CLIP_SAMPLE_TOKENS = 2048
+PLAIN_PROGRESS_EVERY_S = 30.0  # plain progress lines (not a terminal) come at most this often
+
+
+def wants_progress(progress: bool | None, stream=None) -> bool:
+    """``progress`` when it is a bool, else (``None``) whether ``stream`` (default stderr) is a terminal: long
+    work shows progress in a terminal and stays quiet in tests, pipes and logs unless asked."""
+    if progress is not None:
+        return bool(progress)
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class ProgressBar:
+    """Progress of ``total`` steps of ``label`` on stderr, a context manager; :meth:`advance` after each step.
+
+    On a terminal: a rich bar with the elapsed time and an estimate of the time left. Elsewhere (a pipe, a log):
+    one plain line at most every :data:`PLAIN_PROGRESS_EVERY_S` seconds and one at the end, each with the
+    estimate. ``show=False`` shows nothing; ``console``: a rich ``Console`` to draw on (default: stderr's).
+    """
+
+    def __init__(self, total: int, label: str, show: bool = True, console=None) -> None:
+        self.total, self.label, self.show = int(total), label, bool(show)
+        self.done, self.detail = 0, ""
+        self._console, self._rich, self._task = console, None, None
+        self._start = self._last_line = 0.0
+
+    def __enter__(self) -> "ProgressBar":
+        self._start = self._last_line = time.monotonic()
+        if not self.show:
+            return self
+        from rich.console import Console
+
+        self._console = self._console or Console(stderr=True)
+        if self._console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import TimeRemainingColumn
+
+            self._rich = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("left"), TimeRemainingColumn(), console=self._console, transient=False,
+            )
+            self._rich.start()
+            self._task = self._rich.add_task(self.label, total=self.total)
+        return self
+
+    def advance(self, detail: str = "") -> None:
+        """One more step done; ``detail`` (e.g. the layer just finished) is shown beside the label."""
+        self.done += 1
+        self.detail = detail
+        if self._rich is not None:
+            self._rich.update(self._task, advance=1, description=f"{self.label} {detail}".rstrip())
+        elif self.show:
+            now = time.monotonic()
+            if self.done == self.total or now - self._last_line >= PLAIN_PROGRESS_EVERY_S:
+                self._last_line = now
+                self._console.print(self.line(now - self._start), highlight=False, soft_wrap=True)
+
+    def line(self, elapsed: float) -> str:
+        """``label detail: done/total, 12s elapsed, about 1m05s left``."""
+        left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        return (f"{self.label} {self.detail}".rstrip() + f": {self.done}/{self.total}, {_duration(elapsed)} elapsed, "
+                + (f"about {_duration(left)} left" if left == left else "time left unknown"))
+
+    def __exit__(self, *exc) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 @dataclass
@@ -76,34 +158,92 @@ def _quantize_weight(w: torch.Tensor, stats: _InputStats | None, config: QuantCo
     return quantize_weight_rtn(w, config.w_bits, config.w_group_size, clip)
 
 
-def _search_act_clip(module: QuantLinear, weight: torch.Tensor, samples: torch.Tensor) -> float:
-    """The clipping ratio in ACT_CLIP_GRID minimizing ``||Q_a(x) W_q^T - x W^T||^2`` on ``samples``
-    (``weight``: the full-precision ``[N, K]`` weight in the module's input basis)."""
-    w_q = module.dequantized_weight()  # [N, K]
-    target = samples @ weight.float().T  # [n, N]
-    best, best_err = 1.0, float("inf")
+def _quantize_weights(ws: list[torch.Tensor], stats: _InputStats | None, config: QuantConfig) -> list:
+    """:func:`_quantize_weight` of each weight ``[N_i, K]`` of linears that saw the same inputs. GPTQ quantizes
+    every row against the one Hessian on its own (scales, clipping and error feedback are per row), so a group
+    runs as one sweep over the stacked rows ``[sum N_i, K]``: one Hessian inverse and one column loop."""
+    if not (config.quantizes_weights and config.weight_method == "gptq" and len(ws) > 1):
+        return [_quantize_weight(w, stats, config) for w in ws]
+    fused = _quantize_weight(torch.cat(ws), stats, config)
+    sizes = [w.shape[0] for w in ws]
+    return [QuantizedWeight(c.contiguous(), sc.contiguous(), fused.bits, fused.group_size)
+            for c, sc in zip(fused.codes.split(sizes), fused.scale.split(sizes))]
+
+
+def _search_act_clips(modules: list[QuantLinear], weights: list[torch.Tensor], samples: torch.Tensor) -> list[float]:
+    """Per module, the clipping ratio in ACT_CLIP_GRID minimizing ``||Q_a(x) W_q^T - x W^T||^2`` on ``samples``
+    ``[n, K]`` (``weights``: the full-precision ``[N, K]`` weights in the modules' input basis). The modules share
+    their input, so each ratio's quantized samples are computed once."""
+    w_qs = [m.dequantized_weight() for m in modules]  # each [N, K]
+    targets = [samples @ w.float().T for w in weights]  # each [n, N]
+    best, best_err = [1.0] * len(modules), [float("inf")] * len(modules)
     for ratio in ACT_CLIP_GRID:
-        err = (fake_quantize_activation(samples, module.a_bits, ratio) @ w_q.T - target).pow(2).mean().item()
-        if err < best_err:
-            best, best_err = ratio, err
+        x_q = fake_quantize_activation(samples, modules[0].a_bits, ratio)  # [n, K]
+        for j, (w_q, target) in enumerate(zip(w_qs, targets)):
+            err = (x_q @ w_q.T - target).pow(2).mean().item()
+            if err < best_err[j]:
+                best[j], best_err[j] = ratio, err
     return best
+
+
+def _input_basis_weight(linear: nn.Linear, hadamard_block: int | None) -> torch.Tensor:
+    """float32 ``[N, K]`` weight of ``linear`` in its input basis (``W H`` after an online block-Hadamard)."""
+    w = linear.weight.detach().float()  # [N, K]
+    if hadamard_block:
+        w = apply_block_hadamard(w.double(), hadamard_block).float()  # W H (H symmetric)
+    return w
+
+
+def _build_group(
+    linears: list[nn.Linear], config: QuantConfig, stats: _InputStats | None, hadamard_block: int | None
+) -> list[QuantLinear]:
+    """:class:`QuantLinear` replacements of ``linears``, which all saw the inputs summarized by ``stats`` (one
+    linear, or e.g. q/k/v of one layer): weights by GPTQ or RTN, then the activation clipping search."""
+    ws = [_input_basis_weight(lin, hadamard_block) for lin in linears]
+    modules = []
+    for linear, qw in zip(linears, _quantize_weights(ws, stats, config)):
+        bias = linear.bias.detach() if linear.bias is not None else None
+        modules.append(QuantLinear.from_quantized(
+            qw, bias, config.a_bits, config.a_clip_ratio, hadamard_block, config.impl, dtype=linear.weight.dtype
+        ).to(linear.weight.device))
+    if config.quantizes_activations and config.a_clip_search and stats is not None and stats.samples:
+        samples = torch.cat(stats.samples).to(linears[0].weight.device)  # [n, K], transformed basis
+        for module, ratio in zip(modules, _search_act_clips(modules, ws, samples)):
+            module.a_clip_ratio = ratio
+    return modules
 
 
 def _build_linear(
     linear: nn.Linear, config: QuantConfig, stats: _InputStats | None, hadamard_block: int | None
 ) -> QuantLinear:
-    w = linear.weight.detach().float()  # [N, K]
-    if hadamard_block:
-        w = apply_block_hadamard(w.double(), hadamard_block).float()  # W H (H symmetric)
-    qw = _quantize_weight(w, stats, config)
-    bias = linear.bias.detach() if linear.bias is not None else None
-    module = QuantLinear.from_quantized(
-        qw, bias, config.a_bits, config.a_clip_ratio, hadamard_block, config.impl, dtype=linear.weight.dtype
-    ).to(linear.weight.device)
-    if config.quantizes_activations and config.a_clip_search and stats is not None and stats.samples:
-        samples = torch.cat(stats.samples).to(linear.weight.device)  # [n, K], transformed basis
-        module.a_clip_ratio = _search_act_clip(module, w, samples)
-    return module
+    return _build_group([linear], config, stats, hadamard_block)[0]
+
+
+def _same_inputs(a: _InputStats, b: _InputStats) -> bool:
+    """Whether two linears saw the very same calibration inputs (q/k/v of a layer, gate/up): equal counts,
+    sums of squares, Hessians and samples."""
+    if a.count != b.count or a.sq_sum.shape != b.sq_sum.shape or not torch.equal(a.sq_sum, b.sq_sum):
+        return False
+    if (a.hessian is None) != (b.hessian is None):
+        return False
+    if a.hessian is not None and not torch.equal(a.hessian.hessian, b.hessian.hessian):
+        return False
+    return len(a.samples) == len(b.samples) and all(torch.equal(x, y) for x, y in zip(a.samples, b.samples))
+
+
+def _input_groups(targets: dict[str, int | None], stats: dict[str, _InputStats]) -> list[list[str]]:
+    """The target paths in groups of linears with the same online transform and the same calibration inputs
+    (in first-seen order); every path is its own group without calibration statistics."""
+    groups: list[list[str]] = []
+    for path, block in targets.items():
+        for group in groups:
+            head = group[0]
+            if path in stats and head in stats and targets[head] == block and _same_inputs(stats[head], stats[path]):
+                group.append(path)
+                break
+        else:
+            groups.append([path])
+    return groups
 
 
 def _linear_targets(spec: ArchSpec, config: QuantConfig, layer: nn.Module) -> dict[str, int | None]:
@@ -120,8 +260,12 @@ def _linear_targets(spec: ArchSpec, config: QuantConfig, layer: nn.Module) -> di
 
 @torch.no_grad()
 def _quantize_layer(
-    layer: nn.Module, spec: ArchSpec, config: QuantConfig, inputs: LayerInputs | None, report: QuantReport, index: int
+    layer: nn.Module, spec: ArchSpec, config: QuantConfig, inputs: LayerInputs | None, report: QuantReport, index: int,
+    on_linear: Callable[[str], None] | None = None,
 ) -> None:
+    """Quantize the linears of decoder layer ``index`` in place, calibrated on ``inputs`` (GPTQ and the clipping
+    searches; linears that read the same input, such as q/k/v, are quantized together); ``on_linear(path)``
+    after each linear."""
     targets = _linear_targets(spec, config, layer)
     stats: dict[str, _InputStats] = {}
     if inputs is not None:
@@ -141,10 +285,13 @@ def _quantize_layer(
         finally:
             for h in handles:
                 h.remove()
-    for path, block in targets.items():
-        module = _build_linear(get_submodule(layer, path), config, stats.get(path), block)
-        set_submodule(layer, path, module)
-        report.act_clip[f"layers.{index}.{path}"] = module.a_clip_ratio
+    for group in _input_groups(targets, stats):
+        linears = [get_submodule(layer, path) for path in group]
+        for path, module in zip(group, _build_group(linears, config, stats.get(group[0]), targets[group[0]])):
+            set_submodule(layer, path, module)
+            report.act_clip[f"layers.{index}.{path}"] = module.a_clip_ratio
+            if on_linear is not None:
+                on_linear(path)
 
 
 def _quantize_other_linears(root: nn.Module, config: QuantConfig) -> None:
@@ -152,6 +299,18 @@ def _quantize_other_linears(root: nn.Module, config: QuantConfig) -> None:
     for name, module in list(root.named_modules()):
         if isinstance(module, nn.Linear) and module.in_features % 2 == 0:
             set_submodule(root, name, _build_linear(module, config.replace(weight_method="rtn"), None, None))
+
+
+def _work_of(config: QuantConfig, calibrated: bool) -> str:
+    """What quantizing one linear involves under ``config``, for the progress label (``GPTQ + clip search``)."""
+    parts = []
+    if config.quantizes_weights:
+        parts.append("GPTQ" if config.weight_method == "gptq" else "RTN")
+        if config.w_clip_search:
+            parts.append("weight clip search")
+    if calibrated and config.quantizes_activations and config.a_clip_search:
+        parts.append("act clip search")
+    return " + ".join(parts) or "activations only"
 
 
 def needs_calibration(config: QuantConfig) -> bool:
@@ -166,7 +325,7 @@ def quantize_model(
     config: QuantConfig,
     calibration_batches: Iterable[Any] | None = None,
     inplace: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
 ) -> nn.Module:
     """Return ``model`` with its language model quantized per ``config``.
 
@@ -177,6 +336,10 @@ def quantize_model(
     ``config.keep_full_precision`` are untouched (embeddings and lm_head are still rotated when the
     rotation is on: it is exact in full precision). Unless ``inplace``, the caller's model is not
     modified: a copy is returned. The choices made are in ``model.quota_report``.
+
+    ``progress``: a callable is called as ``progress(layers done, layers)`` after each layer; ``True`` shows a
+    :class:`ProgressBar` over the linears (GPTQ and the clipping searches, with the time left), ``None`` shows it
+    only when stderr is a terminal, ``False`` never.
     """
     spec = spec_for(model)
     if not isinstance(config, QuantConfig):
@@ -205,13 +368,18 @@ def quantize_model(
 
     layers = spec.layers_of(model)
     inputs = capture_first_layer_inputs(model, spec, batches) if batches is not None else None
-    for i, layer in enumerate(layers):
-        _quantize_layer(layer, spec, config, inputs, report, i)
-        install_kv_quantizer(get_submodule(layer, spec.layer.attention), kv, head_dim)
-        if inputs is not None:
-            inputs.hidden = run_layer(layer, inputs)
-        if progress is not None:
-            progress(i + 1, len(layers))
+    on_layer = progress if callable(progress) else None
+    show = False if on_layer is not None else wants_progress(progress)
+    steps = len(layers) * len(spec.layer.linear_paths)
+    with ProgressBar(steps, f"quantize ({_work_of(config, inputs is not None)})", show) as bar:
+        for i, layer in enumerate(layers):
+            _quantize_layer(layer, spec, config, inputs, report, i,
+                            on_linear=lambda path, i=i: bar.advance(f"layer {i + 1}/{len(layers)} {path}"))
+            install_kv_quantizer(get_submodule(layer, spec.layer.attention), kv, head_dim)
+            if inputs is not None:
+                inputs.hidden = run_layer(layer, inputs)
+            if on_layer is not None:
+                on_layer(i + 1, len(layers))
 
     if "lm_head" not in config.keep_full_precision:
         head = spec.lm_head_of(model)

@@ -109,3 +109,74 @@ def test_bad_calibration_data_is_named(batches, match):
 def test_bad_kv_group_is_reported():
     with pytest.raises(ValueError, match="kv_group_size"):
         quantize_model(tiny_llama(), QuantConfig(kv_group_size=12, weight_method="rtn"), CALIB)
+
+
+def test_progress_callable_keeps_its_meaning_and_shows_no_bar(capsys):
+    calls = []
+    quantize_model(tiny_llama(), QuantConfig(kv_group_size=16), CALIB, progress=lambda d, t: calls.append((d, t)))
+    layers = len(tiny_llama().model.layers)
+    assert calls == [(i + 1, layers) for i in range(layers)]
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_is_off_by_default_off_a_terminal_and_shown_when_asked(capsys):
+    model = tiny_llama()
+    quantize_model(model, QuantConfig(kv_group_size=16), CALIB)  # stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""
+    quantize_model(model, QuantConfig(kv_group_size=16), CALIB, progress=True)
+    err = capsys.readouterr().err
+    steps = len(model.model.layers) * 7
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"quantize (GPTQ + weight clip search + act clip search) layer {len(model.model.layers)}/")
+    assert f"mlp.down_proj: {steps}/{steps}, " in last and "about 0s left" in last
+
+
+def test_progress_bar_on_a_terminal_draws_a_rich_bar_with_the_time_left():
+    import io
+
+    from rich.console import Console
+
+    from quota.quantize.model import ProgressBar
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    with ProgressBar(4, "quantize", console=console) as bar:
+        for i in range(4):
+            bar.advance(f"layer {i + 1}/4")
+    text = out.getvalue()
+    assert "quantize layer 4/4" in text and "4/4" in text and "left" in text
+    assert "\x1b[" in text  # drawn as a live terminal display, not as plain lines
+    assert ProgressBar(3, "x").line(10.0).endswith("0/3, 10s elapsed, time left unknown")
+    bar = ProgressBar(4, "x", show=False)
+    bar.done = 1
+    assert bar.line(65.0) == "x: 1/4, 1m05s elapsed, about 3m15s left"
+
+
+def test_linears_reading_one_input_are_quantized_together_with_the_same_result():
+    """q/k/v (and gate/up) see the same calibration input: one GPTQ sweep over their stacked rows gives each
+    linear exactly the codes and scales of its own sweep, and their activation clips are searched alike."""
+    from quota.models.registry import spec_for
+    from quota.quantize.model import _InputStats, _input_groups, _quantize_weights
+
+    model = tiny_llama()
+    layer = model.model.layers[0]
+    g = torch.Generator().manual_seed(0)
+    attn_in, mlp_in = (torch.randn(64, layer.self_attn.q_proj.in_features, generator=g) for _ in range(2))
+    shared = {"self_attn.q_proj": attn_in, "self_attn.k_proj": attn_in, "self_attn.v_proj": attn_in,
+              "mlp.gate_proj": mlp_in, "mlp.up_proj": mlp_in}
+    stats = {}
+    for path in spec_for(model).layer.linear_paths:
+        k = layer.get_submodule(path).in_features
+        stats[path] = _InputStats(k, "cpu", keep_hessian=True)
+        stats[path].add(shared.get(path, torch.randn(64, k, generator=g)))
+    groups = _input_groups({path: None for path in stats}, stats)
+    assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                      ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+    config = QuantConfig()
+    ws = [layer.self_attn.q_proj.weight.float(), layer.self_attn.k_proj.weight.float()]
+    fused = _quantize_weights(ws, stats["self_attn.q_proj"], config)
+    alone = [_quantize_weights([w], stats["self_attn.q_proj"], config)[0] for w in ws]
+    for f, a in zip(fused, alone):
+        assert f.codes.shape == a.codes.shape and torch.equal(f.codes, a.codes) and torch.equal(f.scale, a.scale)
+    assert [g for g in _input_groups({"a": None, "b": 64}, {"a": stats["self_attn.q_proj"],
+                                                           "b": stats["self_attn.q_proj"]})] == [["a"], ["b"]]
