@@ -19,6 +19,7 @@ import json
 import os
 import re
 import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -258,10 +259,9 @@ def runtime_record(device: Any = None) -> dict[str, Any]:
     ``device``: a torch device (or its string); the CUDA device's name, else ``cpu``. Imports torch."""
     import torch
 
-    from quota import __version__
-
+    package = sys.modules[__name__.rpartition(".")[0]]  # quota itself: imported before any of its modules
     versions = {"torch": torch.__version__, "transformers": _version_of("transformers"),
-                "triton": _version_of("triton"), "quota": __version__}
+                "triton": _version_of("triton"), "quota": package.__version__}
     return {"versions": versions, "device": device_name(device)}
 
 
