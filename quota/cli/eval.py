@@ -14,9 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=float, default=None, help="equivalent visual tokens per layer for --baseline")
     p.add_argument("--quant", default=None, help="QuantConfig JSON file, or 'w4a4kv4' for the default low-bit config")
     p.add_argument("--tasks", nargs="*", help="task names (default: all)")
-    p.add_argument("--limit", type=int, default=None, help="questions per task (default: all)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None, help="first LIMIT test questions of each task, >= 1 (default: all)")
+    p.add_argument("--device", default=None,
+                   help="torch device to run on, e.g. cuda, cuda:1 or cpu (default: cuda when available, else cpu; "
+                        "bf16 on CUDA, float32 on the CPU)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="questions answered per generate call; changes speed and memory, not the answers (default 32)")
     p.add_argument("--calibration", type=int, default=None, metavar="N",
                    help="calibrate the low-bit model on the first N calibration questions (default: all 256)")
     p.add_argument("--weights", default=None, help="folder of testbed weights (default: the shipped ones)")
@@ -34,7 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budgets", nargs="*", type=float, default=[64, 128, 192], help="suite budgets (equivalent tokens)")
     p.add_argument("--precisions", nargs="*", default=["bf16", "lowbit"], choices=("bf16", "lowbit"),
                    help="suite: which models to run the plans on (default both)")
-    p.add_argument("--resume", action="store_true", help="suite: keep rows already written in DIR")
+    p.add_argument("--resume", nargs="?", const="strict", default=None, choices=("strict", "recompute"),
+                   help="suite: keep the rows already in DIR; plain --resume keeps only rows measured with exactly "
+                        "these settings (model, quantization, questions, versions, device) and refuses otherwise, "
+                        "--resume=recompute evaluates rows of other settings again")
     p.add_argument("--report-only", action="store_true",
                    help="suite: evaluate nothing; write suite.md from the rows already in DIR and list the missing")
     p.set_defaults(func=run)
@@ -52,13 +58,16 @@ def parse_quant(value: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from quota.eval.run import evaluate
+    from quota.eval.run import check_limit, evaluate
 
+    check_limit(args.limit)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.suite:
         from quota.eval.suite import markdown, run_suite
 
         results = run_suite(args.suite, args.plans, args.budgets, parse_quant(args.quant), args.limit, args.tasks,
-                            args.batch_size, args.device, precisions=args.precisions, resume=args.resume,
+                            args.batch_size, args.device, precisions=args.precisions, resume=args.resume or False,
                             weights_dir=args.weights, report_only=args.report_only,
                             calibration_limit=args.calibration)
         print(markdown(results))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -35,6 +36,24 @@ def load_result(path: str | Path) -> EvalResult:
     tasks = {t: TaskScore(**s) for t, s in d["tasks"].items()}
     return EvalResult(tasks, d["average"], tuple(d["average_ci"]), d.get("data_version", ""), d.get("meta", {}),
                       forms=d.get("forms", {}))
+
+
+def check_limit(limit: int | None) -> int | None:
+    """``limit`` (questions per task) as given, or ``ValueError`` naming ``--limit`` unless it is ``None`` (all
+    questions) or an integer >= 1: no question means no score (an average of NaN)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--limit must be a number of questions per task >= 1, got {limit!r}")
+    return limit
+
+
+def warn_if_recipe_for_other_weights(recipe: Recipe, path: str | Path, model_hash: str) -> bool:
+    """One line on stderr when ``recipe`` was solved for other weights than those of ``model_hash`` (its
+    schedule was measured on another model; it still runs). Returns whether the weights match."""
+    if recipe.model_hash == model_hash:
+        return True
+    print(f"[quota] warning: recipe {path} was solved for other testbed weights (model hash "
+          f"{recipe.model_hash[:12] or '(none)'}, these weights {model_hash[:12]})", file=sys.stderr, flush=True)
+    return False
 
 
 def check_calibration_limit(limit: int | None) -> int | None:
@@ -88,11 +107,14 @@ def evaluate(
     (name -> result or result file), the retention against each."""
     check_model_name(model_name, "eval")
     tasks = [check_task(t) for t in (tasks or TASKS)]
+    check_limit(limit)
     check_calibration_limit(calibration_limit)
     refs = {name: (r if isinstance(r, EvalResult) else load_result(r)) for name, r in (references or {}).items()}
     device, default_dtype = placement(device)
     dtype = dtype or default_dtype
     rec = Recipe.load(recipe, model_id=testbed.MODEL_ID) if recipe is not None else None
+    if rec is not None:
+        warn_if_recipe_for_other_weights(rec, recipe, testbed.model_hash(weights_dir))
     tb = testbed.load(device, dtype, weights_dir)
     model = prepare_model(tb.model, tb.tokenizer, quant, rec, baseline, tokens, calibration_limit)
     questions = [q for t in tasks for q in test_split(t, limit)]
