@@ -80,21 +80,21 @@ case "$section" in
     timeout 560 $q eval --suite "$out/suite" --limit 200 --resume > "$out/suite.log" 2>&1 || true
     tail -40 "$out/suite.log" ;;
   profile)
-    timeout 560 $q profile -o "$out/testbed_h100.json" --grid-steps 8 --resume --validate 30 > "$out/profile.log" 2>&1 || true
+    timeout 560 $q profile -o "$out/testbed_gpu.json" --grid-steps 18 --resume --validate 30 > "$out/profile.log" 2>&1 || true
     tail -20 "$out/profile.log" ;;
   fpprof)
     bf16_config
-    timeout 560 $q profile -o "$out/testbed_h100_fp.json" --quant "$out/bf16.json" --grid-steps 8 --resume --no-latency \
+    timeout 560 $q profile -o "$out/testbed_gpu_fp.json" --quant "$out/bf16.json" --grid-steps 18 --resume --no-latency \
       > "$out/fpprof.log" 2>&1 || true
     tail -5 "$out/fpprof.log" ;;
   table)
     all=()
-    for prof in testbed_h100 testbed_h100_fp; do
+    for prof in testbed_gpu testbed_gpu_fp; do
       solve_recipes "$prof" && all+=("${plans[@]}")
     done
     timeout 560 $q eval --suite "$out/suite" --plans "${all[@]}" --precisions lowbit --limit 200 --resume \
       > "$out/table.log" 2>&1 || true
-    timeout 300 $q eval --suite "$out/suite" --budgets "$(recipe_tokens "$out/recipe_testbed_h100_b0.3.json")" \
+    timeout 300 $q eval --suite "$out/suite" --budgets "$(recipe_tokens "$out/recipe_testbed_gpu_b0.3.json")" \
       --precisions lowbit --limit 200 --resume > "$out/table_b0.3.log" 2>&1 || true
     tail -30 "$out/table_b0.3.log" ;;
   steps)
@@ -131,10 +131,10 @@ case "$section" in
     baselines=(fastv pyramiddrop sparsevlm visionzip random)
     bf16_config
     date +"%T profile (W4A4+KV4) on $ranks ranks, $GPUS GPUs" >> "$out/pipeline.log"
-    [ -f "$out/testbed_h100.json" ] || timeout 1200 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main \
-      profile -o "$out/testbed_h100.json" --grid-steps "${GRID_STEPS:-8}" --resume > "$out/profile.log" 2>&1 || true
+    [ -f "$out/testbed_gpu.json" ] || timeout 1200 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main \
+      profile -o "$out/testbed_gpu.json" --grid-steps "${GRID_STEPS:-18}" --resume > "$out/profile.log" 2>&1 || true
     date +"%T validation, suite, full-precision profile" >> "$out/pipeline.log"
-    on_gpu 0 timeout 1200 $q profile -o "$out/testbed_h100.json" --validate 30 --validate-only > "$out/validate.log" 2>&1 &
+    on_gpu 0 timeout 1200 $q profile -o "$out/testbed_gpu.json" --validate 30 --validate-only > "$out/validate.log" 2>&1 &
     on_gpu 1 timeout 1200 $q eval --suite "$out/suite" --limit 200 --resume --precisions bf16 > "$out/suite_bf16.log" 2>&1 &
     k=2
     for plans in "fastv pyramiddrop" "sparsevlm visionzip" "random"; do
@@ -143,22 +143,22 @@ case "$section" in
       k=$((k + 1))
     done
     # the full-precision profile: 3 ranks over the GPUs after the ones above (all on GPU 0 when there is one)
-    [ -f "$out/testbed_h100_fp.json" ] || CUDA_VISIBLE_DEVICES="$(python3 -c "import sys; n, k = map(int, sys.argv[1:]); \
+    [ -f "$out/testbed_gpu_fp.json" ] || CUDA_VISIBLE_DEVICES="$(python3 -c "import sys; n, k = map(int, sys.argv[1:]); \
       print(','.join(str((k + i) % n) for i in range(min(3, n))))" "$GPUS" "$k")" timeout 1200 torchrun --standalone \
-      --nproc_per_node 3 -m quota.cli.main profile -o "$out/testbed_h100_fp.json" --quant "$out/bf16.json" \
-      --grid-steps 8 --resume --no-latency > "$out/fpprof.log" 2>&1 &
+      --nproc_per_node 3 -m quota.cli.main profile -o "$out/testbed_gpu_fp.json" --quant "$out/bf16.json" \
+      --grid-steps 18 --resume --no-latency > "$out/fpprof.log" 2>&1 &
     wait
     timeout 300 $q eval --suite "$out/suite" --limit 200 --resume > "$out/suite.log" 2>&1 || true
     date +"%T table" >> "$out/pipeline.log"
     mkdir -p "$out/table" && cp "$out"/suite/lowbit__*.json "$out"/suite/bf16__all.json "$out/table/"
     all=() k=0
-    for prof in testbed_h100 testbed_h100_fp; do
+    for prof in testbed_gpu testbed_gpu_fp; do
       solve_recipes "$prof" && all+=("${plans[@]}")
       on_gpu $k timeout 1200 $q eval --suite "$out/table" --plans "${plans[@]}" --precisions lowbit --limit 200 --resume \
         > "$out/table_$prof.log" 2>&1 &
       k=$((k + 1))
     done
-    tokens30="$(recipe_tokens "$out/recipe_testbed_h100_b0.3.json")"  # the baselines at the 0.3 recipe's tokens
+    tokens30="$(recipe_tokens "$out/recipe_testbed_gpu_b0.3.json")"  # the baselines at the 0.3 recipe's tokens
     if [ "$GPUS" -gt 2 ]; then  # spare GPUs take the baselines at those tokens meanwhile
       for b in "${baselines[@]}"; do
         on_gpu $k timeout 1200 $q eval --suite "$out/table" --plans "$b" --budgets "$tokens30" --precisions lowbit \

@@ -19,9 +19,9 @@ from quota.schedule import check_budget, check_budget_kind, equivalent_tokens
 from quota.solvers import AllocationProblem, Solution
 from quota.solvers import solve as run_solver
 
-DEFAULT_PROFILES = ("testbed_h100.json", "testbed_cpu.json")
-"""Shipped testbed profiles in order of preference: measured on the H100 under the Triton kernels, else
-measured on a CPU under the reference low-bit path."""
+DEFAULT_PROFILES = ("testbed_h200.json", "testbed_cpu.json")
+"""Shipped testbed profiles in order of preference: measured on an H200 under the Triton kernels, else measured
+on a CPU under the reference low-bit path (both of the shipped testbed weights)."""
 
 
 def shipped_profile_path(name: str | None = None) -> Path:

@@ -98,7 +98,7 @@ def test_default_profile_is_the_first_shipped_one_in_preference_order():
     if shipped:
         assert shipped_profile_path().name == shipped[0]
     else:
-        with pytest.raises(FileNotFoundError, match="testbed_h100.json"):
+        with pytest.raises(FileNotFoundError, match="testbed_h200.json"):
             shipped_profile_path()
     with pytest.raises(FileNotFoundError, match="'nope.json'.*quota profile"):
         shipped_profile_path("nope.json")

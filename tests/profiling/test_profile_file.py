@@ -46,7 +46,7 @@ def test_truncated_json(tmp_path):
         Profile.load(path)
 
 
-@pytest.mark.parametrize("name", ["testbed_h100.json", "testbed_cpu.json"])
+@pytest.mark.parametrize("name", ["testbed_cpu.json"])
 def test_profiles_written_before_the_versioned_convention_still_load(name):
     """The shipped profiles carry ``schema``/``schema_version``; they load, and re-save under ``type``/``version``."""
     import json
