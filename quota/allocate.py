@@ -17,7 +17,7 @@ from quota.quant.config import QuantConfig
 from quota.recipe import Recipe, ScoringSpec
 from quota.schedule import check_budget, check_budget_kind, equivalent_tokens
 from quota.solvers import AllocationProblem, Solution
-from quota.solvers import solve as run_solver
+from quota.solvers import solve_problem
 
 DEFAULT_PROFILES = ("testbed_h200.json", "testbed_cpu.json")
 """Shipped testbed profiles in order of preference: measured on an H200 under the Triton kernels, else measured
@@ -175,7 +175,7 @@ def solve(
       fits it, else CP-SAT), ``dp``, ``cpsat``, ``mip``; heuristics: ``relax``, ``greedy``.
     - ``time_limit``: seconds, positive and finite, or None for no limit.
     - ``accept_gap``: the largest relative gap accepted for a schedule not proven optimal (see
-      :func:`quota.solvers.solve`); by default only proven optima of exact solvers are returned.
+      :func:`quota.solvers.solve_problem`); by default only proven optima of exact solvers are returned.
     - ``problem_kw``: the rest of :func:`build_problem`'s keywords: ``aggregate``, ``task_weights`` (per-task
       damage), ``constraints`` (``MinKeepBefore``, ``FixedLayer``, ``CostCap``, ``LinearConstraint``),
       ``extra_costs`` and ``extra_weights`` (``[L, G]`` terms added to the objective).
@@ -186,7 +186,7 @@ def solve(
     if not isinstance(profile, Profile):
         profile = Profile.load(profile if profile is not None else shipped_profile_path())
     problem = build_problem(profile, budget, budget_kind, damage, **problem_kw)
-    solution = run_solver(problem, solver, time_limit, accept_gap=accept_gap)
+    solution = solve_problem(problem, solver, time_limit, accept_gap=accept_gap)
     return SolveResult(profile, problem, solution, recipe_from_solution(profile, problem, solution))
 
 

@@ -2,7 +2,7 @@
 
     python -m quota.bench.solvers --out docs/solvers.md
 
-Times ``auto``, ``dp``, ``cpsat``, ``mip``, ``relax`` and ``greedy`` (``quota.solvers.solve`` with
+Times ``auto``, ``dp``, ``cpsat``, ``mip``, ``relax`` and ``greedy`` (``quota.solvers.solve_problem`` with
 ``accept_gap=inf``, so unproven schedules are kept and reported) on ``synthetic_problem`` instances
 (smooth, staircase and noisy damage curves, a token budget of 0.3), and writes markdown tables:
 time, objective, gap against the best proven optimum of the instance, the solver's own status and
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from quota.solvers import SHAPES, SolverError, solve, synthetic_problem
+from quota.solvers import SHAPES, SolverError, solve_problem, synthetic_problem
 
 SOLVER_ORDER = ("auto", "dp", "cpsat", "mip", "relax", "greedy")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -96,7 +96,7 @@ def run_one(problem, name: str, time_limit: float, meta: dict) -> Run:
     """Solve once and record what happened."""
     start = time.perf_counter()
     try:
-        solution = solve(problem, name, time_limit, accept_gap=math.inf)
+        solution = solve_problem(problem, name, time_limit, accept_gap=math.inf)
     except SolverError as error:
         return Run(
             **meta,
@@ -122,7 +122,7 @@ def warm_up(solvers: list[str]) -> None:
     """Solve a tiny problem with each solver once, so library imports are not timed."""
     problem = synthetic_problem(3, 5)
     for name in solvers:
-        solve(problem, name, 10.0, accept_gap=math.inf)
+        solve_problem(problem, name, 10.0, accept_gap=math.inf)
 
 
 def benchmark(
@@ -232,7 +232,7 @@ def report(sections: list[tuple[str, list[Run], list[str]]], command: str, total
         f"Measured {today} on the CI-class machine: {machine()}.",
         f"Command: `{command}` ({total / 60:.1f} min in all).",
         "",
-        "Cells: wall time of `solve(...)`, then `opt` (proven optimal), `=opt` (the optimal value, not "
+        "Cells: wall time of `solve_problem(...)`, then `opt` (proven optimal), `=opt` (the optimal value, not "
         "proven), `+x` (objective above the best proven optimum of the instance, in damage units; the "
         "detailed table also gives it relative to the optimum's magnitude), `gap x` (no proven optimum on "
         "the instance: objective minus the solver's own bound), `(limit)` (stopped by the time limit), "

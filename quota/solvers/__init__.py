@@ -1,7 +1,7 @@
 """Token allocation solvers: choose how many visual tokens each decoder layer keeps.
 
 One problem object (``AllocationProblem``), one result type (``Solution``), one front door
-(``solve``), six solvers:
+(``solve_problem``), six solvers:
 
 - ``"auto"`` (default): the DP whenever the problem fits it, else CP-SAT; exact.
 - ``"dp"``: dynamic programming vectorized in numpy, exact ("sum" aggregate, budget and domain
@@ -38,7 +38,7 @@ from quota.solvers.errors import (
 from quota.solvers.greedy import solve_greedy
 from quota.solvers.mip import solve_mip
 from quota.solvers.problem import COST_KINDS, AllocationProblem, default_grid
-from quota.solvers.registry import EXACT_SOLVERS, HEURISTIC_SOLVERS, SOLVERS, solve
+from quota.solvers.registry import EXACT_SOLVERS, HEURISTIC_SOLVERS, SOLVERS, solve_problem
 from quota.solvers.relax import solve_relax, solve_sweep
 from quota.solvers.solution import Solution
 from quota.solvers.synthetic import SHAPES, synthetic_problem
@@ -66,7 +66,7 @@ __all__ = [
     "SolverError",
     "UnsupportedFeatureError",
     "default_grid",
-    "solve",
+    "solve_problem",
     "solve_auto",
     "solve_cpsat",
     "solve_dp",

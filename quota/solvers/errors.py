@@ -4,7 +4,7 @@ Each message is one line and states the numbers that matter (budget, least cost,
 gap, time limit). The classes:
 
 - ``ProblemError``: an ``AllocationProblem`` field is invalid (also a ``ValueError``).
-- ``SolverArgumentError``: an argument of ``solve`` is invalid (unknown solver, a ``time_limit`` that
+- ``SolverArgumentError``: an argument of ``solve_problem`` is invalid (unknown solver, a ``time_limit`` that
   is not positive and finite, a negative ``accept_gap``; also a ``ValueError``).
 - ``InfeasibleError``: no schedule satisfies the budget and constraints (also a ``ValueError``).
 - ``UnsupportedFeatureError``: the solver cannot express a feature of the problem, or the problem

@@ -51,7 +51,7 @@ def accept(solution: Solution, accept_gap: float | None, *, heuristic: bool, tim
     raise GapTooLargeError(solution, accept_gap=accept_gap, time_limit=time_limit)
 
 
-def solve(
+def solve_problem(
     problem: AllocationProblem,
     solver: str = "auto",
     time_limit: float | None = 60.0,

@@ -12,7 +12,7 @@ from quota.solvers import (
     InfeasibleError,
     NoScheduleError,
     UnsupportedFeatureError,
-    solve,
+    solve_problem,
     solve_dp,
     synthetic_problem,
 )
@@ -41,9 +41,9 @@ def test_exact_solvers_match_brute_force_on_arbitrary_curves(seed: int) -> None:
     for name in EXACT:
         if best is None:
             with pytest.raises(InfeasibleError):
-                solve(problem, name)
+                solve_problem(problem, name)
             continue
-        solution = solve(problem, name)
+        solution = solve_problem(problem, name)
         assert solution.proven_optimal and solution.gap == 0.0, name
         _check_feasible(problem, solution)
         assert close(solution.objective, best[0]), (name, solution.objective, best[0])
@@ -134,18 +134,18 @@ def test_eighty_layers_129_keep_counts_exact_in_seconds(shape: str) -> None:
     schedule, and equal to CP-SAT's where CP-SAT proves optimality within seconds (smooth)."""
     problem = synthetic_problem(80, 129, shape)
     start = time.perf_counter()
-    solution = solve(problem)  # auto: the DP fits
+    solution = solve_problem(problem)  # auto: the DP fits
     elapsed = time.perf_counter() - start
     assert elapsed < 30.0, elapsed
     assert solution.solver == "dp" and solution.requested == "auto" and solution.proven_optimal
     assert "exact integer budget units" in solution.note
     _check_feasible(problem, solution)
     assert solution.cost_ratios["tokens"] <= 0.3 + 1e-12
-    relax = solve(problem, "relax")
+    relax = solve_problem(problem, "relax")
     assert relax.lower_bound - 1e-6 * max(1.0, abs(relax.lower_bound)) <= solution.objective
     assert solution.objective <= relax.objective + _rel(relax.objective)
     if shape == "smooth":
-        cpsat = solve(problem, "cpsat", time_limit=20.0)
+        cpsat = solve_problem(problem, "cpsat", time_limit=20.0)
         assert close(cpsat.objective, solution.objective)
 
 

@@ -12,7 +12,7 @@ from quota.solvers import (
     LinearConstraint,
     MinKeepBefore,
     UnsupportedFeatureError,
-    solve,
+    solve_problem,
 )
 from tests.solvers.solver_cases import brute_force, close, monotone_damage, random_problem
 
@@ -30,16 +30,16 @@ def test_extra_cost_term_moves_the_optimum() -> None:
     """A weighted bonus on one feasible schedule makes it optimal; weight 0 restores the original."""
     rng = np.random.default_rng(1)
     problem = _problem(rng)
-    plain = solve(problem, "dp")
+    plain = solve_problem(problem, "dp")
     target = (40, 16, 16, 8, 0)  # cost 80 of 200: feasible at budget 0.5
     assert target != plain.schedule
     bonus = np.zeros((problem.n_layers, problem.n_candidates))
     bonus[np.arange(problem.n_layers), list(problem.indices_of(target))] = -1.0
     for name in ("cpsat", "mip", "dp", "relax"):
-        steered = solve(problem.replace(extra_costs=[bonus], extra_weights=(100.0,)), name)
+        steered = solve_problem(problem.replace(extra_costs=[bonus], extra_weights=(100.0,)), name)
         assert steered.schedule == target, name
         assert close(steered.objective, problem.damage_of(target) - 100.0 * problem.n_layers)
-        neutral = solve(problem.replace(extra_costs=[bonus], extra_weights=(0.0,)), name)
+        neutral = solve_problem(problem.replace(extra_costs=[bonus], extra_weights=(0.0,)), name)
         assert close(neutral.objective, plain.objective), name
 
 
@@ -49,11 +49,11 @@ def test_extra_cost_penalty_trades_against_damage() -> None:
     problem = _problem(rng, damage=np.tile(np.linspace(1.0, 0.0, 6), (5, 1)), monotone=False)
     late = np.zeros((5, 6))
     late[3:] = np.linspace(0.0, 10.0, 6)
-    plain = solve(problem, "cpsat")
-    steered = solve(problem.replace(extra_costs=[late]), "cpsat")
+    plain = solve_problem(problem, "cpsat")
+    steered = solve_problem(problem.replace(extra_costs=[late]), "cpsat")
     assert sum(steered.schedule[3:]) < sum(plain.schedule[3:]) or sum(plain.schedule[3:]) == 0
     assert steered.schedule[3:] == (0, 0)
-    assert close(solve(problem.replace(extra_costs=[late]), "dp").objective, steered.objective)
+    assert close(solve_problem(problem.replace(extra_costs=[late]), "dp").objective, steered.objective)
 
 
 @pytest.mark.parametrize("seed", range(25))
@@ -64,10 +64,10 @@ def test_max_task_matches_brute_force(seed: int) -> None:
     if best is None:
         for name in ("cpsat", "mip", "greedy", "relax"):
             with pytest.raises(InfeasibleError):
-                solve(problem, name)
+                solve_problem(problem, name)
         return
     for name in ("cpsat", "mip", "greedy", "relax"):
-        solution = solve(problem, name)
+        solution = solve_problem(problem, name)
         if name in ("cpsat", "mip"):
             assert close(solution.objective, best[0]), (name, solution.objective, best[0])
         else:
@@ -85,9 +85,9 @@ def test_max_task_differs_from_sum() -> None:
     worst = AllocationProblem(aggregate="max_task", **common)
     total = AllocationProblem(aggregate="sum", **common)
     for name in ("cpsat", "mip"):
-        assert solve(worst, name).schedule == (5, 5)
-        assert solve(worst, name).objective == 5.0
-        assert solve(total, name).objective == 10.0
+        assert solve_problem(worst, name).schedule == (5, 5)
+        assert solve_problem(worst, name).objective == 5.0
+        assert solve_problem(total, name).objective == 10.0
 
 
 def test_latency_cap_linear_constraint_is_respected() -> None:
@@ -95,11 +95,11 @@ def test_latency_cap_linear_constraint_is_respected() -> None:
     rng = np.random.default_rng(3)
     problem = _problem(rng, n_layers=6, n_cand=7, budget=0.6)
     latency = np.tile(np.linspace(1.0, 3.0, 7), (6, 1)) * np.linspace(2.0, 1.0, 6)[:, None]  # ms
-    free = solve(problem, "cpsat")
+    free = solve_problem(problem, "cpsat")
     used = float(latency[np.arange(6), list(free.indices)].sum())
     cap = LinearConstraint(latency, 0.9 * used, "<=", "latency_ms")
     capped = problem.replace(constraints=[cap])
-    results = {name: solve(capped, name) for name in ("cpsat", "mip", "relax", "greedy")}
+    results = {name: solve_problem(capped, name) for name in ("cpsat", "mip", "relax", "greedy")}
     best = brute_force(capped)
     for name, solution in results.items():
         spent = float(latency[np.arange(6), list(solution.indices)].sum())
@@ -118,7 +118,7 @@ def test_latency_budget_kind_and_cost_cap() -> None:
     capped = problem.replace(constraints=[CostCap("kv", 0.4 * kv[:, -1].sum())])
     best = brute_force(capped)
     for name in ("cpsat", "mip", "relax", "greedy"):
-        solution = solve(capped, name)
+        solution = solve_problem(capped, name)
         assert capped.cost_of(solution.schedule, "kv") <= 0.4 * kv[:, -1].sum()
         assert capped.cost_ratio(solution.schedule) <= 0.7 + 1e-9
         assert solution.cost_ratios["latency"] == pytest.approx(capped.cost_ratio(solution.schedule))
@@ -135,13 +135,13 @@ def test_greater_equal_linear_constraint() -> None:
     constrained = problem.replace(constraints=[row])
     best = brute_force(constrained)
     for name in ("cpsat", "mip"):
-        solution = solve(constrained, name)
+        solution = solve_problem(constrained, name)
         assert float(quality[np.arange(5), list(solution.indices)].sum()) >= 10.0 - 1e-9
         assert close(solution.objective, best[0])
-    relax = solve(constrained, "relax")
+    relax = solve_problem(constrained, "relax")
     assert relax.lower_bound <= best[0] + 1e-6
     with pytest.raises(UnsupportedFeatureError, match="greedy.*LinearConstraint"):
-        solve(constrained, "greedy")
+        solve_problem(constrained, "greedy")
 
 
 def test_unsupported_features_name_solver_and_feature() -> None:
@@ -154,13 +154,13 @@ def test_unsupported_features_name_solver_and_feature() -> None:
     ]  # a float budget kind is no longer unsupported: the DP rounds it (tests/solvers/test_dp.py)
     for case, feature in cases:
         with pytest.raises(UnsupportedFeatureError) as info:
-            solve(case, "dp")
+            solve_problem(case, "dp")
         assert "'dp'" in str(info.value) and feature in str(info.value)
         assert info.value.solver == "dp"
         for name in ("cpsat", "mip", "relax"):  # every exact/relaxed solver expresses all of them
-            solve(case, name)
+            solve_problem(case, name)
     with pytest.raises(ValueError, match="solver must be one of"):
-        solve(problem, "gurobi")
+        solve_problem(problem, "gurobi")
 
 
 def test_min_keep_and_fixed_layer_infeasible_explanations() -> None:
@@ -170,7 +170,7 @@ def test_min_keep_and_fixed_layer_infeasible_explanations() -> None:
     tight = conflict.replace(budget=0.3)
     for name in ALL:
         with pytest.raises(InfeasibleError) as info:
-            solve(tight, name)
+            solve_problem(tight, name)
         assert "0.3000" in str(info.value) and "MinKeepBefore(layer=3, tokens=24)" in str(info.value)
         assert "MinKeepBefore(layer=2, tokens=0)" not in str(info.value)  # it does not bind
         assert info.value.least_cost == pytest.approx(3 * 24 / 200)
@@ -179,10 +179,10 @@ def test_min_keep_and_fixed_layer_infeasible_explanations() -> None:
     clash = problem.replace(constraints=[FixedLayer(1, 8), FixedLayer(2, 16)])
     for name in ALL:
         with pytest.raises(InfeasibleError, match="monotonicity") as info:
-            solve(clash, name)
+            solve_problem(clash, name)
         assert info.value.least_cost is None
     cap = problem.replace(constraints=[CostCap("tokens", 10.0), MinKeepBefore(1, 16)])
     for name in ("cpsat", "mip", "relax", "greedy"):
         with pytest.raises(InfeasibleError, match="CostCap") as info:
-            solve(cap, name)
+            solve_problem(cap, name)
         assert info.value.binding == "CostCap"

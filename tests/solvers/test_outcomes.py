@@ -23,7 +23,7 @@ from quota.solvers import (
     SolverArgumentError,
     SolverError,
     UnsupportedFeatureError,
-    solve,
+    solve_problem,
     synthetic_problem,
 )
 from tests.solvers.solver_cases import close, realistic_problem
@@ -59,7 +59,7 @@ def test_time_limit_must_be_positive_and_finite(name: str, limit) -> None:
     """D2: -1 and nan used to reach CP-SAT and fail with an empty reason."""
     problem = realistic_problem(n_layers=4, steps=4)
     with pytest.raises(SolverArgumentError) as info:
-        solve(problem, name, time_limit=limit)
+        solve_problem(problem, name, time_limit=limit)
     assert isinstance(info.value, ValueError) and info.value.argument == "time_limit"
     assert _one_line(info.value).startswith("time_limit must be a positive finite number")
     with pytest.raises(SolverArgumentError, match="time_limit"):
@@ -69,13 +69,13 @@ def test_time_limit_must_be_positive_and_finite(name: str, limit) -> None:
 @pytest.mark.parametrize("gap", [-0.1, float("nan"), "0.1", True])
 def test_accept_gap_is_validated(gap) -> None:
     with pytest.raises(SolverArgumentError, match="accept_gap") as info:
-        solve(realistic_problem(n_layers=4, steps=4), accept_gap=gap)
+        solve_problem(realistic_problem(n_layers=4, steps=4), accept_gap=gap)
     assert info.value.argument == "accept_gap"
 
 
 def test_unknown_solver_is_an_argument_error() -> None:
     with pytest.raises(SolverArgumentError, match="solver must be one of auto, dp, cpsat, mip, relax, greedy"):
-        solve(realistic_problem(n_layers=4, steps=4), "gurobi")
+        solve_problem(realistic_problem(n_layers=4, steps=4), "gurobi")
 
 
 @pytest.mark.parametrize("name", ["cpsat", "mip"])
@@ -85,7 +85,7 @@ def test_tiny_time_limit_is_a_typed_outcome(name: str, limit: float) -> None:
     RuntimeError; with accept_gap=inf a schedule found is returned with its status."""
     problem = synthetic_problem(40, 65, "noisy")
     try:
-        solution = solve(problem, name, time_limit=limit)
+        solution = solve_problem(problem, name, time_limit=limit)
     except NoScheduleError as error:
         assert error.solver == name and error.time_limit == limit and error.elapsed >= 0
         assert f"{limit:g} s" in _one_line(error)
@@ -100,7 +100,7 @@ def test_relaxation_stopped_by_its_limit() -> None:
     """D3: the LP stopped by a 0.01 s limit raises RelaxationLimitError with the LP status."""
     problem = synthetic_problem(80, 129, "noisy")
     with pytest.raises(RelaxationLimitError) as info:
-        solve(problem, "relax", time_limit=0.01)
+        solve_problem(problem, "relax", time_limit=0.01)
     message = _one_line(info.value)
     assert info.value.lp_status in message and "0.01 s" in message and info.value.time_limit == 0.01
 
@@ -109,9 +109,9 @@ def test_gap_too_large_states_objective_bound_and_gap() -> None:
     """D4: CP-SAT stopped by its limit far from the optimum: no schedule unless the caller accepts the
     gap; the error keeps the schedule and states objective, bound and gap."""
     problem = synthetic_problem(60, 65, "noisy")
-    optimum = solve(problem)  # auto: the exact DP
+    optimum = solve_problem(problem)  # auto: the exact DP
     try:
-        solve(problem, "cpsat", time_limit=1.0)
+        solve_problem(problem, "cpsat", time_limit=1.0)
     except GapTooLargeError as error:
         message = _one_line(error)
         assert error.accept_gap is None and error.status == "time_limit" and error.gap > 0
@@ -119,13 +119,15 @@ def test_gap_too_large_states_objective_bound_and_gap() -> None:
         assert f"{error.gap:.4g}" in message and "1 s" in message
         assert error.lower_bound <= optimum.objective + 1e-6 <= error.objective + 1e-6
         assert isinstance(error.solution, Solution) and problem.is_feasible(error.solution.schedule)
-        loose = solve(problem, "cpsat", time_limit=1.0, accept_gap=math.inf)
-        assert loose.status in ("time_limit", "optimal") and loose.requested == "cpsat"
-        try:  # the stop is timed, so a second run may end elsewhere; either way the rule holds
-            taken = solve(problem, "cpsat", time_limit=1.0, accept_gap=error.gap)
+        try:  # the stops are timed, so later runs may end elsewhere (or with nothing); either way the rule holds
+            loose = solve_problem(problem, "cpsat", time_limit=1.0, accept_gap=math.inf)
+            assert loose.status in ("time_limit", "optimal") and loose.requested == "cpsat"
+            taken = solve_problem(problem, "cpsat", time_limit=1.0, accept_gap=error.gap)
             assert taken.proven_optimal or taken.gap <= error.gap
         except GapTooLargeError as again:
             assert again.gap > error.gap
+        except NoScheduleError:
+            pass  # a loaded machine found no schedule in the second second: an honest outcome too
     except NoScheduleError:
         pass  # no schedule at all within 1 s on a slow machine: also an honest outcome
     else:
@@ -137,23 +139,23 @@ def test_heuristics_and_accept_gap() -> None:
     greedy (no bound) passes only accept_gap=inf."""
     assert set(EXACT_SOLVERS) | set(HEURISTIC_SOLVERS) == set(SOLVERS)
     problem = synthetic_problem(30, 33, "noisy")
-    relax = solve(problem, "relax")
-    greedy = solve(problem, "greedy")
+    relax = solve_problem(problem, "relax")
+    greedy = solve_problem(problem, "greedy")
     assert greedy.status == "feasible" and greedy.gap is None and not greedy.proven_optimal
     assert relax.gap is not None
     if not relax.proven_optimal:
         assert relax.gap > 0
         with pytest.raises(GapTooLargeError):
-            solve(problem, "relax", accept_gap=relax.gap / 2)
-        assert solve(problem, "relax", accept_gap=relax.gap * 1.01).schedule == relax.schedule
+            solve_problem(problem, "relax", accept_gap=relax.gap / 2)
+        assert solve_problem(problem, "relax", accept_gap=relax.gap * 1.01).schedule == relax.schedule
     with pytest.raises(GapTooLargeError, match="no lower bound, so only accept_gap=inf"):
-        solve(problem, "greedy", accept_gap=10.0)
-    assert solve(problem, "greedy", accept_gap=math.inf).schedule == greedy.schedule
+        solve_problem(problem, "greedy", accept_gap=10.0)
+    assert solve_problem(problem, "greedy", accept_gap=math.inf).schedule == greedy.schedule
 
 
 def test_solution_flags_and_dict() -> None:
     problem = synthetic_problem(12, 17)
-    solution = solve(problem)
+    solution = solve_problem(problem)
     data = solution.to_dict()
     assert data["proven_optimal"] is True and data["requested"] == "auto" and data["solver"] == "dp"
     assert data["note"].startswith("dp (exact integer budget units")
@@ -165,9 +167,9 @@ def test_solution_flags_and_dict() -> None:
 
 def test_auto_runs_the_dp_when_it_fits() -> None:
     problem = realistic_problem(n_layers=20, steps=32, seed=2)
-    auto = solve(problem)
+    auto = solve_problem(problem)
     assert auto.solver == "dp" and auto.requested == "auto" and auto.proven_optimal
-    assert close(auto.objective, solve(problem, "cpsat").objective)
+    assert close(auto.objective, solve_problem(problem, "cpsat").objective)
 
 
 @pytest.mark.parametrize(
@@ -183,25 +185,25 @@ def test_auto_falls_back_to_cpsat_for_side_constraints(change, feature) -> None:
     if change.get("aggregate") == "max_task":
         change = {**change, "damage": np.stack([problem.damage, problem.damage[::-1]])}
     problem = problem.replace(**change)
-    auto = solve(problem)
+    auto = solve_problem(problem)
     assert auto.solver == "cpsat" and auto.requested == "auto" and auto.proven_optimal
     assert feature in auto.note and "dp does not support" in auto.note
-    assert close(auto.objective, solve(problem, "mip").objective)
+    assert close(auto.objective, solve_problem(problem, "mip").objective)
 
 
 def test_auto_falls_back_to_cpsat_beyond_the_dp_memory_bound() -> None:
     problem = synthetic_problem(20, 33)
-    auto = solve(problem, max_bytes=2**16)
+    auto = solve_problem(problem, max_bytes=2**16)
     assert auto.solver == "cpsat" and "memory bound" in auto.note
-    assert close(auto.objective, solve(problem, "dp").objective)
+    assert close(auto.objective, solve_problem(problem, "dp").objective)
 
 
 def test_auto_on_a_float_budget_keeps_the_better_bound_and_schedule() -> None:
     """Latency budget (float costs): the DP rounds; when it cannot prove its schedule, CP-SAT runs from
     it. Either way the answer is optimal or says how far it may be, and never claims more."""
     problem = synthetic_problem(30, 33, "noisy", budget_kind="latency", budget=0.9)
-    auto = solve(problem, accept_gap=math.inf)
-    exact = solve(problem, "cpsat", time_limit=60.0)
+    auto = solve_problem(problem, accept_gap=math.inf)
+    exact = solve_problem(problem, "cpsat", time_limit=60.0)
     assert exact.proven_optimal
     assert auto.lower_bound <= exact.objective + 1e-9 <= auto.objective + 2e-9
     if auto.proven_optimal:
@@ -213,5 +215,5 @@ def test_infeasible_error_is_tagged_with_the_solver() -> None:
     problem = AllocationProblem(n_tokens=8, grid=(4, 8), damage=np.zeros((3, 2)), budget=0.25)
     for name in SOLVERS:
         with pytest.raises(InfeasibleError) as info:
-            solve(problem, name)
+            solve_problem(problem, name)
         assert info.value.solver in (name, "dp") and "0.5000" in _one_line(info.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quota.solvers import InfeasibleError, UnsupportedFeatureError, solve
+from quota.solvers import InfeasibleError, UnsupportedFeatureError, solve_problem
 from tests.solvers.solver_cases import brute_force, close, feasible_mask, least_budget_cost, random_problem
 
 EXACT = ("cpsat", "mip")
@@ -28,7 +28,7 @@ def _solve_all(problem, names):
     out = {}
     for name in names:
         try:
-            out[name] = solve(problem, name)
+            out[name] = solve_problem(problem, name)
         except InfeasibleError as error:
             out[name] = error
     return out
@@ -88,7 +88,7 @@ def test_against_brute_force(seed: int) -> None:
         _check_schedule(problem, relax)
         assert relax.objective >= optimum - 1e-9 * max(1.0, abs(optimum))
     try:
-        greedy = solve(problem, "greedy")
+        greedy = solve_problem(problem, "greedy")
     except UnsupportedFeatureError:
         return
     _check_schedule(problem, greedy)
@@ -106,7 +106,7 @@ def test_infeasible_message_states_least_cost(seed: int) -> None:
     tight = problem.replace(budget=least * rng.uniform(0.3, 0.99))
     for name in ("dp", *EXACT, "relax", "greedy"):
         with pytest.raises(InfeasibleError) as info:
-            solve(tight, name)
+            solve_problem(tight, name)
         message = str(info.value)
         assert f"{least:.4f}" in message, (name, message)
         assert f"{tight.budget:.4f}" in message, (name, message)

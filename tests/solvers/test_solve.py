@@ -1,4 +1,4 @@
-"""The solve() front door: determinism, a full-size problem, budget sweeps, the result type."""
+"""The solve_problem() front door: determinism, a full-size problem, budget sweeps, the result type."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from quota.solvers import SOLVERS, AllocationProblem, NoScheduleError, Solution, solve, solve_sweep
+from quota.solvers import SOLVERS, AllocationProblem, NoScheduleError, Solution, solve_problem, solve_sweep
 from quota.solvers.relax import Relaxation
 from tests.solvers.solver_cases import close, random_problem, realistic_problem
 
@@ -31,30 +31,30 @@ def test_same_problem_same_schedule(name: str) -> None:
             constraints=problem.constraints,
         )
         try:
-            first = solve(problem, name)
+            first = solve_problem(problem, name)
         except ValueError:  # infeasible draw
             continue
-        assert solve(problem, name).schedule == first.schedule
-        assert solve(rebuilt, name).schedule == first.schedule
+        assert solve_problem(problem, name).schedule == first.schedule
+        assert solve_problem(rebuilt, name).schedule == first.schedule
 
 
 def test_ties_resolve_the_same_way() -> None:
     """All-zero damage: every feasible schedule is optimal; repeated solves still agree."""
     problem = AllocationProblem(n_tokens=64, grid=tuple(range(0, 65, 8)), damage=np.zeros((8, 9)), budget=0.4)
     for name in ("cpsat", "mip"):
-        schedules = {solve(problem, name).schedule for _ in range(3)}
+        schedules = {solve_problem(problem, name).schedule for _ in range(3)}
         assert len(schedules) == 1
 
 
 def test_thirty_layers_thirty_three_candidates_is_proven_optimal() -> None:
     problem = realistic_problem(n_layers=30, steps=32)
     assert problem.n_candidates == 33
-    solution = solve(problem, "cpsat", time_limit=60.0)
+    solution = solve_problem(problem, "cpsat", time_limit=60.0)
     assert solution.status == "optimal"
     assert solution.gap == 0.0 and solution.lower_bound == solution.objective
     assert solution.cost_ratios["tokens"] <= 0.3 + 1e-12
-    assert close(solution.objective, solve(problem, "dp").objective)
-    assert solve(problem, "cpsat", hint=list(solution.indices)).schedule == solution.schedule
+    assert close(solution.objective, solve_problem(problem, "dp").objective)
+    assert solve_problem(problem, "cpsat", hint=list(solution.indices)).schedule == solution.schedule
 
 
 def test_sweep_reuses_one_lp_and_bounds_the_optimum() -> None:
@@ -66,11 +66,11 @@ def test_sweep_reuses_one_lp_and_bounds_the_optimum() -> None:
     assert [s.cost_ratios["tokens"] <= b + 1e-12 for s, b in zip(sweep, budgets)] == [True] * 4
     previous = np.inf
     for budget, relaxed in zip(budgets, sweep):
-        exact = solve(problem.replace(budget=budget), "dp")
+        exact = solve_problem(problem.replace(budget=budget), "dp")
         assert relaxed.lower_bound <= exact.objective + 1e-6
         assert relaxed.objective >= exact.objective - 1e-9
         assert relaxed.gap is not None and relaxed.gap >= 0
-        single = solve(problem.replace(budget=budget), "relax")
+        single = solve_problem(problem.replace(budget=budget), "relax")
         assert single.schedule == relaxed.schedule
         assert relaxed.objective <= previous + 1e-9  # more budget never hurts
         previous = relaxed.objective
@@ -79,7 +79,7 @@ def test_sweep_reuses_one_lp_and_bounds_the_optimum() -> None:
 def test_solution_to_dict_is_json() -> None:
     problem = realistic_problem(n_layers=6, steps=8)
     for name in SOLVERS:
-        solution = solve(problem, name)
+        solution = solve_problem(problem, name)
         assert isinstance(solution, Solution) and solution.requested == name
         assert solution.solver == ("dp" if name == "auto" else name)  # auto names the solver that ran
         data = json.loads(json.dumps(solution.to_dict()))
@@ -97,7 +97,7 @@ def test_time_limit_statuses() -> None:
     for name in ("cpsat", "mip"):
         for limit in (1e-6, 0.2):
             try:
-                solution = solve(problem, name, time_limit=limit, accept_gap=float("inf"))
+                solution = solve_problem(problem, name, time_limit=limit, accept_gap=float("inf"))
             except NoScheduleError as error:
                 assert error.solver == name and error.time_limit == limit
                 continue
