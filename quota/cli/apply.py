@@ -1,11 +1,15 @@
 """``quota apply RECIPE``: apply a recipe to the testbed (quantize, attach the pruning runtime) and answer
-test questions with it, showing what each layer kept."""
+test questions with it, showing what each layer kept, each answer marked right or wrong, and the score."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import time
+
+QUANT_CHOICES = ("recipe", "rtn")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", type=int, default=None, metavar="N",
                    help="calibrate the low-bit model on the first N calibration questions (default: all 256; "
                         "GPTQ over all of them is slow on a CPU)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--quant", default="recipe", metavar="recipe|rtn|FILE",
+                   help="quantization: 'recipe' (default) the recipe's own config (GPTQ and calibrated clipping: "
+                        "minutes on a CPU, then kept in the quantized-model cache); 'rtn' the same bits by "
+                        "round-to-nearest with a fixed activation clip and no calibration (seconds: a quick CPU "
+                        "demo, less accurate than the recipe's config); or a QuantConfig JSON file")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
     p.add_argument("--json", action="store_true", help="print the answers and the run as JSON")
     p.set_defaults(func=run)
 
@@ -35,46 +44,112 @@ def spread_questions(count: int):
     return [by_task[t][i] for i in range(per_task) for t in range(len(TASKS))][:count]
 
 
+def quant_config_for(recipe, choice: str, calibration: int | None):
+    """The :class:`~quota.quant.config.QuantConfig` to apply (``None``: full precision) for ``--quant choice``:
+    ``recipe`` (the recipe's), ``rtn`` (the recipe's bits, round-to-nearest weights, fixed activation clip: no
+    calibration) or a QuantConfig JSON file. ``ValueError`` names ``--quant`` or ``--calibration`` when the
+    choice cannot apply."""
+    from quota.quant.config import QuantConfig
+
+    if choice == "recipe":
+        return recipe.quant_config
+    if choice == "rtn":
+        config = recipe.quant_config
+        if config is None or config.is_identity:
+            raise ValueError("--quant rtn: the recipe quantizes nothing (full precision); leave --quant out")
+        if calibration is not None:
+            raise ValueError("--calibration: --quant rtn calibrates nothing; leave one of them out")
+        return config.replace(weight_method="rtn", a_clip_search=False)
+    try:
+        with open(choice) as f:
+            return QuantConfig.from_dict(json.load(f))
+    except FileNotFoundError:
+        raise ValueError(f"--quant must be one of {list(QUANT_CHOICES)} or a QuantConfig JSON file, got {choice!r}")
+
+
+def quant_label(config, choice: str) -> str:
+    """``W4A4-KV4 (GPTQ)``-style description of what was applied."""
+    if config is None or config.is_identity:
+        return "BF16"
+    method = config.weight_method.upper() if config.quantizes_weights else "no weight quantization"
+    return f"{config.short_name()} ({method}{', --quant rtn: no calibration' if choice == 'rtn' else ''})"
+
+
+def prepare(tb, recipe, config, weights, calibration):
+    """The testbed quantized per ``config`` (through the quantized-model cache, so a second run loads it) with
+    ``recipe``'s pruning attached."""
+    from quota.runtime.apply import apply
+    from quota.testbed.quantized import quantize_testbed
+
+    model = tb.model
+    if config is not None and not config.is_identity:
+        model = quantize_testbed(model, tb.tokenizer, config, weights, calibration_limit=calibration)
+    return apply(model, dataclasses.replace(recipe, quant=None))
+
+
 def run(args: argparse.Namespace) -> int:
     from quota.device import placement
     from quota.eval.harness import answer_questions
-    from quota.eval.run import check_calibration_limit, prepare_model
-    from quota.testbed.tasks import score
+    from quota.eval.run import check_calibration_limit
     from quota.models.registry import check_model_name
     from quota.recipe import Recipe
     from quota.testbed import model as testbed
+    from quota.testbed.tasks import score
 
     check_model_name(args.model, "apply")
     check_calibration_limit(args.calibration)
     recipe = Recipe.load(args.recipe, model_id=testbed.MODEL_ID)
+    config = quant_config_for(recipe, args.quant, args.calibration)
     questions = spread_questions(args.questions)
     device, dtype = placement(args.device)
     tb = testbed.load(device, dtype, args.weights)
     same_weights = recipe.model_hash == testbed.model_hash(args.weights)
-    model = prepare_model(tb.model, tb.tokenizer, None, recipe, calibration_limit=args.calibration)
-    predictions = answer_questions(model, tb.tokenizer, questions, batch_size=len(questions), progress=False)
+    start = time.monotonic()
+    model = prepare(tb, recipe, config, args.weights, args.calibration)
+    quantize_s = time.monotonic() - start
+    predictions = answer_questions(model, tb.tokenizer, questions, batch_size=len(questions))
     runner = getattr(model, "runner", None)
     kept = [int(k.shape[-1]) for k in runner.kept_indices] if runner is not None and runner.kept_indices else None
     rows = [{"task": q.task, "question": q.question, "answer": q.answer, "prediction": p, "correct": score(p, q.answer)}
             for q, p in zip(questions, predictions)]
-    summary = {"recipe": str(args.recipe), "quant": recipe.quant_config.short_name() if recipe.quant else "BF16", "schedule": list(recipe.schedule),
+    correct = sum(r["correct"] for r in rows)
+    summary = {"recipe": str(args.recipe), "quant": config.short_name() if config is not None else "BF16",
+               "quant_choice": args.quant, "schedule": list(recipe.schedule),
                "equivalent_tokens": recipe.equivalent_tokens, "kept_per_layer_last_batch": kept,
-               "recipe_matches_weights": same_weights, "answers": rows}
+               "recipe_matches_weights": same_weights, "correct": correct, "questions": len(rows),
+               "quantize_seconds": round(quantize_s, 1), "answers": rows}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
+    print_answers(summary, quant_label(config, args.quant), same_weights)
+    return 0
+
+
+def score_line(correct: int, total: int) -> str:
+    """``3/5 correct (60%)``."""
+    return f"{correct}/{total} correct ({100 * correct / total:.0f}%)"
+
+
+def print_answers(summary: dict, label: str, same_weights: bool) -> None:
+    """The run's header, a table of the answers (a ✓/✗ column, so wrong answers show without colour) and the
+    score line."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
     if not same_weights:
         console.print("[yellow]warning:[/yellow] the recipe was solved for other testbed weights (model hash differs)")
-    console.print(f"{summary['quant']}, {recipe.equivalent_tokens:.1f} equivalent visual tokens; "
+    kept = summary["kept_per_layer_last_batch"]
+    console.print(f"{label}, quantized in {summary['quantize_seconds']:.0f} s; "
+                  f"{summary['equivalent_tokens']:.1f} equivalent visual tokens; "
                   f"kept per layer: {kept if kept is not None else 'all'}")
     table = Table()
-    for col in ("task", "question", "answer", "prediction"):
+    for col in ("", "task", "question", "answer", "prediction"):
         table.add_column(col)
-    for r in rows:
-        table.add_row(r["task"], r["question"], r["answer"], ("" if r["correct"] else "[red]") + r["prediction"])
+    for r in summary["answers"]:
+        mark = "[green]✓[/green]" if r["correct"] else "[red]✗[/red]"
+        prediction = escape(r["prediction"]) if r["correct"] else f"[red]{escape(r['prediction'])}[/red]"
+        table.add_row(mark, r["task"], escape(r["question"]), escape(r["answer"]), prediction)
     console.print(table)
-    return 0
+    console.print(score_line(summary["correct"], summary["questions"]))
