@@ -11,7 +11,7 @@ Each row file ``<readable stem>-<hash of the row name>.json`` holds the result a
 (:func:`row_settings`: model hash, data version, tasks and questions per task, for low-bit rows the
 quantization config and calibration count, the recipe file's digest, library versions, device). A resumed
 run reuses a row only when its record equals this run's, so ``suite.md`` never mixes settings; the batch
-size is not recorded, since batching does not change greedy answers (``docs``: batching invariance).
+size is not recorded, since batching does not change the greedy answers.
 """
 
 from __future__ import annotations

@@ -215,8 +215,24 @@ def left_pad(rows: list[list[int]], labels: list[list[int]], pad_id: int = 2) ->
     return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t}
 
 
+CARD_MODEL_FIELDS = ("architecture", "lora")
+"""The model card's fields that change the model, and so its hash: ``lora`` (rank and alpha set the scale of
+the merged deltas, targets the adapted linears) and ``architecture`` (vision tower, projector, visual tokens).
+Its history and results (``training``, ``evaluation``) and names (``model_id``, ``data_version``) do not."""
+
+
+def card_model_fields(weights_dir: str | Path | None = None) -> dict:
+    """``{field: value}`` of :data:`CARD_MODEL_FIELDS` in the model card of ``weights_dir`` (``None`` for a
+    field the card lacks, and for every field when there is no card)."""
+    path = (Path(weights_dir) if weights_dir else WEIGHTS_DIR) / CARD_FILE
+    card = json.loads(path.read_text()) if path.is_file() else {}
+    return {name: card.get(name) for name in CARD_MODEL_FIELDS}
+
+
 def model_hash(weights_dir: str | Path | None = None) -> str:
-    """sha256 over the base GGUF file and the shipped testbed weights (identifies the exact model)."""
+    """sha256 identifying the exact model: the base GGUF file, the shipped testbed weights (vision shards and
+    LoRA factors, in that order) and then the model card's :data:`CARD_MODEL_FIELDS` as JSON with sorted keys.
+    Editing ``lora.alpha`` changes it; retraining notes or a new evaluation in the card do not."""
     import hashlib
 
     folder = Path(weights_dir) if weights_dir else WEIGHTS_DIR
@@ -225,4 +241,5 @@ def model_hash(weights_dir: str | Path | None = None) -> str:
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
+    h.update(json.dumps(card_model_fields(folder), sort_keys=True).encode())
     return h.hexdigest()

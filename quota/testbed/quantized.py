@@ -1,5 +1,6 @@
 """The testbed quantized once per config and calibration set, through the disk cache of quantized models
-(:mod:`quota.quantize.disk_cache`), keyed by the testbed's weights hash and the data version."""
+(:mod:`quota.quantize.disk_cache`), keyed by the testbed's model hash (weights and model card), the data
+version and the calibration question count; each entry records them in its header."""
 
 from __future__ import annotations
 
