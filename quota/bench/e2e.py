@@ -16,6 +16,7 @@ records the graph) are left out of it, in both modes.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -109,7 +110,17 @@ class SpeedRow:
     """The KV cache right after the prefill (the prompt's tokens only); ``kv_cache_mib`` is after decoding."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The row as JSON-ready values: a measurement that does not exist (peak memory off CUDA) is ``None``."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+CPU_NOTE = ("CPU timings: the PyTorch reference path on this CPU, without the Triton kernels or CUDA graphs; "
+            "they say nothing about speed on a GPU.")
+
+
+def format_gib(value: float) -> str:
+    """``1.23`` GiB, or ``n/a`` when it was not measured (peak memory off CUDA)."""
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
 
 
 def build_random(arch: str, device: str, dtype: torch.dtype):
@@ -266,9 +277,15 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
 def _report(row: SpeedRow) -> None:
     """One line per measured row on stderr, flushed, so that a run cut short keeps what it measured."""
     print(f"[quota bench e2e] {row.variant}, batch {row.batch}: TTFT {row.ttft_ms:.1f} ms, "
-          f"{row.decode_tokens_per_s:.1f} tok/s, peak {row.peak_memory_gib:.2f} GiB, KV {row.kv_cache_mib:.1f} MiB "
+          f"{row.decode_tokens_per_s:.1f} tok/s, peak {_peak(row.peak_memory_gib)}, KV {row.kv_cache_mib:.1f} MiB "
           f"({row.kv_prompt_mib:.1f} MiB after the prefill)",
           file=sys.stderr, flush=True)
+
+
+def _peak(gib: float) -> str:
+    """``peak 1.23 GiB`` or ``peak n/a``."""
+    text = format_gib(gib)
+    return text if text == "n/a" else f"{text} GiB"
 
 
 def _scaled(values: tuple[float, float, float, float, float]) -> tuple[float, float, float, float, float]:

@@ -49,7 +49,7 @@ def run_kernels(args: argparse.Namespace) -> int:
 def run_e2e(args: argparse.Namespace) -> int:
     import torch
 
-    from quota.bench.e2e import run_speed
+    from quota.bench.e2e import CPU_NOTE, format_gib, run_speed
 
     schedule, source_visual = None, None
     if args.recipe:
@@ -66,10 +66,13 @@ def run_e2e(args: argparse.Namespace) -> int:
              f"One image + {args.prompt_tokens} prompt tokens, {args.new_tokens} generated tokens, median of "
              f"{args.repeats} runs after a warm-up; prefill and decode "
              + ("eager" if args.eager else "replayed from CUDA graphs where there is CUDA")
-             + " (decode rate over steps 3 on).", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             + " (decode rate over steps 3 on)."]
+    if device == "cpu":
+        lines += ["", CPU_NOTE]
+    lines += ["", head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.variant} | {r.batch} | {r.schedule_mean:.1f} | {r.ttft_ms:.1f} | "
-                     f"{r.decode_tokens_per_s:.1f} | {r.peak_memory_gib:.2f} | {r.kv_cache_mib:.1f} | "
+                     f"{r.decode_tokens_per_s:.1f} | {format_gib(r.peak_memory_gib)} | {r.kv_cache_mib:.1f} | "
                      f"{r.kv_prompt_mib:.1f} |")
     text = "\n".join(lines) + "\n"
     if args.out is not None:

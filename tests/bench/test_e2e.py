@@ -16,7 +16,28 @@ def test_e2e_bench_on_a_tiny_llava(tmp_path, capsys):
         assert 0 < r["kv_prompt_mib"] < r["kv_cache_mib"]
     assert pruned["kv_prompt_mib"] / full["kv_prompt_mib"] < pruned["kv_cache_mib"] / full["kv_cache_mib"]
     assert all(r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in rows)
-    assert "TTFT ms" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "TTFT ms" in captured.out
+
+
+def test_e2e_bench_on_a_cpu_says_its_timings_mean_nothing_for_a_gpu(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from quota.bench.e2e import CPU_NOTE
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "e2e", "--arch", "tiny-llava", "--batches", "1", "--new-tokens", "4", "--repeats", "1",
+                 "--eager", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count(CPU_NOTE) == 1 and "say nothing about speed on a GPU" in CPU_NOTE
+    assert "nan" not in captured.out + captured.err
+    assert "peak n/a," in captured.err  # the per-row progress lines
+    rows = [line for line in captured.out.splitlines() if line.startswith("| bf16")]
+    assert rows and all(line.split(" | ")[5] == "n/a" for line in rows)  # the peak GiB column
+    md = (tmp_path / "bench_e2e_tiny-llava.md").read_text()
+    assert CPU_NOTE in md
+    saved = json.loads((tmp_path / "bench_e2e_tiny-llava.json").read_text())["rows"]
+    assert all(r["peak_memory_gib"] is None for r in saved)  # JSON has no NaN
 
 
 def test_e2e_bench_on_a_tiny_qwen2_vl(tmp_path):
