@@ -7,6 +7,12 @@ evaluation prompt); a per-patch loss on the vision tower and a grounding loss on
 Runs in pieces: ``--minutes`` bounds one run, checkpoints go to ``--ckpt`` and ``--resume`` continues from
 there. ``--export DIR`` writes the shipped safetensors and the model card.
 
+The checkpoint (``<ckpt>/train_state.safetensors``) is one file written atomically: the trained tensors and the
+optimizer's state tensors in safetensors, the rest (step, log, training pieces, optimizer hyperparameters) as
+JSON in its header; loading it runs no pickle. An export writes every new file under a temporary name first,
+then renames them into place and only then removes shards of an older layout, so a kill never leaves a
+folder without weights.
+
     python -m quota.testbed.train --steps 1500 --minutes 8 --ckpt ~/ckpt --export quota/testbed/weights
 
 Under ``torchrun`` it trains data-parallel (NCCL, one GPU per rank; gloo on CPUs): each rank draws its own
@@ -19,11 +25,13 @@ train streams and ``--batch`` images a step, the gradients are averaged in one a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +39,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from quota.atomic import write_text_atomic
+from quota.atomic import atomic_path
 from quota.testbed.scenes import COLOUR_IDS, SHAPE_IDS, SIZE_IDS, TEXTURE_IDS
 from quota.testbed.font import CHAR_IDS
 from quota.testbed.scenes import make_layout, make_scene
@@ -202,19 +210,14 @@ def main() -> None:
     if args.init:
         load_init(model, Path(args.init))
     step, log, history = 0, [], start_history(args)
-    ckpt = Path(args.ckpt) / "train_state.pt"
+    ckpt = Path(args.ckpt) / CHECKPOINT_FILE
+    heads_by_name = {"aux": aux, "ground": ground, "token_aux": token_aux}
     if args.resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"], strict=False)
-        aux.load_state_dict(state["aux"])
-        if "ground" in state:
-            ground.load_state_dict(state["ground"])
-        if "token_aux" in state:
-            token_aux.load_state_dict(state["token_aux"])
-        opt.load_state_dict(state["opt"])
-        step, log = state["step"], state["log"]
-        history = state.get("pieces", history)  # the pieces so far, also when the export folder is new
+        step, log, pieces = restore_checkpoint(ckpt, model, heads_by_name, opt, device)
+        history = pieces if pieces is not None else history  # the pieces so far, also when the export folder is new
         say(f"resumed at step {step}")
+    elif args.resume and (Path(args.ckpt) / "train_state.pt").is_file():
+        say(f"{Path(args.ckpt) / 'train_state.pt'} is a pickle checkpoint of an earlier quota: not loaded; starting afresh")
     trained = vision_params + lora_params + heads
     broadcast_parameters(trained)  # every rank starts from rank 0's values, whatever it loaded
 
@@ -273,18 +276,101 @@ def main() -> None:
     if rank:
         dist.destroy_process_group()
         return
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    trainable = {k: v for k, v in model.state_dict().items() if "vision_tower" in k or "multi_modal_projector" in k or "lora_" in k}
-    heads_state = {"aux": aux.state_dict(), "ground": ground.state_dict(), "token_aux": token_aux.state_dict()}
     seconds = time.time() - start
     pieces = history + [this_piece(args, step0, step, seconds)]
-    torch.save({"model": trainable, **heads_state, "opt": opt.state_dict(), "step": step, "log": log,
-                "pieces": pieces}, ckpt)
+    save_checkpoint(ckpt, model, heads_by_name, opt, step, log, pieces)
     print(f"saved step {step} after {seconds:.0f}s", flush=True)
     if args.export:
         export(model, lm, args, pieces, step, log)
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+CHECKPOINT_FILE = "train_state.safetensors"
+CHECKPOINT_FIELD = "quota_train_state"  # the header field holding the JSON state
+CHECKPOINT_VERSION = 1
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The tensors training changes: vision tower, projector and LoRA factors, keyed as in ``model.state_dict()``."""
+    return {k: v for k, v in model.state_dict().items()
+            if "vision_tower" in k or "multi_modal_projector" in k or "lora_" in k}
+
+
+def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer ``state_dict()`` as ``(tensors, json)``: every tensor of its per-parameter state under
+    ``"<param index>.<name>"``, everything else (other per-parameter values, the parameter groups) as JSON."""
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"scalars": scalars, "param_groups": groups}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> dict:
+    """The inverse of :func:`flatten_optimizer`: an optimizer ``state_dict()`` to load."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, entries in data.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(entries)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in data["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(path: str | Path, model, heads: dict[str, nn.Module], opt, step: int, log: list[dict],
+                    pieces: list[dict]) -> Path:
+    """Write the training state to ``path`` atomically, without pickle: the trained tensors (``model.``), the
+    heads' (``<head>.``) and the optimizer's state tensors (``opt.``) in safetensors; step, log, pieces and
+    the optimizer's JSON part in the header field ``quota_train_state``."""
+    from safetensors.torch import save_file
+
+    opt_tensors, opt_json = flatten_optimizer(opt.state_dict())
+    groups = {"model": trainable_state(model), **{name: h.state_dict() for name, h in heads.items()},
+              "opt": opt_tensors}
+    tensors = {f"{group}.{k}": v.detach().to("cpu", copy=True).contiguous()  # copies: no storage shared
+               for group, d in groups.items() for k, v in d.items()}
+    state = {"version": CHECKPOINT_VERSION, "step": step, "log": log, "pieces": pieces, "opt": opt_json}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={CHECKPOINT_FIELD: json.dumps(state)})
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """``({group: {key: tensor}}, state)`` of a checkpoint written by :func:`save_checkpoint` (no pickle runs).
+    Raises ``ValueError`` naming the file when it is not one."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        meta = f.metadata() or {}
+        if CHECKPOINT_FIELD not in meta:
+            raise ValueError(f"{path} is not a quota training checkpoint (no {CHECKPOINT_FIELD} in its header)")
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        for key in f.keys():
+            group, name = key.split(".", 1)
+            groups.setdefault(group, {})[name] = f.get_tensor(key)
+    state = json.loads(meta[CHECKPOINT_FIELD])
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, this quota reads {CHECKPOINT_VERSION}")
+    return groups, state
+
+
+def restore_checkpoint(path: str | Path, model, heads: dict[str, nn.Module], opt, device: str = "cpu"
+                       ) -> tuple[int, list[dict], list[dict] | None]:
+    """Load a checkpoint into the model (trained tensors), the heads and the optimizer; returns
+    ``(step, log, pieces)``. A head absent from the checkpoint keeps its fresh values."""
+    groups, state = load_checkpoint(path, device)
+    model.load_state_dict(groups.get("model", {}), strict=False)
+    for name, head in heads.items():
+        if name in groups:
+            head.load_state_dict(groups[name])
+    opt.load_state_dict(unflatten_optimizer(groups.get("opt", {}), state["opt"]))
+    return int(state["step"]), list(state.get("log", [])), state.get("pieces")
 
 
 def gpus_of(piece: dict) -> int:
@@ -392,14 +478,30 @@ def export(model, lm, args, pieces: list[dict], step: int, log: list[dict]) -> N
     out.mkdir(parents=True, exist_ok=True)
     vision = {k: v.detach().to(torch.bfloat16).cpu().contiguous() for k, v in model.state_dict().items()
               if k.startswith("model.vision_tower.") or k.startswith("model.multi_modal_projector.")}
-    for old in out.glob(VISION_GLOB):
-        old.unlink()
     shards = shard_state_dict(vision, max_bytes=12 * 2**20)
-    for i, shard in enumerate(shards):
-        save_file(shard, out / VISION_FILE.format(i + 1, len(shards)))
-    save_file({k: v.to(torch.bfloat16) for k, v in lora_factors(lm, "model.language_model.").items()}, out / LORA_FILE)
+    names = [VISION_FILE.format(i + 1, len(shards)) for i in range(len(shards))]
+    lora = {k: v.detach().to(torch.bfloat16).cpu().contiguous() for k, v in lora_factors(lm, "model.language_model.").items()}
     card_path = out / CARD_FILE
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card = export_card(card, args, pieces, step, log)
+    # every file is written under a temporary name first; the renames come together once all are on disk
+    # (the card last), and only then are shards of an older layout removed
+    with contextlib.ExitStack() as stack:
+        card_tmp = stack.enter_context(atomic_path(card_path))
+        card_tmp.write_text(json.dumps(card, indent=2) + "\n")
+        save_file(lora, str(stack.enter_context(atomic_path(out / LORA_FILE))))
+        for name, shard in zip(names, shards):
+            save_file(shard, str(stack.enter_context(atomic_path(out / name))))
+    for old in out.glob(VISION_GLOB):
+        if old.name not in names:
+            old.unlink()
+    print("exported to", out, flush=True)
+
+
+def export_card(card: dict, args, pieces: list[dict], step: int, log: list[dict]) -> dict:
+    """The model card of an export: ``card`` (the folder's current one) updated with the architecture, the LoRA
+    settings and the whole training history, without the evaluation of the weights it replaces."""
+    card = dict(card)
     last = pieces[-1]
     card.update({
         "model_id": MODEL_ID,
@@ -415,8 +517,7 @@ def export(model, lm, args, pieces: list[dict], step: int, log: list[dict]) -> N
         "data_version": DATA_VERSION,
     })
     card.pop("evaluation", None)  # measured on the weights this run replaced: evaluate the new ones again
-    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
-    print("exported to", out, flush=True)
+    return card
 
 
 if __name__ == "__main__":

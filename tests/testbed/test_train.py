@@ -1,5 +1,6 @@
 """The testbed training script's data and losses (``quota.testbed.train``): conversations, streams,
-grounding against the LM's word embeddings, answer accuracy."""
+grounding against the LM's word embeddings, answer accuracy; its checkpoint (atomic, no pickle) and export
+(a failed export leaves the previous weights)."""
 
 import pytest
 import torch
@@ -60,7 +61,16 @@ def test_answer_accuracy_ignores_end_of_turn_tokens(tt):
     assert tt.answer_accuracy(logits, targets, end_id=2) == pytest.approx(0.5)
 
 
-def test_export_writes_the_whole_history_of_pieces_and_loads_back(tt, tmp_path):
+@pytest.fixture
+def session_smollm2(smollm2, monkeypatch):
+    """build_testbed (and so testbed.load) takes the session's SmolLM2 instead of converting the GGUF file again;
+    build_testbed copies its weights and leaves it unchanged."""
+    import quota.testbed.model as testbed_model
+
+    monkeypatch.setattr(testbed_model, "load_smollm2", lambda dtype=torch.float32, device="cpu": smollm2)
+
+
+def test_export_writes_the_whole_history_of_pieces_and_loads_back(tt, tmp_path, session_smollm2, monkeypatch):
     import argparse
     import json
 
@@ -95,6 +105,133 @@ def test_export_writes_the_whole_history_of_pieces_and_loads_back(tt, tmp_path):
     with torch.no_grad():
         assert torch.allclose(merged, trained.weight, atol=1e-3)
         assert not torch.allclose(merged, trained.parametrizations.weight.original, atol=1e-4)
+
+    # an export that dies part way (here: writing its second file) leaves the previous export as it was
+    exported = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    import safetensors.torch
+
+    real, calls = safetensors.torch.save_file, []
+
+    def dies(tensors, filename, metadata=None):
+        calls.append(filename)
+        real(tensors, filename, metadata)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies)
+    with torch.no_grad():
+        lm.layers[3].self_attn.q_proj.parametrizations.weight[0].lora_B.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        tt.export(model, lm, args, second + [tt.this_piece(args, 50, 60, 5.0)], 60, [])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == exported  # same files, same bytes, no temporary
+
+
+def test_export_removes_shards_of_an_older_layout_only_after_writing_the_new_ones(tt, tmp_path, monkeypatch):
+    import argparse
+
+    import torch.nn as nn
+
+    from quota.testbed.model import VISION_FILE
+
+    class Tiny(nn.Module):  # a state dict with the exported prefixes; no language model adapters
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Module()
+            self.model.vision_tower = nn.Linear(4, 4)
+            self.model.multi_modal_projector = nn.Linear(4, 4)
+
+    old = tmp_path / VISION_FILE.format(1, 3)
+    old.write_bytes(b"old layout")
+    seen = []
+    monkeypatch.setattr(tt, "lora_factors", lambda lm, prefix: {"x.lora_A": torch.zeros(2, 2)})
+    real_unlink = tt.Path.unlink
+
+    def recording_unlink(self, *args, **kwargs):  # what the folder holds when a file is removed
+        seen.append((self.name, sorted(p.name for p in tmp_path.iterdir())))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(tt.Path, "unlink", recording_unlink)
+    args = argparse.Namespace(export=str(tmp_path), init=None, lora_rank=4, batch=8, lr=1e-4, aux_weight=1.0,
+                              ground_weight=1.0, token_aux_weight=0.0, lora_lr_mult=1.0, per_task=3, steps=50)
+    tt.export(Tiny(), None, args, [tt.this_piece(args, 0, 5, 1.0)], 5, [])
+    assert not old.exists()
+    [(_, present)] = [entry for entry in seen if entry[0] == old.name]
+    assert VISION_FILE.format(1, 1) in present and "testbed_card.json" in present and "testbed_lora.safetensors" in present
+
+
+def _tiny_training(seed: int = 0):
+    """A model with a trained part (``vision_tower``) and a frozen one, two heads and AdamW, after two steps."""
+    import torch.nn as nn
+
+    torch.manual_seed(seed)
+    model = nn.Module()
+    model.vision_tower, model.frozen = nn.Linear(3, 4), nn.Linear(3, 3)
+    heads = {"aux": nn.Linear(4, 2), "ground": nn.Linear(4, 3)}
+    params = list(model.vision_tower.parameters()) + [p for h in heads.values() for p in h.parameters()]
+    opt = torch.optim.AdamW([{"params": params[:2], "lr": 1e-2}, {"params": params[2:], "lr": 2e-2,
+                                                                  "weight_decay": 0.0}], betas=(0.9, 0.98))
+    return model, heads, opt
+
+
+def _step(model, heads, opt, seed: int) -> None:
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(seed))
+    h = model.vision_tower(x)
+    loss = heads["aux"](h).pow(2).mean() + heads["ground"](h).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_checkpoint_round_trip_without_pickle_resumes_the_very_same_training(tt, tmp_path):
+    import inspect
+
+    from safetensors import safe_open
+
+    model, heads, opt = _tiny_training()
+    for seed in (1, 2):
+        _step(model, heads, opt, seed)
+    log, pieces = [{"step": 2, "lm_loss": 0.5}], [{"steps": "0-2", "seconds": 1}]
+    path = tt.save_checkpoint(tmp_path / tt.CHECKPOINT_FILE, model, heads, opt, 2, log, pieces)
+    with safe_open(str(path), framework="pt") as f:  # a plain safetensors file: tensors and a JSON header
+        keys = set(f.keys())
+    assert "model.vision_tower.weight" in keys and "aux.weight" in keys and "opt.0.exp_avg" in keys
+    assert not any(k.startswith("model.frozen") for k in keys)
+
+    model2, heads2, opt2 = _tiny_training(seed=7)  # other starting values: all must come from the file
+    step, log2, pieces2 = tt.restore_checkpoint(path, model2, heads2, opt2)
+    assert (step, log2, pieces2) == (2, log, pieces)
+    assert opt2.param_groups[0]["betas"] == (0.9, 0.98) and opt2.param_groups[1]["weight_decay"] == 0.0
+    _step(model, heads, opt, 3)
+    _step(model2, heads2, opt2, 3)
+    for a, b in zip(list(model.vision_tower.parameters()) + [p for h in heads.values() for p in h.parameters()],
+                    list(model2.vision_tower.parameters()) + [p for h in heads2.values() for p in h.parameters()]):
+        assert torch.equal(a, b)  # the resumed optimizer continues exactly
+    assert "torch.load" not in inspect.getsource(tt)
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tt, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    model, heads, opt = _tiny_training()
+    _step(model, heads, opt, 1)
+    path = tt.save_checkpoint(tmp_path / tt.CHECKPOINT_FILE, model, heads, opt, 1, [], [])
+    before = path.read_bytes()
+    real = safetensors.torch.save_file
+
+    def dies(tensors, filename, metadata=None):
+        real(tensors, filename, metadata)
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies)
+    _step(model, heads, opt, 2)
+    with pytest.raises(KeyboardInterrupt):
+        tt.save_checkpoint(path, model, heads, opt, 2, [], [])
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    assert tt.load_checkpoint(path)[1]["step"] == 1
+    real(({"a": torch.zeros(2)}), str(tmp_path / "other.safetensors"))  # safetensors, but no training state
+    with pytest.raises(ValueError, match="not a quota training checkpoint"):
+        tt.load_checkpoint(tmp_path / "other.safetensors")
 
 
 def test_family_loss_sums_each_familys_cross_entropy_and_vanishes_on_confident_right_logits(tt):
