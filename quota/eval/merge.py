@@ -16,8 +16,11 @@ from quota.atomic import write_json_atomic
 from quota.eval.harness import EvalResult, summarize
 from quota.testbed.splits import test_split
 
-AGREEING_META = ("model", "dtype", "quant", "recipe", "baseline", "schedule", "equivalent_tokens")
-"""What every merged result must share: the same model, precision and pruning, or the merge is meaningless."""
+AGREEING_META = ("model", "dtype", "quant", "recipe", "baseline", "schedule", "equivalent_tokens",
+                 "questions_per_task", "calibration_questions", "device", "torch", "versions")
+"""What every merged result must share: the same model, precision, pruning, question and calibration counts,
+device and library versions, or the merge is not the result of one run (a field a result lacks counts as
+``None``)."""
 
 
 def merge_results(paths: Sequence[str | Path]) -> EvalResult:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from quota.atomic import write_json_atomic
+from quota.atomic import runtime_record, write_json_atomic
 from quota.device import placement
 from quota.eval.harness import EvalResult, TaskScore, answer_questions, retention, summarize
 from quota.models.registry import check_model_name
@@ -134,6 +134,7 @@ def evaluate(
         "calibration_questions": calibration_limit,  # None: the whole calibration split (when calibrated)
         "seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
+        "versions": runtime_record(device)["versions"],
     }
     result = summarize(questions, answers, meta)
     result.meta["retention"] = {name: retention(result, ref) for name, ref in refs.items()}

@@ -48,6 +48,8 @@ def test_the_command_writes_the_merged_result(tmp_path, capsys):
 @pytest.mark.parametrize("problem, match", [
     ("same task", "in both"),
     ("other quant", "'quant'"),
+    ("other limit", "'questions_per_task'"),
+    ("other calibration", "'calibration_questions'"),
     ("no predictions", "no predictions"),
     ("other answers", "another answer"),
     ("nothing", "no results"),
@@ -58,6 +60,10 @@ def test_bad_inputs_are_refused_with_the_reason(tmp_path, problem, match):
         paths = [a, write_result(tmp_path / "b.json", "counting", 3)]
     elif problem == "other quant":
         paths = [a, write_result(tmp_path / "b.json", "reading", 3, meta={**META, "quant": "W4A4 KV4"})]
+    elif problem == "other limit":
+        paths = [a, write_result(tmp_path / "b.json", "reading", 3, meta={**META, "questions_per_task": 3})]
+    elif problem == "other calibration":
+        paths = [a, write_result(tmp_path / "b.json", "reading", 3, meta={**META, "calibration_questions": 16})]
     elif problem == "no predictions":
         paths = [a, write_result(tmp_path / "b.json", "reading", 3, predictions=False)]
     elif problem == "other answers":
