@@ -42,6 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("quota.quantize",),
     ("quota.runtime",),
     ("quota.profiling",),
+    ("quota.data",),
     ("quota.testbed",),
     ("quota.eval",),
     ("quota.bench",),
