@@ -17,6 +17,7 @@ COMMANDS = {
     "inspect": "quota.cli.inspect",
     "profile": "quota.cli.profile",
     "apply": "quota.cli.apply",
+    "data": "quota.cli.data",
 }
 
 
