@@ -9,8 +9,8 @@ layout (``tokenizer.json``, ``tokenizer_config.json``, ``preprocessor_config.jso
 ``chat_template.jinja``), which ``AutoProcessor.from_pretrained(folder, local_files_only=True)`` reads.
 
 Qwen2-VL, Qwen2.5-VL and SmolVLM processors hold a video processor, which transformers builds only with
-torchvision: their folders are written all the same, and :func:`processor_missing` says why one cannot load
-here. Building all six families takes a few seconds on two CPU cores.
+torchvision, and SmolVLM's also needs ``num2words``: their folders are written all the same, and
+:func:`processor_missing` says why one cannot load here. Building all six families takes a few seconds on two CPU cores.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ CLASSES = {
     "smolvlm": "SmolVLMForConditionalGeneration",
 }
 NEEDS_VIDEO_PROCESSOR = ("qwen2_vl", "qwen2_5_vl", "smolvlm")  # their processors build a video processor
+MISSING_PACKAGES = ("torchvision", "num2words")  # what a family's processor may need beyond transformers
 DYNAMIC = ("llava_next", "qwen2_vl", "qwen2_5_vl")  # visual tokens depend on the image's size
 IMAGE = 32  # px: the vision towers' tile; LLaVA-1.5 gets (32 / 8)^2 = 16 visual tokens
 
@@ -69,7 +70,8 @@ TEMPLATES = {
     # Qwen2-VL / Qwen2.5-VL: ChatML with a vision span
     "qwen2_vl": _template(
         "<|im_start|>user\n", "<|im_end|>\n", "<|im_start|>assistant\n", "<|im_end|>\n", "<|im_start|>assistant\n",
-        "<|vision_start|><|image_pad|><|vision_end|>", system="<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n",
+        "<|vision_start|><|image_pad|><|vision_end|>",
+        system="<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n",
     ),
     # Idefics3 / SmolVLM: "<|im_start|>User:<image>Q<end_of_utterance>\nAssistant: A<end_of_utterance>\n"
     "idefics3": _template(
@@ -93,16 +95,23 @@ SPECIALS["qwen2_5_vl"] = SPECIALS["qwen2_vl"]
 SPECIALS["smolvlm"] = SPECIALS["idefics3"]
 
 
+def _import_problem(module: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # a torchvision wheel built for another torch fails at import, not at lookup
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:80]}"
+    return None
+
+
 def processor_missing(family: str) -> str | None:
-    """Why ``family``'s processor cannot be loaded in this environment, or ``None`` when it can."""
-    if family in NEEDS_VIDEO_PROCESSOR:
-        try:
-            import torchvision  # noqa: F401
-        except Exception as err:  # a torchvision wheel built for another torch fails at import
-            return (f"{family}: its processor holds a video processor, which transformers builds only with "
-                    f"torchvision ({type(err).__name__}: {str(err).strip().splitlines()[0][:80]})")
+    """Why ``family``'s processor cannot be loaded in this environment (naming the missing package), or ``None``."""
     if importlib.util.find_spec("PIL") is None:
-        return f"{family}: transformers' image processors need pillow here (no torchvision)"
+        return f"{family}: transformers' image processors need pillow"
+    if family in NEEDS_VIDEO_PROCESSOR and (problem := _import_problem("torchvision")):
+        return (f"{family}: its processor holds a video processor, which transformers builds only with "
+                f"torchvision ({problem})")
+    if family == "smolvlm" and (problem := _import_problem("num2words")):
+        return f"smolvlm: SmolVLMProcessor needs the num2words package ({problem})"
     return None
 
 

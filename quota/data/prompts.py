@@ -21,7 +21,8 @@ import torch
 from quota.data.records import Record, load_image
 from quota.data.scoring import option_letter
 
-TEXT_KEYS = ("input_ids", "attention_mask")
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+"""Tensors ``[B, S]`` of the text (Qwen2-VL's processor adds ``mm_token_type_ids``, derived from the ids)."""
 
 
 class PromptError(ValueError):

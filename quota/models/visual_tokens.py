@@ -128,7 +128,8 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     h, w = round(height / factor) * factor, round(width / factor) * factor
     if h * w > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
-        h, w = max(factor, math.floor(height / beta / factor) * factor), max(factor, math.floor(width / beta / factor) * factor)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
     elif h * w < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
         h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
@@ -192,6 +193,8 @@ def visual_tokens_of(config, image_processor=None, image_size: tuple[int, int] |
         return _qwen2_vl(config, image_processor, image_size)
     count = getattr(image_processor, "get_number_of_image_patches", None)
     if count is None:
-        raise VisionConfigError(f"{type(image_processor).__name__} splits images but has no get_number_of_image_patches")
+        raise VisionConfigError(
+            f"{type(image_processor).__name__} splits images but has no get_number_of_image_patches to count crops"
+        )
     _, rows, cols = count(*image_size, {})
     return _idefics3_tile(config) * (rows * cols + 1)  # every crop, plus the global image
