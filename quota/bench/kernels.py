@@ -136,13 +136,13 @@ def check_wgmma_s8(m: int = 4096, n: int = 4096, k: int = 4096, device="cuda") -
     w = torch.zeros((n, k // 2), dtype=torch.int8, device=device)
     s_a = torch.ones((m, 1), device=device)
     s_w = torch.ones((n,), device=device)
-    g.w4a4_matmul(a, s_a, w, s_w)  # autotunes and compiles
-    jit = g._gemm_kernel.fn.fn  # autotune -> heuristics -> jit
-    cfg = g._gemm_kernel.best_config
+    w4a4_gemm.w4a4_matmul(a, s_a, w, s_w)  # autotunes and compiles
+    jit = w4a4_gemm._gemm_kernel.fn.fn  # autotune -> heuristics -> jit
+    cfg = w4a4_gemm._gemm_kernel.best_config
     out = torch.empty((m, n), dtype=torch.bfloat16, device=device)
     compiled = jit.warmup(
-        a, s_a, w, s_w, s_a, out, m, n, k // 2, g._m_bucket(m), a.stride(0), w.stride(0), out.stride(0),
-        HAS_BIAS=False, INT4=True, USE_ASM=g.USE_ASM_UNPACK, EVEN_K=(k // 2) % cfg.kwargs["BLOCK_KB"] == 0,
+        a, s_a, w, s_w, s_a, out, m, n, k // 2, w4a4_gemm._m_bucket(m), a.stride(0), w.stride(0), out.stride(0),
+        HAS_BIAS=False, INT4=True, USE_ASM=w4a4_gemm.USE_ASM_UNPACK, EVEN_K=(k // 2) % cfg.kwargs["BLOCK_KB"] == 0,
         grid=(1,), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs,
     )  # fmt: skip
     ptx = compiled.asm["ptx"]

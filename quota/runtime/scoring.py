@@ -32,9 +32,11 @@ import torch.nn as nn
 from quota.quant.config import FULL_PRECISION
 from quota.quant.hadamard import apply_block_hadamard
 from quota.quant.quantizers import fake_quantize_activation
-from quota.kernels.score_gather import select_topk
+from quota.kernels.score_gather import select_topk  # noqa: F401  (re-exported: the runtime's top-k rule)
 from quota.quantize.linear import QuantLinear
-from quota.signals import ATTENTION_SIGNALS, EMBEDDING_SIGNALS, LAYER_SIGNALS, SIGNALS, available_signals
+from quota.signals import (  # noqa: F401  (re-exported for the runner)
+    ATTENTION_SIGNALS, EMBEDDING_SIGNALS, LAYER_SIGNALS, SIGNALS, available_signals,
+)
 
 SCORE_GRID = 2.0**-16
 

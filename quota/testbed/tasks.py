@@ -20,13 +20,13 @@ lists the boxes needed to answer (``meta["scope"] == "global"`` when the whole i
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from quota.data.scoring import exact_match, normalize_answer  # noqa: F401  (re-exported)
 from quota.testbed.scenes import (
     CELL, COLOURS, GRID, PATCH, REGIONS, SHAPES, SIZES, TEXTURES, Box, Layout, SceneObject, TextItem,
 )
@@ -81,27 +81,9 @@ def check_task(task: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Answers
 
-_NUMBER_WORDS = {
-    w: str(i)
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-_ARTICLES = {"a", "an", "the"}
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation (digit-grouping commas join: ``1,234 -> 1234``) and articles, map number
-    words ``zero``..``twenty`` to digits, collapse whitespace. ``"The Two."`` -> ``"2"``."""
-    s = re.sub(r"(?<=\d),(?=\d{3})", "", text.lower())
-    s = re.sub(r"[^\w\s]|_", " ", s)
-    return " ".join(_NUMBER_WORDS.get(t, t) for t in s.split() if t not in _ARTICLES)
-
-
 def score(prediction: str, answer: str) -> bool:
-    """Exact match of the normalized short answers."""
-    return normalize_answer(prediction) == normalize_answer(answer)
+    """Exact match of the normalized short answers (:func:`quota.data.scoring.normalize_answer`)."""
+    return exact_match(prediction, answer)
 
 
 # ----------------------------------------------------------------------------------------------
