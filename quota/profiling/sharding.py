@@ -79,14 +79,15 @@ def _read_partial(path: Path) -> tuple[Any, dict[str, Any]] | None:
 
 
 def load_partials(stem: Path, settings: dict[str, Any] | None = None, resume: bool | str = "strict",
-                  only_given_fields: bool = False, delete_except: Sequence[str] | None = None) -> dict[str, Any]:
+                  only_given_fields: bool = False, may_delete: Callable[[str], bool] | None = None
+                  ) -> dict[str, Any]:
     """The finished items of every partial file of ``stem`` whose settings equal ``settings``.
 
     With ``settings=None`` nothing is checked (every readable file counts). Otherwise a file of other
     settings (or of none) raises :class:`quota.atomic.ResumeMismatchError` when ``resume`` is strict
-    (``True``), and is skipped when it is ``"recompute"``; then it is also deleted unless ``delete_except``
-    is ``None`` or names it (the files of live ranks, which their owners overwrite). ``only_given_fields``:
-    compare only the fields ``settings`` has (an early check, made before every setting is known)."""
+    (``True``), and is skipped when it is ``"recompute"``; then it is also deleted if ``may_delete(name)``.
+    ``only_given_fields``: compare only the fields ``settings`` has (an early check, made before every
+    setting is known)."""
     mode = resume_mode(resume) or "strict"
     done: dict[str, Any] = {}
     for path in partial_files(stem):
@@ -101,7 +102,7 @@ def load_partials(stem: Path, settings: dict[str, Any] | None = None, resume: bo
                 if mode == "strict":
                     raise (unrecorded_error("the partial results", path.name) if unrecorded
                            else mismatch_error("the partial results", path.name, diff))
-                if delete_except is not None and path.name not in delete_except:
+                if may_delete is not None and may_delete(path.name):
                     with contextlib.suppress(OSError):
                         path.unlink()
                 continue
@@ -118,6 +119,14 @@ def check_partials(checkpoint_stem: str | Path, settings: dict[str, Any], resume
 
 def partial_path(stem: Path, rank: int, size: int) -> Path:
     return stem.parent / f"{stem.name}.rank{rank}of{size}.partial.json"
+
+
+def _deletable_by(stem: Path, rank: int, size: int) -> Callable[[str], bool]:
+    """Which stale partial files a rank removes under ``resume="recompute"``: its own, and on rank 0 also
+    those of no live rank (earlier world sizes); never another live rank's, which that rank handles."""
+    live = {partial_path(stem, r, size).name for r in range(size)}
+    own = partial_path(stem, rank, size).name
+    return lambda name: name == own or (rank == 0 and name not in live)
 
 
 def run_sharded(
@@ -141,10 +150,8 @@ def run_sharded(
     rank, size = world()
     mode = resume_mode(resume)
     stem = Path(checkpoint_stem) if checkpoint_stem is not None else None
-    live = [partial_path(stem, r, size).name for r in range(size)] if stem is not None else []
-    # rank 0 alone deletes the files of other settings, and never a live rank's file (its owner rewrites it)
-    done = load_partials(stem, settings, mode, delete_except=live if rank == 0 else None
-                         ) if (stem is not None and mode) else {}
+    deletable = _deletable_by(stem, rank, size) if stem is not None else None
+    done = load_partials(stem, settings, mode, may_delete=deletable) if (stem is not None and mode) else {}
     mine = {k: v for k, v in done.items()}
     todo = [it for i, it in enumerate(items) if i % size == rank and item_key(it) not in done]
     own_file = partial_path(stem, rank, size) if stem is not None else None

@@ -157,3 +157,15 @@ def test_two_gloo_processes_gather_on_rank0(tmp_path):
     assert shared[0] == shared[1] and len(shared[0]) == 5
     assert {v["rank"] for v in shared[0].values()} == {0, 1}
     assert [v["value"] for v in shared[0].values()] == [layer * 100 + k for layer, k in ITEMS[:5]]
+
+
+def test_recompute_removes_a_ranks_own_stale_file_even_when_it_has_nothing_left_to_compute(tmp_path):
+    stem = tmp_path / "grid"
+    done = {json.dumps(list(it)): 1.0 for it in ITEMS}
+    (tmp_path / "grid.rank0of2.partial.json").write_text(json.dumps(
+        {"type": "quota.partial", "version": 2, "settings": SETTINGS, "items": done}))  # everything, matching
+    own = tmp_path / "grid.rank0of1.partial.json"
+    own.write_text(json.dumps({"type": "quota.partial", "version": 2, "settings": {**SETTINGS, "grid": [0]},
+                               "items": {}}))
+    out = run_sharded(ITEMS, lambda it: 0.0, stem, resume="recompute", settings=SETTINGS)
+    assert set(out.values()) == {1.0} and not own.exists()
