@@ -16,6 +16,10 @@ Every failure is a ``SolverError`` (``quota.solvers.errors``) with a one-line me
 names the solver and the feature; ``NoScheduleError``, ``RelaxationLimitError`` and
 ``GapTooLargeError`` state the time limit, the bound and the gap.
 
+Joint precision and token allocation (each layer's precision option and keep count together):
+``JointProblem``, ``JointSolution``, ``solve_joint`` with ``"auto"``, ``"dp"`` and ``"cpsat"`` (all exact;
+see ``quota.solvers.joint_problem``).
+
 Importing this package loads neither OR-Tools nor cvxpy; the backends import them on first use.
 """
 
@@ -36,6 +40,14 @@ from quota.solvers.errors import (
     UnsupportedFeatureError,
 )
 from quota.solvers.greedy import solve_greedy
+from quota.solvers.joint_auto import solve_joint_auto
+from quota.solvers.joint_constraints import AllowedPrecisions
+from quota.solvers.joint_cpsat import solve_joint_cpsat
+from quota.solvers.joint_dp import solve_joint_dp
+from quota.solvers.joint_problem import JOINT_COST_KINDS, JointProblem
+from quota.solvers.joint_solution import JointSolution
+from quota.solvers.joint_solve import JOINT_SOLVERS, solve_joint
+from quota.solvers.joint_synthetic import synthetic_joint_problem
 from quota.solvers.mip import solve_mip
 from quota.solvers.problem import COST_KINDS, AllocationProblem, default_grid
 from quota.solvers.registry import EXACT_SOLVERS, HEURISTIC_SOLVERS, SOLVERS, solve_problem
@@ -48,14 +60,19 @@ __all__ = [
     "EXACT_SOLVERS",
     "FEAS_RTOL",
     "HEURISTIC_SOLVERS",
+    "JOINT_COST_KINDS",
+    "JOINT_SOLVERS",
     "MAX_BYTES",
     "SHAPES",
     "SOLVERS",
     "AllocationProblem",
+    "AllowedPrecisions",
     "CostCap",
     "FixedLayer",
     "GapTooLargeError",
     "InfeasibleError",
+    "JointProblem",
+    "JointSolution",
     "LinearConstraint",
     "MinKeepBefore",
     "NoScheduleError",
@@ -71,8 +88,13 @@ __all__ = [
     "solve_cpsat",
     "solve_dp",
     "solve_greedy",
+    "solve_joint",
+    "solve_joint_auto",
+    "solve_joint_cpsat",
+    "solve_joint_dp",
     "solve_mip",
     "solve_relax",
     "solve_sweep",
+    "synthetic_joint_problem",
     "synthetic_problem",
 ]
