@@ -180,3 +180,22 @@ def test_linears_reading_one_input_are_quantized_together_with_the_same_result()
         assert f.codes.shape == a.codes.shape and torch.equal(f.codes, a.codes) and torch.equal(f.scale, a.scale)
     assert [g for g in _input_groups({"a": None, "b": 64}, {"a": stats["self_attn.q_proj"],
                                                            "b": stats["self_attn.q_proj"]})] == [["a"], ["b"]]
+
+
+def test_gptq_runs_on_one_cpu_thread_and_restores_the_thread_count(monkeypatch):
+    """GPTQ's sweep is thousands of small ops: it runs on one intra-op thread, then gives the caller's count back."""
+    from quota.quantize import gptq
+    from quota.quantize.gptq import HessianAccumulator, gptq_quantize
+
+    seen = []
+    sweep = gptq._sweep
+    monkeypatch.setattr(gptq, "_sweep", lambda *a: (seen.append(torch.get_num_threads()), sweep(*a)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        h = HessianAccumulator(32)
+        h.add(torch.randn(64, 32, generator=torch.Generator().manual_seed(0)))
+        q = gptq_quantize(torch.randn(8, 32, generator=torch.Generator().manual_seed(1)), h.hessian)
+        assert seen == [1] and torch.get_num_threads() == 2 and q.codes.shape == (8, 32)
+    finally:
+        torch.set_num_threads(before)
