@@ -66,7 +66,9 @@ class PrunedModel:
         static: bool = False,
         **vision_inputs,
     ) -> torch.Tensor:
-        """``static``: decode through a CUDA graph on a GPU (:meth:`PrunedRunner.generate`)."""
+        """``static``: decode through a CUDA graph on a GPU (:meth:`PrunedRunner.generate`). The inputs are checked
+        first (:meth:`PrunedRunner.check_inputs`): right padding, a mask that is not ``[B, S]``, an empty
+        ``input_ids`` or a negative ``max_new_tokens`` is a ``ValueError`` naming the argument."""
         if do_sample:
             raise NotImplementedError("the pruning runtime decodes greedily (do_sample=False)")
         new = self.runner.generate(input_ids, attention_mask, pixel_values, max_new_tokens, eos_token_id,
