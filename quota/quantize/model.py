@@ -20,7 +20,7 @@ from quota.models.registry import spec_for
 from quota.models.spec import ArchSpec, get_submodule, set_submodule
 from quota.quantize.calibration import LayerInputs, capture_first_layer_inputs, run_layer, validate_batches
 from quota.quant.config import QuantConfig
-from quota.quantize.gptq import HessianAccumulator, gptq_quantize
+from quota.quantize.gptq import HessianAccumulator, gptq_quantize, one_cpu_thread
 from quota.quant.hadamard import apply_block_hadamard, hadamard_block_size
 from quota.quantize.attention import KVQuantizer, install_kv_quantizer, use_quota_attention
 from quota.quantize.linear import QuantLinear
@@ -154,7 +154,8 @@ def _quantize_weight(w: torch.Tensor, stats: _InputStats | None, config: QuantCo
     clip = 1.0
     if config.w_clip_search:
         sq = stats.sq_sum / max(stats.count, 1) if stats is not None and stats.count else None
-        clip = search_weight_clip(w, config.w_bits, config.w_group_size, sq)
+        with one_cpu_thread(w.device):  # many small elementwise ops, like GPTQ's sweep
+            clip = search_weight_clip(w, config.w_bits, config.w_group_size, sq)
     return quantize_weight_rtn(w, config.w_bits, config.w_group_size, clip)
 
 
