@@ -112,13 +112,13 @@ def answer_questions(
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     answers: list[str] = []
-    with ProgressBar(len(questions), "answer", wants_progress(progress)) as bar:
+    with ProgressBar(len(questions), "answer questions", wants_progress(progress)) as bar:
         for i in range(0, len(questions), batch_size):
             chunk = questions[i : i + batch_size]
             answers += _answer_batch(model, tokenizer, chunk, device, dtype, max_new_tokens)
             done = min(i + batch_size, len(questions))
             for _ in chunk:
-                bar.advance("questions")
+                bar.advance()
             if on_batch is not None:
                 on_batch(done, len(questions))
     return answers

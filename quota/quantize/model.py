@@ -51,11 +51,12 @@ class ProgressBar:
 
     On a terminal: a rich bar with the elapsed time and an estimate of the time left. Elsewhere (a pipe, a log):
     one plain line at most every :data:`PLAIN_PROGRESS_EVERY_S` seconds and one at the end, each with the
-    estimate. ``show=False`` shows nothing; ``console``: a rich ``Console`` to draw on (default: stderr's).
+    estimate. ``title``: one line printed first (what the steps are), so the bar's own text stays short enough
+    for 80 columns. ``show=False`` shows nothing; ``console``: a rich ``Console`` to draw on (default: stderr's).
     """
 
-    def __init__(self, total: int, label: str, show: bool = True, console=None) -> None:
-        self.total, self.label, self.show = int(total), label, bool(show)
+    def __init__(self, total: int, label: str, show: bool = True, console=None, title: str = "") -> None:
+        self.total, self.label, self.show, self.title = int(total), label, bool(show), title
         self.done, self.detail = 0, ""
         self._console, self._rich, self._task = console, None, None
         self._start = self._last_line = 0.0
@@ -67,12 +68,14 @@ class ProgressBar:
         from rich.console import Console
 
         self._console = self._console or Console(stderr=True)
+        if self.title:
+            self._console.print(self.title, highlight=False, soft_wrap=True)
         if self._console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
             from rich.progress import TimeRemainingColumn
 
             self._rich = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("left"), TimeRemainingColumn(), console=self._console, transient=False,
             )
             self._rich.start()
@@ -372,10 +375,11 @@ def quantize_model(
     on_layer = progress if callable(progress) else None
     show = False if on_layer is not None else wants_progress(progress)
     steps = len(layers) * len(spec.layer.linear_paths)
-    with ProgressBar(steps, f"quantize ({_work_of(config, inputs is not None)})", show) as bar:
+    title = f"quantize {len(layers)} layers, {steps} linears: {_work_of(config, inputs is not None)}"
+    with ProgressBar(steps, "quantize", show, title=title) as bar:
         for i, layer in enumerate(layers):
             _quantize_layer(layer, spec, config, inputs, report, i,
-                            on_linear=lambda path, i=i: bar.advance(f"layer {i + 1}/{len(layers)} {path}"))
+                            on_linear=lambda path, i=i: bar.advance(f"layer {i + 1}/{len(layers)} {path.rsplit('.', 1)[-1]}"))
             install_kv_quantizer(get_submodule(layer, spec.layer.attention), kv, head_dim)
             if inputs is not None:
                 inputs.hidden = run_layer(layer, inputs)

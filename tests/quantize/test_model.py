@@ -126,9 +126,11 @@ def test_progress_is_off_by_default_off_a_terminal_and_shown_when_asked(capsys):
     quantize_model(model, QuantConfig(kv_group_size=16), CALIB, progress=True)
     err = capsys.readouterr().err
     steps = len(model.model.layers) * 7
-    last = err.strip().splitlines()[-1]
-    assert last.startswith(f"quantize (GPTQ + weight clip search + act clip search) layer {len(model.model.layers)}/")
-    assert f"mlp.down_proj: {steps}/{steps}, " in last and "about 0s left" in last
+    lines = err.strip().splitlines()
+    layers = len(model.model.layers)
+    assert lines[0] == f"quantize {layers} layers, {steps} linears: GPTQ + weight clip search + act clip search"
+    assert lines[-1].startswith(f"quantize layer {layers}/{layers} down_proj: {steps}/{steps}, ")
+    assert lines[-1].endswith("about 0s left")
 
 
 def test_progress_bar_on_a_terminal_draws_a_rich_bar_with_the_time_left():
