@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from quota.solvers.diagnose import explain_infeasible
-from quota.solvers.errors import NoScheduleError, SolverError
+from quota.solvers.errors import NoScheduleError, SolverError, diagnosed
 from quota.solvers.features import require_supported
 from quota.solvers.limits import Deadline
 from quota.solvers.moves import improve
@@ -129,7 +129,7 @@ def solve_dp(
     try:
         first = dp_pass(weights, problem.allowed, units.relaxed, problem.monotone, deadline)
         if first is None:  # the relaxed row admits every feasible schedule: there is none
-            raise _infeasible(problem)
+            raise diagnosed(explain_infeasible(problem), NAME)
         bound = float(problem.objective_of_indices(first))
         if not problem.index_violations(first):
             return Solution.build(
@@ -165,12 +165,3 @@ def solve_dp(
         note=units.note,
     )
     return solution.replace(status="optimal") if solution.gap == 0 else solution
-
-
-def _infeasible(problem: AllocationProblem) -> SolverError:
-    """The diagnosis (exact for the problems the DP accepts: no rows besides the budget)."""
-    error = explain_infeasible(problem)
-    if error is None:
-        return SolverError("dp found no schedule but the diagnosis found a feasible one", solver=NAME)
-    error.solver = NAME
-    return error

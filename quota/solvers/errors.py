@@ -168,3 +168,12 @@ class GapTooLargeError(SolverError):
         self.accept_gap = accept_gap
         self.time_limit = time_limit
         self.status = solution.status
+
+
+def diagnosed(error: InfeasibleError | None, solver: str) -> SolverError:
+    """The infeasibility diagnosis of a problem a solver found no schedule for, attributed to ``solver``; a
+    diagnosis that found a feasible schedule (``None``) is a contradiction, reported as such."""
+    if error is None:
+        return SolverError(f"{solver} found no schedule but the diagnosis found a feasible one", solver=solver)
+    error.solver = solver
+    return error

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from quota.solvers.dp import MAX_BYTES, _best_previous
-from quota.solvers.errors import NoScheduleError, SolverError, UnsupportedFeatureError
+from quota.solvers.errors import NoScheduleError, SolverError, UnsupportedFeatureError, diagnosed
 from quota.solvers.joint_diagnose import explain_joint_infeasible
 from quota.solvers.joint_problem import JointProblem
 from quota.solvers.joint_solution import JointSolution
@@ -169,7 +169,7 @@ def solve_joint_dp(
             weights, allowed, units.relaxed.cost.reshape(shape), units.relaxed.capacity, monotone, deadline
         )
         if first is None:  # the relaxed row admits every feasible schedule: there is none
-            raise _infeasible(problem)
+            raise diagnosed(explain_joint_infeasible(problem), NAME)
         bound = float(problem.objective_of_indices(*first))
         note = f"{kind}: {units.note}"
         if not problem.index_violations(*first):
@@ -201,12 +201,3 @@ def solve_joint_dp(
         problem, *second, status="feasible", solver=NAME, solve_time=deadline.elapsed(), lower_bound=bound, note=note
     )
     return solution.replace(status="optimal") if solution.gap == 0 else solution
-
-
-def _infeasible(problem: JointProblem) -> SolverError:
-    """The diagnosis (exact for one row)."""
-    error = explain_joint_infeasible(problem)
-    if error is None:
-        return SolverError("dp found no schedule but the diagnosis found a feasible one", solver=NAME)
-    error.solver = NAME
-    return error

@@ -6,18 +6,17 @@ status, gap and acceptance rule are those of ``Solution`` (``quota.solvers.solut
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from quota.solvers.joint_problem import JointProblem
-from quota.solvers.solution import STATUSES, relative_gap
+from quota.solvers.solution import STATUSES, Outcome, relative_gap
 
 
 @dataclass(frozen=True)
-class JointSolution:
+class JointSolution(Outcome):
     """A joint solver's answer: always a feasible schedule.
 
     - ``precisions``: option name per layer. ``precision_indices``: their indices in the problem's
@@ -98,19 +97,6 @@ class JointSolution:
             note=note,
         )
 
-    @property
-    def proven_optimal(self) -> bool:
-        """Whether the schedule is proven optimal (status ``"optimal"``; then ``gap == 0``)."""
-        return self.status == "optimal"
-
-    @property
-    def found(self) -> bool:
-        """Whether a schedule was found (always True: solvers raise when they find none)."""
-        return True
-
-    def replace(self, **changes: Any) -> JointSolution:
-        """A copy with some fields changed (``requested``, ``note``, ``solve_time``...)."""
-        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of every field (tuples become lists) plus ``proven_optimal``."""

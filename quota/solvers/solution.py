@@ -27,8 +27,29 @@ def relative_gap(objective: float | None, bound: float | None) -> float | None:
     return float(diff / max(abs(objective), 1e-12))
 
 
+class Outcome:
+    """What every solver result shares: its status says whether the schedule is proven optimal, and it is
+    rebuilt with some fields changed. Mixed into frozen dataclasses with a ``status`` field."""
+
+    status: str
+
+    @property
+    def proven_optimal(self) -> bool:
+        """Whether the schedule is proven optimal (status ``"optimal"``; then ``gap == 0``)."""
+        return self.status == "optimal"
+
+    @property
+    def found(self) -> bool:
+        """Whether a schedule was found (always True: solvers raise when they find none)."""
+        return True
+
+    def replace(self, **changes: Any):
+        """A copy with some fields changed (``requested``, ``note``, ``solve_time``...)."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class Solution:
+class Solution(Outcome):
     """A solver's answer: always a feasible schedule.
 
     - ``schedule``: tokens kept per layer (grid values). ``indices``: their grid indices.
@@ -97,19 +118,6 @@ class Solution:
             note=note,
         )
 
-    @property
-    def proven_optimal(self) -> bool:
-        """Whether ``schedule`` is proven optimal (status ``"optimal"``; then ``gap == 0``)."""
-        return self.status == "optimal"
-
-    @property
-    def found(self) -> bool:
-        """Whether a schedule was found (always True: solvers raise when they find none)."""
-        return True
-
-    def replace(self, **changes: Any) -> Solution:
-        """A copy with some fields changed (``requested``, ``note``, ``solve_time``...)."""
-        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of every field (tuples become lists) plus ``proven_optimal``."""
