@@ -5,6 +5,11 @@
   visual tokens plus every text token). ``N`` is the number of visual tokens of the image span.
 - **Equivalent tokens** of a schedule: the mean over layers of ``k_l`` (the budget convention of the
   SparseVLM and PyramidDrop tables); the token budget fraction is that mean divided by ``N``.
+- **Dynamic resolution** (LLaVA-NeXT anyres, Qwen2-VL, splitting SmolVLM): an image's ``N`` depends on its size.
+  A schedule is then written over a reference ``N_ref`` (the recipe's ``n_visual_tokens``) and read as fractions:
+  :func:`resolve_schedule` gives each image of ``N`` tokens ``round_half_up(k_l * N / N_ref)`` per layer, an
+  integer computation that is deterministic, keeps the schedule non-increasing, and is monotone in ``k_l`` and in
+  ``N`` (a larger image never keeps fewer tokens).
 - A **budget** is a fraction in ``(0, 1]`` of the all-tokens cost of one of :data:`BUDGET_KINDS`: visual
   token-layers (``tokens``), prefill FLOPs, KV-cache bytes, or measured latency.
 """
@@ -49,6 +54,20 @@ def check_schedule(
     if n_visual is not None and ks[0] > n_visual:
         raise ScheduleError(f"{name}[0] = {ks[0]} keeps more visual tokens than the image has (N = {n_visual})")
     return ks
+
+
+def resolve_schedule(schedule: Sequence[int], reference: int, n_visual: int) -> tuple[int, ...]:
+    """``schedule`` (keep counts over ``reference`` visual tokens) for an image of ``n_visual`` tokens: entry
+    ``l`` becomes ``floor((k_l * n_visual + reference // 2) / reference)`` (the fraction ``k_l / reference`` of
+    ``n_visual``, rounded half up in integers), so ``reference`` maps to ``n_visual``, 0 to 0, and the result is
+    non-increasing. The identity when ``n_visual == reference``."""
+    ks = check_schedule(schedule, n_visual=reference)
+    for name, value in (("reference", reference), ("n_visual", n_visual)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ScheduleError(f"{name} must be a positive number of visual tokens, got {value!r}")
+    if n_visual == reference:
+        return ks
+    return tuple((k * int(n_visual) + int(reference) // 2) // int(reference) for k in ks)
 
 
 def equivalent_tokens(schedule: Sequence[int]) -> float:

@@ -1,4 +1,5 @@
-"""``quota eval``: accuracy of a model on the synthetic suite's test split, with retention."""
+"""``quota eval``: accuracy of a model on the synthetic suite's test split, or of a checkpoint folder on the user's
+records (``--model DIR --data test.jsonl``), with retention."""
 
 from __future__ import annotations
 
@@ -8,13 +9,26 @@ import json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model on the synthetic VQA test split")
-    p.add_argument("--model", default="testbed", help="model to evaluate (default: testbed)")
+    p.add_argument("--model", default="testbed",
+                   help="model to evaluate: 'testbed' (default) or a local checkpoint folder of a supported class")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="test records (JSONL: image, question, answer, optional choices and task) for --model DIR; "
+                        "scored by exact match, or choice accuracy where a record has choices")
+    p.add_argument("--calibration-data", default=None, metavar="FILE",
+                   help="--model DIR: records whose prompts calibrate GPTQ and the clipping searches (not the test "
+                        "records); --calibration N takes the first N of them")
+    p.add_argument("--references", action="store_true",
+                   help="--model DIR: also answer in full precision with all tokens and with the low-bit model with "
+                        "all tokens, in this run, and report the retention against both")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="--model DIR: longest answer, in tokens (default 16)")
     p.add_argument("--recipe", default=None, help="recipe JSON: quantization and pruning schedule")
     p.add_argument("--baseline", default=None, help="stage-wise pruning preset: fastv, pyramiddrop, sparsevlm, visionzip, random")
     p.add_argument("--tokens", type=float, default=None, help="equivalent visual tokens per layer for --baseline")
-    p.add_argument("--quant", default=None, help="QuantConfig JSON file, or 'w4a4kv4' for the default low-bit config")
+    p.add_argument("--quant", default=None, help="QuantConfig JSON file, 'w4a4kv4' for the default low-bit config, or 'rtn' for its bits "
+                        "without calibration (round-to-nearest weights, fixed activation clip)")
     p.add_argument("--tasks", nargs="*", help="task names (default: all)")
-    p.add_argument("--limit", type=int, default=None, help="first LIMIT test questions of each task, >= 1 (default: all)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="first LIMIT test questions of each task (--data: first LIMIT records), >= 1 (default: all)")
     p.add_argument("--device", default=None,
                    help="torch device to run on, e.g. cuda, cuda:1 or cpu (default: cuda when available, else cpu; "
                         "bf16 on CUDA, float32 on the CPU)")
@@ -53,6 +67,8 @@ def parse_quant(value: str | None):
         return None
     if value.lower() in ("w4a4kv4", "default"):
         return QuantConfig(impl="auto")
+    if value.lower() == "rtn":  # the same bits, round-to-nearest weights and a fixed activation clip: no calibration
+        return QuantConfig(impl="auto", weight_method="rtn", a_clip_search=False)
     with open(value) as f:
         return QuantConfig.from_dict(json.load(f))
 
@@ -60,9 +76,17 @@ def parse_quant(value: str | None):
 def run(args: argparse.Namespace) -> int:
     from quota.eval.run import check_limit, evaluate
 
+    from quota.models.registry import check_model_name
+
     check_limit(args.limit)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    model = check_model_name(args.model, "eval", folders=True)
+    if model != "testbed":
+        return run_checkpoint(args, model)
+    for flag, value in (("--data", args.data), ("--calibration-data", args.calibration_data)):
+        if value is not None:
+            raise ValueError(f"{flag} is for a checkpoint folder (--model DIR); the testbed has its own splits")
     if args.suite:
         from quota.eval.suite import markdown, run_suite
 
@@ -76,6 +100,32 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.tasks, args.limit, args.device, None, args.batch_size, args.weights,
                       args.output, quant=parse_quant(args.quant), recipe=args.recipe, baseline=args.baseline,
                       tokens=args.tokens, references=refs, calibration_limit=args.calibration)
+    return print_result(result, args)
+
+
+def run_checkpoint(args: argparse.Namespace, folder: str) -> int:
+    """``quota eval --model DIR --data FILE``: :func:`quota.eval.records.evaluate_checkpoint`."""
+    from quota.eval.records import evaluate_checkpoint
+    from quota.eval.run import load_result
+
+    if args.data is None:
+        raise ValueError(f"--model {folder} is a checkpoint folder: give its test records with --data FILE")
+    if args.suite:
+        raise ValueError("--suite runs the testbed's synthetic suite; for a checkpoint folder use --data")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    refs = {k: load_result(v) for k, v in (("bf16_all_tokens", args.ref_bf16), ("lowbit_all_tokens", args.ref_lowbit)) if v}
+    result = evaluate_checkpoint(
+        folder, args.data, quant=parse_quant(args.quant), recipe=args.recipe, baseline=args.baseline,
+        tokens=args.tokens, limit=args.limit, calibration_data=args.calibration_data,
+        calibration_limit=args.calibration, device=args.device, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, output=args.output, references=refs, with_references=args.references,
+    )
+    return print_result(result, args)
+
+
+def print_result(result, args: argparse.Namespace) -> int:
+    """The result as JSON (``--json``) or as a rich table, then the retention lines."""
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -83,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     m = result.meta
-    title = (f"{m['model']} {m['quant']}, {m['equivalent_tokens']:.0f} equivalent tokens"
+    tokens = "all tokens" if m.get("equivalent_tokens") is None else f"{m['equivalent_tokens']:.0f} equivalent tokens"
+    title = (f"{m['model']} {m['quant']}, {tokens}"
              f"{' (' + m['baseline'] + ')' if m['baseline'] else ''} on {result.data_version} ({m['device']})")
     table = Table(title=title)
     for col in ("task", "accuracy", "95% interval", "n"):
@@ -96,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     for name, value in m.get("retention", {}).items():
         console.print(f"retention vs {name}: {100 * value:.2f}%")
-    if args.by_form:
+    if getattr(args, "by_form", False) and result.forms:
         console.print(form_table(result))
     return 0
 

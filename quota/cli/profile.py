@@ -1,4 +1,5 @@
-"""``quota profile``: sensitivity and cost curves of the testbed under its deployed quantization.
+"""``quota profile``: sensitivity and cost curves of a model under its deployed quantization: the testbed on its
+calibration split, or a checkpoint folder (``--model DIR``) on the user's records (``--data calib.jsonl``).
 
 Runs on one process, or sharded over ranks with ``torchrun --nproc_per_node=G -m quota.cli.main profile``."""
 
@@ -10,7 +11,12 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure per-layer pruning damage and cost curves (writes a profile JSON)")
     p.add_argument("--model", default="testbed",
-                   help="model to profile; only the built-in testbed VLM is supported (default: testbed)")
+                   help="model to profile: 'testbed' (the built-in VLM, default) or a local checkpoint folder of a "
+                        "supported class (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Idefics3, SmolVLM), read offline")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="calibration records (JSONL: image, question, answer, optional choices and task) for a "
+                        "checkpoint folder; the damage is the teacher-forced KL and loss on the answer tokens "
+                        "(the testbed uses its own calibration split)")
     p.add_argument("-o", "--output", default="profile.json",
                    help="profile JSON to write (atomically); partial files <stem>.rank<r>of<w>.partial.json sit "
                         "beside it while it runs (default: profile.json)")
@@ -22,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="calibration questions per forward pass; lower it when memory is short; part of the "
                         "settings a resume must match (default 64)")
     p.add_argument("--limit", type=int, default=None,
-                   help="use only the first LIMIT calibration questions, for quantizing and for measuring (default: all 256)")
+                   help="use only the first LIMIT calibration questions (or --data records), for quantizing and "
+                        "for measuring (default: all; the testbed has 256)")
     p.add_argument("--quant", default=None, help="QuantConfig JSON file (default: W4A4 GPTQ + rotation + KV4)")
     p.add_argument("--device", default=None,
                    help="torch device to run on, e.g. cuda, cuda:1 or cpu (default: cuda when available, else cpu; "
@@ -46,7 +53,15 @@ def run(args: argparse.Namespace) -> int:
     from quota.quant.config import QuantConfig
     from quota.testbed.profile import profile_testbed
 
-    check_model_name(args.model, "profile")
+    model = check_model_name(args.model, "profile", folders=True)
+    folder = model not in ("testbed",)
+    if folder and args.data is None:
+        raise ValueError(f"--model {model} is a checkpoint folder: give its calibration records with --data FILE")
+    if not folder and args.data is not None:
+        raise ValueError("--data is for a checkpoint folder (--model DIR); the testbed profiles on its own "
+                         "calibration split")
+    if folder and (args.validate or args.validate_only):
+        raise ValueError("--validate runs on the testbed's held-out test split; it is not available for --model DIR")
     if args.validate_only:
         return _validate(args)
     if args.grid_steps < 1:
@@ -57,7 +72,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be a number of calibration questions >= 1, got {args.limit}")
     quant = QuantConfig.from_dict(json.loads(open(args.quant).read())) if args.quant else QuantConfig(impl="auto")
     settings = ProfileSettings(grid_steps=args.grid_steps, batch_size=args.batch_size, latency=not args.no_latency)
-    prof = profile_testbed(quant, settings, args.output, args.resume or False, args.device, args.limit)
+    if folder:
+        from quota.data.profile import profile_checkpoint
+
+        prof = profile_checkpoint(model, args.data, quant, settings, args.output, args.resume or False, args.device,
+                                  args.limit)
+    else:
+        prof = profile_testbed(quant, settings, args.output, args.resume or False, args.device, args.limit)
     if prof is not None:
         print(f"profile of {prof.model_id} on {prof.device}: {prof.n_layers} layers x {len(prof.grid)} keep counts, "
               f"score weights {prof.score_weights}, {prof.timing['total_s']}s -> {args.output}")

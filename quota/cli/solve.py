@@ -143,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**summary, "recipe_path": str(path), "recipe": result.recipe.to_dict()}, indent=2))
         return 0
     print(f"profile {Path(profile_path).name}: {profile.model_id}, measured on {profile.device or 'an unrecorded device'}")
-    next_step = (f"next: quota apply {path} --questions 5 (answers test questions with the recipe; on a GPU, "
-                 f"quota eval --recipe {path} --limit 200 scores it)")
+    if not str(profile.data_version).startswith("jsonl:"):  # the testbed (or a synthetic profile)
+        next_step = (f"next: quota apply {path} --questions 5 (answers test questions with the recipe; on a GPU, "
+                     f"quota eval --recipe {path} --limit 200 scores it)")
+    else:
+        next_step = (f"next: quota eval --model DIR --data test.jsonl --calibration-data calib.jsonl --recipe {path} "
+                     f"--references (DIR: the {profile.model_id} checkpoint folder), or quota quantize --model DIR "
+                     f"--recipe {path} --out QDIR")
     render.print_schedule(summary, path, notes=(DAMAGE_LINE, next_step))
     return 0

@@ -33,11 +33,30 @@ class RecordBatch(CalibrationBatch):
                 "pixel_values": self.pixel_values, **self.image_inputs}
 
 
+def image_size(record: Record) -> tuple[int, int]:
+    """``(height, width)`` of a record's image, read from the file's header (the image is not decoded)."""
+    from PIL import Image
+
+    with Image.open(record.image) as img:
+        return img.height, img.width
+
+
+def same_size_batches(records: Sequence[Record], batch_size: int) -> list[list[Record]]:
+    """``records`` in batches of at most ``batch_size`` whose images all have one size (so one number of visual
+    tokens, whatever the model's resolution policy): sizes in order of first appearance, records in file order
+    within a size. Deterministic; one batch list when every image has the same size."""
+    groups: dict[tuple[int, int], list[Record]] = {}
+    for r in records:
+        groups.setdefault(image_size(r), []).append(r)
+    return [chunk for group in groups.values() for chunk in batches(group, batch_size)]
+
+
 def calibration_batches(processor, records: Sequence[Record], batch_size: int,
                         device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> list[RecordBatch]:
-    """``records`` in batches of at most ``batch_size``, each with its teacher-forced answers, in record order."""
+    """``records`` in batches of at most ``batch_size`` of one image size (:func:`same_size_batches`), each with
+    its teacher-forced answers."""
     out = []
-    for chunk in batches(records, batch_size):
+    for chunk in same_size_batches(records, batch_size):
         b = encode_batch(processor, chunk, with_answers=True, device=device, dtype=dtype)
         extra = {k: v for k, v in b.image_inputs.items() if k != "pixel_values"}
         out.append(RecordBatch(b.input_ids, b.attention_mask, b.inputs["pixel_values"], b.answer_ids, b.answer_mask,
@@ -49,4 +68,4 @@ def calibration_inputs(processor, records: Sequence[Record], batch_size: int = 8
                        device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> list[dict]:
     """Model inputs (prompts with images, no answers) of ``records``: what quantization calibrates on."""
     return [encode_batch(processor, chunk, with_answers=False, device=device, dtype=dtype).inputs
-            for chunk in batches(records, batch_size)]
+            for chunk in same_size_batches(records, batch_size)]

@@ -32,10 +32,15 @@ from quota.testbed.tasks import TASKS, check_task
 
 def load_result(path: str | Path) -> EvalResult:
     """An evaluation result written by :func:`evaluate` (``-o``)."""
-    d = json.loads(Path(path).read_text())
+    return result_from_dict(json.loads(Path(path).read_text()))
+
+
+def result_from_dict(d: dict) -> EvalResult:
+    """An evaluation result from :meth:`EvalResult.to_dict`'s form, with its per-question predictions when
+    they were stored (``with_predictions``; else none). Keys it does not know are ignored."""
     tasks = {t: TaskScore(**s) for t, s in d["tasks"].items()}
     return EvalResult(tasks, d["average"], tuple(d["average_ci"]), d.get("data_version", ""), d.get("meta", {}),
-                      forms=d.get("forms", {}))
+                      predictions=list(d.get("predictions") or []), forms=d.get("forms", {}))
 
 
 def check_limit(limit: int | None) -> int | None:

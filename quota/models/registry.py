@@ -86,19 +86,23 @@ def checkpoint_class(folder: str | Path) -> str:
     return name
 
 
-def check_model_name(model: str, command: str) -> str:
-    """``model`` when ``quota {command}`` can run it (one of :data:`MODEL_NAMES`), else
+def check_model_name(model: str, command: str, folders: bool = False) -> str:
+    """``model`` when ``quota {command}`` can run it: one of :data:`MODEL_NAMES`, or (with ``folders``, for the
+    commands that load checkpoints) a folder whose ``config.json`` names a supported class. Otherwise
     :class:`UnsupportedModelError` saying why: an unknown name, an unsupported checkpoint class, or a supported
     checkpoint that this command cannot run yet."""
     if model in MODEL_NAMES:
         return model
     if Path(model).is_dir():
         name = checkpoint_class(model)
+        if folders:
+            return model
         raise UnsupportedModelError(
             f"quota {command}: {model} holds a {name}, a supported architecture, but this command runs only "
             f"the models {', '.join(MODEL_NAMES)} so far"
         )
+    where = " or a checkpoint folder of a supported class" if folders else ""
     raise UnsupportedModelError(
-        f"quota {command}: unknown model {model!r}; give one of {', '.join(MODEL_NAMES)} or a checkpoint folder "
-        f"of a supported class ({', '.join(supported_model_classes())})"
+        f"quota {command}: unknown model {model!r} (no such folder); give one of {', '.join(MODEL_NAMES)}{where} "
+        f"(supported classes: {', '.join(supported_model_classes())})"
     )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import sys
 import time
@@ -22,8 +23,10 @@ from quota.profiling.costs import analytic_costs, measure_latency
 from quota.profiling.profile import Profile
 from quota.models.registry import spec_for
 from quota.profiling.sensitivity import (
-    CalibrationBatch, DamageMeter, measure_grid, per_layer_contributions, prune_from_schedule,
+    CalibrationBatch, DamageMeter, batch_image_inputs, batch_visual_tokens, measure_grid, per_layer_contributions,
+    prune_from_schedule,
 )
+from quota.runtime.vision import vision_attention_unsupported
 from quota.profiling.sharding import check_partials, clear_partials, item_key, run_shared, run_sharded, world
 from quota.quant.config import QuantConfig
 from quota.solvers import default_grid
@@ -77,11 +80,26 @@ def settings_record(
     }
 
 
+def reference_visual_tokens(model, batches: Sequence[CalibrationBatch]) -> int:
+    """The ``N`` a profile's keep counts refer to: the largest image of the calibration batches when they say
+    (user data; images of other sizes run the schedules resolved to theirs, see
+    :func:`quota.schedule.resolve_schedule`), else the model config's ``image_seq_length`` (the testbed)."""
+    counts = [n for n in (batch_visual_tokens(b) for b in batches) if n is not None]
+    if counts:
+        return max(counts)
+    n = getattr(model.config, "image_seq_length", None)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"{type(model).__name__}: the calibration batches do not say how many visual tokens an "
+                         f"image has, and the config has no image_seq_length")
+    return n
+
+
 def batches_digest(batches: Sequence[CalibrationBatch]) -> str:
     """sha256 (16 hex digits) of the calibration batches' tensors and tasks: identifies the exact data."""
     h = hashlib.sha256()
     for b in batches:
-        for t in (b.input_ids, b.attention_mask, b.pixel_values, b.answer_ids, b.answer_mask):
+        for t in (b.input_ids, b.attention_mask, b.pixel_values, b.answer_ids, b.answer_mask,
+                  *batch_image_inputs(b).values()):
             t = t.detach().cpu().contiguous()
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -94,11 +112,18 @@ def calibrate_score_weights(meter: DamageMeter, n_layers: int, n_visual: int, se
     (candidate, probe) runs are shared out over the ranks and every rank gets every result, so all of them
     measure the grid with the same weights."""
     keeps = [max(1, round(f * n_visual)) for f in settings.probe_keeps]
-    candidates = [dict(w) for w in settings.score_candidates]
+    skipped = {}
+    for w in settings.score_candidates:  # vision_attn exists only for LLaVA-1.5-style towers
+        if "vision_attn" in w and (why := vision_attention_unsupported(meter.model, spec_for(meter.model))):
+            skipped[json.dumps(dict(w), sort_keys=True)] = why
+    candidates = [dict(w) for w in settings.score_candidates if json.dumps(dict(w), sort_keys=True) not in skipped]
+    if not candidates:
+        raise ValueError(f"no score candidate can run on {type(meter.model).__name__}: {next(iter(skipped.values()))}")
+    probe_layer = min(settings.probe_layer, n_layers - 1)  # a model of fewer layers is probed at its last one
 
     def probe(item) -> float:
         c, k = item
-        schedule = prune_from_schedule(n_layers, n_visual, settings.probe_layer, keeps[k])
+        schedule = prune_from_schedule(n_layers, n_visual, probe_layer, keeps[k])
         return meter.measure(schedule, n_visual, candidates[c]).kl
 
     items = [(c, k) for c in range(len(candidates)) for k in range(len(keeps))]
@@ -106,8 +131,10 @@ def calibrate_score_weights(meter: DamageMeter, n_layers: int, n_visual: int, se
     results = [{"weights": w, "mean_kl": float(np.mean([kl[item_key((c, k))] for k in range(len(keeps))]))}
                for c, w in enumerate(candidates)]
     best = min(results, key=lambda r: r["mean_kl"])  # ties: the earlier candidate
-    search = {"probe_layer": settings.probe_layer, "probe_keeps": keeps,
+    search = {"probe_layer": probe_layer, "probe_keeps": keeps,
               "candidates": results, "criterion": "mean KL on the calibration split"}
+    if skipped:
+        search["skipped"] = [{"weights": json.loads(w), "why": why} for w, why in skipped.items()]
     return best["weights"], search
 
 
@@ -149,7 +176,7 @@ def profile_model(
     spec = spec_for(model)
     text_config = spec.text_config_of(model)
     n_layers = len(spec.layers_of(model))
-    n_visual = int(model.config.image_seq_length) if hasattr(model.config, "image_seq_length") else None
+    n_visual = reference_visual_tokens(model, batches)
     grid = default_grid(n_visual, settings.grid_steps)
     stem = Path(output).with_suffix("") if output is not None else None
     record = settings_record(model_id=model_id, model_hash=model_hash, quant=quant, data_version=data_version,
@@ -159,7 +186,8 @@ def profile_model(
     if stem is not None:
         check_partials(stem, record, resume)  # refuse now rather than after calibrating the score weights
 
-    meter = DamageMeter(model, batches, dict(settings.score_candidates[0]), impl=settings.impl)
+    meter = DamageMeter(model, batches, dict(settings.score_candidates[0]), impl=settings.impl,
+                        reference_tokens=n_visual)
     t0 = time.time()
     report(f"calibrating score weights ({len(settings.score_candidates)} candidates, {sum(len(b.tasks) for b in batches)} questions)")
     weights, search = calibrate_score_weights(meter, n_layers, n_visual, settings)
@@ -186,7 +214,8 @@ def profile_model(
     tasks = sorted({t for d in grid_results.values() for t in d.per_task})
     per_task = {t: per_layer_contributions(curve(lambda d, t=t: d.per_task.get(t, 0.0))) for t in tasks}
 
-    text_tokens = float(np.mean([(b.attention_mask.sum(1) - n_visual).float().mean().item() for b in batches]))
+    text_tokens = float(np.mean([(b.attention_mask.sum(1) - (batch_visual_tokens(b) or n_visual)).float().mean().item()
+                                 for b in batches]))
     costs = analytic_costs(text_config, quant, grid, n_layers, text_tokens)
     t0 = time.time()
     if settings.latency:

@@ -39,11 +39,28 @@ class CalibrationBatch:
     tasks: list[str]
 
 
+def batch_image_inputs(batch: CalibrationBatch) -> dict[str, torch.Tensor]:
+    """The image tensors a batch carries beside ``pixel_values`` (``image_inputs`` of a user-data batch, such as
+    Qwen2-VL's ``image_grid_thw``); empty for the testbed's batches."""
+    return dict(getattr(batch, "image_inputs", None) or {})
+
+
+def batch_visual_tokens(batch: CalibrationBatch) -> int | None:
+    """The visual tokens of every image of ``batch`` (``n_visual`` of a user-data batch, one value per batch),
+    ``None`` when the batch does not say (the testbed's: the model's config does)."""
+    counts = set(getattr(batch, "n_visual", None) or [])
+    if len(counts) > 1:
+        raise ValueError(f"a calibration batch mixes images of {sorted(counts)} visual tokens: batch images of one "
+                         f"size together (quota.data.calibration.calibration_batches does)")
+    return counts.pop() if counts else None
+
+
 @torch.no_grad()
 def answer_logprobs(runner: PrunedRunner, batch: CalibrationBatch) -> torch.Tensor:
     """float32 log-probabilities ``[B, A, V]`` of each answer position under teacher forcing."""
     steps = batch.answer_ids.shape[1]
-    logits, state = runner.prefill(batch.input_ids, batch.attention_mask, batch.pixel_values, reserve=steps)
+    logits, state = runner.prefill(batch.input_ids, batch.attention_mask, batch.pixel_values, reserve=steps,
+                                   **batch_image_inputs(batch))
     out = [F.log_softmax(logits.float(), -1)]
     for t in range(steps - 1):
         logits = runner.decode_step(batch.answer_ids[:, t], state)
@@ -72,13 +89,15 @@ class DamageMeter:
     """Measures the damage of schedules against the all-tokens run of the same model (computed once)."""
 
     def __init__(self, model, batches: Sequence[CalibrationBatch], score_weights: Mapping[str, float],
-                 impl: str = "auto") -> None:
+                 impl: str = "auto", reference_tokens: int | None = None) -> None:
         self.model, self.batches, self.impl = model, list(batches), impl
         self.score_weights = dict(score_weights)
+        self.reference_tokens = reference_tokens  # schedules are resolved per batch from this N (dynamic resolution)
         self._reference: list[torch.Tensor] | None = None
 
     def _runner(self, schedule: Sequence[int], weights: Mapping[str, float] | None = None) -> PrunedRunner:
-        return PrunedRunner(self.model, schedule, weights or self.score_weights, impl=self.impl)
+        return PrunedRunner(self.model, schedule, weights or self.score_weights, impl=self.impl,
+                            reference_tokens=self.reference_tokens)
 
     def reference(self, n_visual: int, n_layers: int) -> list[torch.Tensor]:
         if self._reference is None:

@@ -100,5 +100,6 @@ def apply(
     if not recipe.prunes:
         return model
     s = recipe.scoring
-    runner = PrunedRunner(model, recipe.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl)
+    runner = PrunedRunner(model, recipe.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl,
+                          reference_tokens=recipe.n_visual_tokens)
     return PrunedModel(model, runner)

@@ -13,7 +13,10 @@ gets a ``quota_probe`` attribute for that one forward.
 Conventions (see also :mod:`quota.schedule` and :mod:`quota.runtime.scoring`):
 
 - inputs are left-padded (the last column is a real token in every row), one image per sample whose
-  ``N`` placeholder tokens are contiguous; every sample has the same ``N`` and keeps the same ``k_l``.
+  ``N`` placeholder tokens are contiguous; every sample of a batch has the same ``N`` and keeps the same ``k_l``
+  (batch images of one size together: :func:`quota.data.prompts.batches` does);
+- with ``reference_tokens`` (a recipe's ``n_visual_tokens``), a batch whose images have another ``N`` (dynamic
+  resolution) runs the schedule resolved to its ``N`` (:func:`quota.schedule.resolve_schedule`);
   :meth:`PrunedRunner.check_inputs` refuses what it can detect otherwise (right padding, a mask of the wrong
   shape, empty ``input_ids``; see :func:`~quota.runtime.masks.check_prompt`) with a ``ValueError``;
 - layer ``l`` sees ``k_l`` visual tokens; pruning before layer ``l`` scores the alive visual tokens with
@@ -44,7 +47,7 @@ from quota.runtime.kv.layerwise import LayerwiseKVCache
 from quota.runtime.kv.quantized import QuantizedKVStore
 from quota.runtime.masks import check_prompt, decode_mask, prefill_mask
 from quota.recipe import PruningPlan, ScoringSpec
-from quota.schedule import check_schedule
+from quota.schedule import check_schedule, resolve_schedule
 from quota.runtime.positions import (
     POSITION_KINDS,
     InputError,
@@ -70,7 +73,9 @@ from quota.runtime.scoring import (
     random_signal,
     text_queries,
 )
-from quota.runtime.vision import image_features, image_span, image_token_id, vision_attention
+from quota.runtime.vision import (
+    image_features, image_span, image_token_id, vision_attention, vision_attention_unsupported,
+)
 
 
 @dataclass
@@ -109,6 +114,8 @@ class PrunedRunner:
     available at a pruning point are left out of that point's sum (e.g. attention before layer 0).
     ``normalize``: per-sample normalization of each signal (``"minmax"`` or ``"rank"``); ``seed``: for the
     ``random`` signal; ``impl``: score-and-gather implementation (``"reference"``, ``"triton"``, ``"auto"``).
+    ``reference_tokens``: the ``N`` the schedule's counts refer to; images of another ``N`` run it resolved to
+    theirs (:meth:`schedule_for`); ``None``: the schedule applies as written (its counts must fit every image).
     After :meth:`prefill`, :attr:`kept_indices` holds the kept visual indices of every layer.
     """
 
@@ -121,6 +128,7 @@ class PrunedRunner:
         normalize: str = "minmax",
         seed: int = 0,
         impl: str = "auto",
+        reference_tokens: int | None = None,
     ) -> None:
         self.model = model
         self.spec = spec_for(model)
@@ -128,11 +136,16 @@ class PrunedRunner:
             raise NotSupportedError(f"positions {self.spec.positions!r} are not supported; known: {POSITION_KINDS}")
         self.layers = self.spec.layers_of(model)
         self.schedule = check_schedule(schedule, len(self.layers))
+        self.reference_tokens = reference_tokens
+        if reference_tokens is not None:
+            resolve_schedule(self.schedule, reference_tokens, reference_tokens)  # checks k_0 <= reference
         weights = dict(score_weights) if score_weights is not None else {"attn_last": 1.0}
         self.scoring = ScoringSpec(weights, normalize, seed)
         self.impl = impl
         self.kept_indices: list[torch.Tensor] | None = None
         self._vision_attn: torch.Tensor | None = None  # the vision tower's attention of the current prefill
+        if "vision_attn" in self.scoring.active and (why := vision_attention_unsupported(model, self.spec)):
+            raise NotSupportedError(f"the vision_attn signal cannot run here: {why}")
         for l in range(1, len(self.schedule)):
             if self.schedule[l] < self.schedule[l - 1] and not self._signals_at(l):
                 raise ValueError(
@@ -147,9 +160,18 @@ class PrunedRunner:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
-    def from_plan(cls, model: nn.Module, plan: PruningPlan, impl: str = "auto") -> "PrunedRunner":
+    def from_plan(cls, model: nn.Module, plan: PruningPlan, impl: str = "auto",
+                  reference_tokens: int | None = None) -> "PrunedRunner":
         s = plan.scoring
-        return cls(model, plan.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl)
+        return cls(model, plan.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl,
+                   reference_tokens=reference_tokens)
+
+    def schedule_for(self, n_visual: int) -> tuple[int, ...]:
+        """The keep counts for images of ``n_visual`` tokens: the schedule resolved from ``reference_tokens``
+        (as written when there is none, or when ``n_visual`` is the reference)."""
+        if self.reference_tokens is None:
+            return self.schedule
+        return resolve_schedule(self.schedule, self.reference_tokens, n_visual)
 
     # ------------------------------------------------------------------------------------------ helpers
     def kv_quantizers(self) -> list[KVQuantizer | None]:
@@ -205,12 +227,12 @@ class PrunedRunner:
             return rope_positions(attention_mask)
         return mrope_positions(attention_mask, span_start, n, grid_hw)
 
-    def _recorder(self, l_next: int, seq_len: int, span_start, n, batch, device,
+    def _recorder(self, schedule, l_next: int, seq_len: int, span_start, n, batch, device,
                   host_reads: bool = True) -> AttentionRecorder | None:  # fmt: skip
-        """A recorder for the layer before ``l_next`` when ``l_next`` prunes and attention is weighted;
-        ``host_reads``: whether it may read device data back to the host (see :func:`text_queries`)."""
+        """A recorder for the layer before ``l_next`` when ``l_next`` prunes (per ``schedule``) and attention is
+        weighted; ``host_reads``: whether it may read device data back to the host (see :func:`text_queries`)."""
         wanted = [s for s in self._signals_at(l_next) if s in ATTENTION_SIGNALS]
-        if not wanted or l_next >= len(self.schedule) or self.schedule[l_next] >= n:
+        if not wanted or l_next >= len(schedule) or schedule[l_next] >= n:
             return None
         queries = {}
         if "attn_last" in wanted:
@@ -318,7 +340,7 @@ class PrunedRunner:
         with quota_attention_of(spec.text_config_of(model)):
             embeds = spec.embeddings_of(model)(input_ids)  # [B, S, d]
             n_visual = feats.shape[1]
-            check_schedule(self.schedule, len(self.layers), n_visual)
+            schedule = check_schedule(self.schedule_for(n_visual), len(self.layers), n_visual)
             token = image_token_id(model, spec)
             span = image_span(input_ids, token, n_visual, check=checks).to(input_ids.device)  # [B]
             hidden = embeds.masked_scatter((input_ids == token)[..., None], feats.to(embeds.dtype))
@@ -330,7 +352,7 @@ class PrunedRunner:
             key_valid, kept = [], []
             n, rope, recorder = n_visual, None, None
             start, start_of = None, None
-            for l, k in enumerate(self.schedule):
+            for l, k in enumerate(schedule):
                 cols = span[:, None] + torch.arange(n, device=span.device)[None, :]
                 visual_index = orig.gather(1, cols) - span[:, None]  # [B, n]
                 if k < n:
@@ -343,7 +365,8 @@ class PrunedRunner:
                 kept.append(visual_index)
                 if rope is None:
                     rope = self._rope(hidden, positions)
-                recorder = self._recorder(l + 1, hidden.shape[1], span, n, b, hidden.device, host_reads=checks)
+                recorder = self._recorder(schedule, l + 1, hidden.shape[1], span, n, b, hidden.device,
+                                          host_reads=checks)
                 attn = get_submodule(self.layers[l], spec.layer.attention)
                 if recorder is not None:
                     attn.quota_probe = recorder

@@ -19,6 +19,9 @@ import torch
 import torch.nn as nn
 
 from quota.models.spec import ArchSpec, get_submodule
+from quota.models.visual_tokens import (
+    LLAVA, SIZED_CLASSES, DynamicResolutionError, VisionConfigError, is_dynamic, model_class_of, visual_tokens_of,
+)
 from quota.runtime.positions import NotSupportedError
 
 
@@ -88,6 +91,22 @@ def _encoder_layers(tower: nn.Module) -> nn.ModuleList:
     raise NotSupportedError(f"vision-tower attention needs a CLIP/SigLIP-style encoder, got {type(tower).__name__}")
 
 
+def vision_attention_unsupported(model: nn.Module, spec: ArchSpec) -> str | None:
+    """Why :func:`vision_attention` cannot run on ``model``, or ``None`` when it can: it needs one tile per image
+    from a CLIP/SigLIP-style encoder whose patches are the visual tokens (LLaVA-1.5 and the testbed). LLaVA-NeXT's
+    tiles, Qwen2-VL's merged patches and Idefics3's pixel shuffle do not map one patch to one token."""
+    name = type(model).__name__
+    if spec.vision_tower is None:
+        return f"{name} has no vision tower"
+    if name not in LLAVA:
+        return f"vision_attn needs one CLIP/SigLIP tile per image, whose patches are the visual tokens; {name} is not such a model"
+    try:
+        _encoder_layers(get_submodule(model, spec.vision_tower))
+    except (NotSupportedError, AttributeError) as err:
+        return str(err)
+    return None
+
+
 @torch.no_grad()
 def vision_attention(model: nn.Module, spec: ArchSpec, pixel_values: torch.Tensor) -> torch.Tensor:
     """float32 ``[B, N]`` attention received by each visual token in the vision layer that produces the
@@ -120,7 +139,15 @@ def vision_attention(model: nn.Module, spec: ArchSpec, pixel_values: torch.Tenso
 
 
 def expected_visual_tokens(model: nn.Module) -> int | None:
-    """``N`` per image known from the config alone (fixed-resolution CLIP/SigLIP LLaVA), else ``None``."""
+    """``N`` per image known from the config alone (fixed-resolution LLaVA-1.5, Idefics3 without splitting), else
+    ``None`` (dynamic resolution: N depends on the image)."""
+    if is_dynamic(model.config):
+        return None
+    if model_class_of(model.config) in SIZED_CLASSES:
+        try:
+            return visual_tokens_of(model.config)
+        except (VisionConfigError, DynamicResolutionError):
+            return None
     vision = getattr(model.config, "vision_config", None)
     size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
     strategy = getattr(model.config, "vision_feature_select_strategy", None)

@@ -13,6 +13,7 @@ from quota.eval.harness import summarize
 from quota.eval.suite import SuiteRow, run_suite, suite_rows
 from quota.quant.config import QuantConfig
 from quota.testbed.splits import test_split
+from quota.versioned import VersionError
 
 # cheap configs: the suite's bookkeeping is under test here, not the quality of the quantization
 RTN = QuantConfig(weight_method="rtn", w_clip_search=False, a_clip_search=False, rotate=False, kv_group_size=64)
@@ -74,6 +75,12 @@ def test_suite_runs_writes_and_resumes(small_testbed, tmp_path, answers_spy):
     assert settings["row"] == "lowbit/random@64" and settings["questions_per_task"] == {"counting": 1}
     assert settings["quant"] == RTN.to_dict() and settings["device"] == "cpu" and settings["model_hash"] == digest
     assert set(settings["versions"]) == {"torch", "transformers", "triton", "quota"}
+    assert (stored["type"], stored["version"]) == ("quota.suite_row", 2)  # with every question's outcome
+    (prediction,) = stored["predictions"]
+    assert set(prediction) == {"qid", "task", "answer", "prediction", "correct"}
+    assert prediction["qid"] == test_split("counting", 1)[0].qid and prediction["task"] == "counting"
+    assert "paired Δ (95% CI)" in (tmp_path / "suite.md").read_text()
+    assert "predictions" not in json.loads((tmp_path / "suite.json").read_text())["lowbit/random@64"]
     assert "quant" not in json.loads((tmp_path / f"{SuiteRow('bf16', 'all').file_stem}.json").read_text())["settings"]
     assert len(answers_spy) == 4
 
@@ -190,3 +197,150 @@ def test_suite_calibrates_on_the_first_n_questions_and_refuses_a_bad_count(small
     assert seen == [2] and results["lowbit/all"].meta["calibration_questions"] == 2
     stored = json.loads((tmp_path / f"{SuiteRow('lowbit', 'all').file_stem}.json").read_text())
     assert stored["settings"]["calibration_questions"] == 2
+
+
+# ----------------------------------------------------------------------------- the paired column (issue 17)
+
+
+def _result(row: SuiteRow, answers, n: int | None = None, eq: float | None = None, task: str = "counting"):
+    """A row's result on the first questions of ``task`` (``answers``: True for right, False for wrong)."""
+    questions = test_split(task, n or len(answers))
+    meta = {"row": row.name, "precision": row.precision, "plan": row.plan, "tokens": row.tokens,
+            "equivalent_tokens": row.tokens if eq is None else eq}
+    return summarize(questions, [q.answer if ok else "wrong" for q, ok in zip(questions, answers)], meta)
+
+
+def _write_new_row(folder, row: SuiteRow, answers, eq: float | None = None, reverse: bool = False) -> None:
+    """A row file as this quota writes it: versioned, with its predictions (stored reversed with ``reverse``)."""
+    result = _result(row, answers, eq=eq)
+    if reverse:
+        result.predictions.reverse()
+    (folder / f"{row.file_stem}.json").write_text(json.dumps(suite.row_document(result, _settings(row, len(answers)))))
+
+
+HALF = [i % 2 == 0 for i in range(20)]
+
+
+def test_identical_rows_pair_to_exactly_zero_while_their_unpaired_intervals_are_wide(tmp_path):
+    rows = [SuiteRow("bf16", "all"), SuiteRow("lowbit", "all"), SuiteRow("lowbit", "fastv", 64.0),
+            SuiteRow("lowbit", "random", 64.0)]
+    for row in rows:
+        _write_new_row(tmp_path, row, [True] * 20 if row.plan == "all" else HALF, reverse=row.plan == "random")
+    report = run_suite(tmp_path, plans=["fastv", "random"], budgets=[64], precisions=["lowbit"], report_only=True)
+    same = report["lowbit/random@64"]
+    low, high = same.average_ci
+    assert 100 * (high - low) > 20  # unpaired: each row alone is uncertain
+    paired = same.meta["paired"]  # paired by question id (stored in reverse order): no uncertainty at all
+    assert paired["against"] == "lowbit/fastv@64" and (paired["mean"], paired["low"], paired["high"]) == (0, 0, 0)
+    assert paired["n"] == 20 and paired["only_a"] == paired["only_b"] == 0
+    text = (tmp_path / "suite.md").read_text()
+    assert "| lowbit/random@64 | 64.0 | 50.0 | 50.0 (" in text and "| +0.0 (+0.0 to +0.0) | lowbit/fastv@64 |" in text
+    assert "| lowbit/fastv@64 | 64.0 | 50.0 | 50.0 (" in text and "| reference | - |" in text
+    stored = json.loads((tmp_path / "suite.json").read_text())
+    assert stored["lowbit/random@64"]["meta"]["paired"]["high"] == 0 and "predictions" not in stored["lowbit/all"]
+
+    lowbit_all = run_suite(tmp_path, plans=["fastv", "random"], budgets=[64], precisions=["lowbit"],
+                           report_only=True, paired_against="lowbit/all")["lowbit/random@64"].meta["paired"]
+    assert lowbit_all["against"] == "lowbit/all" and lowbit_all["chosen"] == "given"
+    assert lowbit_all["mean"] == -50 and lowbit_all["low"] < -50 < lowbit_all["high"] < 0
+    assert "Reference: row lowbit/all." in (tmp_path / "suite.md").read_text()
+
+
+def test_the_default_reference_is_the_best_stage_wise_row_at_the_recipe_s_tokens():
+    n = 10
+    rows = {
+        SuiteRow("lowbit", "all"): _result(SuiteRow("lowbit", "all"), [True] * n),
+        SuiteRow("lowbit", "fastv", 64.0): _result(SuiteRow("lowbit", "fastv", 64.0), [i < 3 for i in range(n)]),
+        SuiteRow("lowbit", "visionzip", 64.0): _result(SuiteRow("lowbit", "visionzip", 64.0), [i < 5 for i in range(n)]),
+        SuiteRow("lowbit", "fastv", 128.0): _result(SuiteRow("lowbit", "fastv", 128.0), [i < 8 for i in range(n)]),
+        SuiteRow("lowbit", "visionzip", 128.0): _result(SuiteRow("lowbit", "visionzip", 128.0), [i < 6 for i in range(n)]),
+        SuiteRow("lowbit", "recipe:k64.json"): _result(SuiteRow("lowbit", "recipe:k64.json"), [i < 7 for i in range(n)],
+                                                       eq=57.6),  # spent less than 64 on its grid
+        SuiteRow("lowbit", "recipe:k100.json"): _result(SuiteRow("lowbit", "recipe:k100.json"), [True] * n, eq=100.0),
+        SuiteRow("bf16", "fastv", 64.0): _result(SuiteRow("bf16", "fastv", 64.0), [True] * n),
+    }
+    results = {row.name: r for row, r in rows.items()}
+    column = suite.paired_column(results)
+    against = {name: record["against"] for name, record in column.items()}
+    assert against == {
+        "lowbit/all": None, "lowbit/fastv@64": "lowbit/visionzip@64", "lowbit/visionzip@64": "lowbit/visionzip@64",
+        "lowbit/fastv@128": "lowbit/fastv@128", "lowbit/visionzip@128": "lowbit/fastv@128",
+        "lowbit/recipe:k64.json": "lowbit/visionzip@64",  # the best at 64, not a bf16 row
+        "lowbit/recipe:k100.json": None,  # no stage-wise budget within 12.5% of 100 tokens
+        "bf16/fastv@64": "bf16/fastv@64"}
+    recipe = column["lowbit/recipe:k64.json"]
+    assert recipe["mean"] == pytest.approx(20.0) and recipe["low"] >= 0  # right on 2 more, wrong on none more
+    assert column["lowbit/visionzip@64"]["reference"] and "mean" not in column["lowbit/all"]
+    text = suite.markdown(results)
+    assert f"| +20.0 (+{recipe['low']:.1f} to +{recipe['high']:.1f}) | lowbit/visionzip@64 |" in text
+    assert "No paired Δ for lowbit/recipe:k100.json: no stage-wise row of its precision within 12.5%" in text
+
+
+def test_rows_of_other_questions_are_paired_on_the_common_ones_only():
+    row, ref = SuiteRow("lowbit", "random", 64.0), SuiteRow("lowbit", "fastv", 64.0)
+    results = {ref.name: _result(ref, [False] * 4), row.name: _result(row, [True] * 4 + [False] * 2)}
+    results[ref.name].average = 1.0  # the best stage-wise row, whatever its scores
+    record = suite.paired_column(results)[row.name]
+    assert (record["mean"], record["low"], record["high"]) == (100, 100, 100)  # not 66.7: the last two are left out
+    assert (record["n"], record["only_a"], record["only_b"]) == (4, 2, 0)
+    assert ("lowbit/random@64 vs lowbit/fastv@64: 4 questions in common; left out 2 only lowbit/random@64 answered "
+            "and 0 only lowbit/fastv@64 answered.") in suite.markdown(results)
+
+
+def test_rows_without_predictions_are_reported_with_a_dash_and_a_note(tmp_path):
+    evaluated, old = SuiteRow("lowbit", "fastv", 64.0), SuiteRow("lowbit", "random", 64.0)
+    _write_new_row(tmp_path, SuiteRow("lowbit", "all"), [True] * 20)
+    as_eval_writes = _result(evaluated, HALF).to_dict(with_predictions=True)  # `quota eval -o`: no type, predictions
+    (tmp_path / f"{evaluated.legacy_file_stem}.json").write_text(json.dumps(as_eval_writes))
+    _row_file(tmp_path, old, 20, None, legacy=True)  # a row of an earlier quota: no type, no predictions
+    _row_file(tmp_path, SuiteRow("bf16", "all"), 20, _settings(SuiteRow("bf16", "all"), 20))
+    report = run_suite(tmp_path, plans=["fastv", "random"], budgets=[64], precisions=["lowbit"], report_only=True,
+                       paired_against="lowbit/all")
+    assert report[old.name].meta["paired"]["without_predictions"] == [old.name]
+    assert report[evaluated.name].meta["paired"]["mean"] == -50
+    text = (tmp_path / "suite.md").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| lowbit/random@64 |"))
+    assert "| - | lowbit/all |" in line and "%" in line  # reported, its retention too
+    assert "stores no per-question predictions" in text
+    assert "written before suite rows kept them do: bf16/all, lowbit/random@64;" in text
+
+
+def test_an_unknown_paired_reference_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="--paired-against 'lowbit/fastv@65' is not a row of this suite"):
+        run_suite(tmp_path, plans=["fastv"], budgets=[64], paired_against="lowbit/fastv@65", report_only=True)
+    assert not list(tmp_path.iterdir())
+
+
+def test_row_files_are_versioned(tmp_path):
+    row = SuiteRow("lowbit", "all")
+    _write_new_row(tmp_path, row, HALF)
+    path = tmp_path / f"{row.file_stem}.json"
+    result, settings = suite.read_row(path)
+    assert len(result.predictions) == 20 and settings["row"] == "lowbit/all"
+    doc = json.loads(path.read_text())
+    wrong = dict(doc, predictions=doc["predictions"][:19])
+    path.write_text(json.dumps(wrong))
+    with pytest.raises(ValueError, match="predictions of task counting \\(19 questions\\) do not match its score"):
+        suite.read_row(path)
+    path.write_text(json.dumps(dict(doc, predictions=[])))
+    with pytest.raises(ValueError, match="quota.suite_row version 2 row without predictions"):
+        suite.read_row(path)
+    path.write_text(json.dumps(dict(doc, version=3)))
+    with pytest.raises(VersionError, match="quota.suite_row version 3 is not supported"):
+        run_suite(tmp_path, plans=[], budgets=[], precisions=["lowbit"], report_only=True)
+    settings = suite.suite_settings("ab" * 32, test_split("counting", 20), "cpu", GPTQ, 256)
+    with pytest.raises(ResumeMismatchError, match="version 3 is not supported .*--resume=recompute"):
+        suite.reusable_rows(tmp_path, [row], settings, "strict")
+    assert suite.reusable_rows(tmp_path, [row], settings, "recompute") == {}
+
+
+def test_a_resume_does_not_reuse_rows_without_predictions(tmp_path):
+    row = SuiteRow("lowbit", "all")
+    settings = suite.suite_settings("ab" * 32, test_split("counting", 20), "cpu", GPTQ, 256)
+    _row_file(tmp_path, row, 20, _settings(row, 20))  # settings recorded, but no predictions: unpaired forever
+    with pytest.raises(ResumeMismatchError, match="store no per-question predictions .*--resume=recompute"):
+        suite.reusable_rows(tmp_path, [row], settings, "strict")
+    assert suite.reusable_rows(tmp_path, [row], settings, "recompute") == {}
+    _write_new_row(tmp_path, row, HALF)
+    (kept,) = suite.reusable_rows(tmp_path, [row], settings, "strict").values()
+    assert len(kept.predictions) == 20 and kept.average == 0.5

@@ -1,0 +1,81 @@
+"""Profiling a checkpoint folder on the user's own calibration data (the Python form of
+``quota profile --model DIR --data calib.jsonl``).
+
+The folder is loaded offline (:func:`quota.models.checkpoint.load_checkpoint`), quantized per ``quant`` with its
+GPTQ and clipping searches calibrated on the records' prompts (through the quantized-model disk cache, keyed by
+the checkpoint's hash and :func:`data_version`), and profiled on the same records: the damage of each schedule is
+the teacher-forced KL and loss on the answer tokens, against the same quantized model with all tokens
+(:mod:`quota.profiling.sensitivity`). Records are batched by image size (one ``N`` per batch); for a
+dynamic-resolution model the profile's keep counts refer to the largest image's ``N`` and every other image runs
+them as fractions (:func:`quota.schedule.resolve_schedule`). Under ``torchrun`` the grid is shared out over the
+ranks as for the testbed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from quota.data.calibration import calibration_batches, calibration_inputs
+from quota.data.records import Record, read_records
+from quota.device import placement
+from quota.models.checkpoint import load_checkpoint
+from quota.profiling.measure import ProfileSettings, profile_model
+from quota.profiling.profile import Profile
+from quota.profiling.sharding import init_from_env, world
+from quota.quant.config import QuantConfig
+from quota.quantize.disk_cache import quantize_cached
+
+
+def data_version(path: str | Path, records: Sequence[Record]) -> str:
+    """``jsonl:<16 hex>``: sha256 of the data file's bytes and of every image file the records use (in record
+    order), so that changing a question, an answer or an image changes it, and moving the folder does not."""
+    h = hashlib.sha256(Path(path).read_bytes())
+    for r in records:
+        h.update(r.image.read_bytes())
+    return f"jsonl:{h.hexdigest()[:16]}"
+
+
+def load_records(path: str | Path, limit: int | None = None) -> list[Record]:
+    """The first ``limit`` records (default: all) of the JSONL file, every one checked first
+    (:func:`~quota.data.records.read_records`)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--limit must be a number of records >= 1, got {limit!r}")
+    records = read_records(path)
+    return records[:limit] if limit else records
+
+
+def profile_checkpoint(
+    folder: str | Path, data: str | Path, quant: QuantConfig | None = None, settings: ProfileSettings | None = None,
+    output: str | Path | None = None, resume: bool | str = False, device: str | None = None,
+    limit: int | None = None,
+) -> Profile | None:
+    """Load the checkpoint in ``folder``, quantize it per ``quant`` (default: W4A4 GPTQ + rotation + KV4)
+    calibrated on the records of ``data`` (the first ``limit``), and profile it on the same records.
+
+    Returns the :class:`~quota.profiling.profile.Profile` on rank 0 (``None`` on other ranks), written to
+    ``output`` when given; ``resume`` as in :func:`~quota.profiling.measure.profile_model`. Bad records, an
+    unsupported checkpoint or a missing processor raise before any weight is quantized."""
+    init_from_env()
+    settings = settings or ProfileSettings()
+    quant = quant or QuantConfig(impl="auto")
+    records = load_records(data, limit)
+    version = data_version(data, records)
+    device, dtype = placement(device)
+    if device == "cuda" and world()[1] > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
+    loaded = load_checkpoint(folder, device, dtype)
+    identity = {"model_hash": loaded.model_hash, "data_version": version, "calibration": len(records)}
+    model = quantize_cached(
+        loaded.model, quant,
+        lambda: calibration_inputs(loaded.processor, records, settings.batch_size, device, dtype),
+        identity, inplace=True,
+    )
+    batches = calibration_batches(loaded.processor, records, settings.batch_size, device, dtype)
+    extra = {"calibration_questions": len(records), "model_class": loaded.model_class,
+             "dynamic_resolution": loaded.dynamic_resolution}
+    return profile_model(model, batches, quant, model_id=loaded.model_id, model_hash=loaded.model_hash,
+                         data_version=version, settings=settings, output=output, resume=resume, extra_settings=extra)
