@@ -9,8 +9,10 @@ layout (``tokenizer.json``, ``tokenizer_config.json``, ``preprocessor_config.jso
 ``chat_template.jinja``), which ``AutoProcessor.from_pretrained(folder, local_files_only=True)`` reads.
 
 Qwen2-VL, Qwen2.5-VL and SmolVLM processors hold a video processor, which transformers builds only with
-torchvision, and SmolVLM's also needs ``num2words``: their folders are written all the same, and
-:func:`processor_missing` says why one cannot load here. Building all six families takes a few seconds on two CPU cores.
+torchvision: without it, ``load_checkpoint`` builds them image-only (:mod:`quota.models.checkpoint`), so all six
+families load on a CPU machine without torchvision. SmolVLM's processor also needs ``num2words`` (in the dev
+extra); :func:`processor_missing` says why a family cannot load in an environment that lacks such a package (with the
+dev extra installed: never). Building all six families takes a few seconds on two CPU cores.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ CLASSES = {
     "idefics3": "Idefics3ForConditionalGeneration",
     "smolvlm": "SmolVLMForConditionalGeneration",
 }
-NEEDS_VIDEO_PROCESSOR = ("qwen2_vl", "qwen2_5_vl", "smolvlm")  # their processors build a video processor
-MISSING_PACKAGES = ("torchvision", "num2words")  # what a family's processor may need beyond transformers
+NEEDS_VIDEO_PROCESSOR = ("qwen2_vl", "qwen2_5_vl", "smolvlm")  # their processors hold a video processor
+MISSING_PACKAGES = ("num2words",)  # what a family's processor may need beyond transformers and pillow
 DYNAMIC = ("llava_next", "qwen2_vl", "qwen2_5_vl")  # visual tokens depend on the image's size
 IMAGE = 32  # px: the vision towers' tile; LLaVA-1.5 gets (32 / 8)^2 = 16 visual tokens
 
@@ -103,13 +105,16 @@ def _import_problem(module: str) -> str | None:
     return None
 
 
+def torchvision_problem() -> str | None:
+    """Why torchvision does not import here (it is absent, or built for another torch), or ``None``."""
+    return _import_problem("torchvision")
+
+
 def processor_missing(family: str) -> str | None:
-    """Why ``family``'s processor cannot be loaded in this environment (naming the missing package), or ``None``."""
+    """Why ``family``'s processor cannot be loaded in this environment (naming the missing package), or ``None``.
+    torchvision is not needed: ``load_checkpoint`` builds the processors that hold a video processor without it."""
     if importlib.util.find_spec("PIL") is None:
         return f"{family}: transformers' image processors need pillow"
-    if family in NEEDS_VIDEO_PROCESSOR and (problem := _import_problem("torchvision")):
-        return (f"{family}: its processor holds a video processor, which transformers builds only with "
-                f"torchvision ({problem})")
     if family == "smolvlm" and (problem := _import_problem("num2words")):
         return f"smolvlm: SmolVLMProcessor needs the num2words package ({problem})"
     return None

@@ -11,7 +11,8 @@ from quota.models.checkpoint import ProcessorMissingError, checkpoint_hash, load
 from quota.models.registry import UnsupportedModelError
 from quota.models.visual_tokens import DynamicResolutionError, VisionConfigError, is_dynamic, visual_tokens_of
 from tests.checkpoints import (
-    CLASSES, DYNAMIC, FAMILIES, MISSING_PACKAGES, processor_missing, tiny_model, write_checkpoint,
+    CLASSES, DYNAMIC, FAMILIES, MISSING_PACKAGES, NEEDS_VIDEO_PROCESSOR, processor_missing, tiny_model,
+    torchvision_problem, write_checkpoint,
 )
 
 SIZES = ((32, 32), (40, 72))  # (height, width): a square image and a wide one
@@ -50,7 +51,7 @@ def test_every_family_loads_offline_or_names_why_not(folders, family):
     if why is not None:  # the folder is complete; this environment cannot build its processor
         with pytest.raises(ProcessorMissingError) as info:
             load_checkpoint(folders[family])
-        package = next(p for p in MISSING_PACKAGES if p in why)
+        package = next((p for p in MISSING_PACKAGES if p in why), "")
         assert package in str(info.value) and CLASSES[family] in str(info.value) and "\n" not in str(info.value)
         pytest.skip(why)
     ckpt = load_checkpoint(folders[family], dtype=torch.bfloat16)
@@ -107,15 +108,82 @@ def test_unsupported_class_names_the_supported_ones(folders, tmp_path):
         load_checkpoint(folder)
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "smolvlm"])
 @pytest.mark.parametrize("missing", [("tokenizer.json", "tokenizer_config.json"),
                                      ("preprocessor_config.json", "processor_config.json")])
-def test_missing_processor_is_refused_before_the_weights_are_read(folders, tmp_path, missing):
-    folder = _copy(folders, "llava", tmp_path)
+def test_missing_processor_is_refused_before_the_weights_are_read(folders, tmp_path, family, missing):
+    folder = _copy(folders, family, tmp_path)
     (folder / "model.safetensors").unlink()  # reading weights would fail differently
     for name in missing:
         (folder / name).unlink()
     with pytest.raises(ProcessorMissingError, match="tokenizer" if "tokenizer.json" in missing else "image processor"):
         load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_an_image_processor_transformers_cannot_resolve_is_one_short_line(folders, tmp_path, family):
+    folder = _copy(folders, family, tmp_path)
+    (folder / "model.safetensors").unlink()
+    _edit_json(folder / "preprocessor_config.json", image_processor_type="NoSuchImageProcessor")
+    with pytest.raises(ProcessorMissingError, match="Unrecognized image processor") as info:
+        load_checkpoint(folder)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400 and CLASSES[family] in str(info.value)
+
+
+def test_smolvlm_without_num2words_names_the_package(folders, monkeypatch):
+    """SmolVLMProcessor refuses to build without num2words: the error says which package to install."""
+    import transformers.models.smolvlm.processing_smolvlm as smolvlm
+
+    monkeypatch.setattr(smolvlm, "num2words", None)
+    with pytest.raises(ProcessorMissingError, match="needs num2words") as info:
+        load_checkpoint(folders["smolvlm"])
+    assert "pip install num2words" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("family", NEEDS_VIDEO_PROCESSOR)
+def test_without_torchvision_the_processor_is_image_only(folders, family):
+    """The family's own processor class (a subclass of the same name), without a video processor: it refuses
+    videos with one clear error and sizes images as usual."""
+    import transformers
+
+    if torchvision_problem() is None:
+        pytest.skip("torchvision imports here: AutoProcessor builds the full processor")
+    processor = load_checkpoint(folders[family]).processor
+    name = json.loads((folders[family] / "processor_config.json").read_text())["processor_class"]
+    assert isinstance(processor, getattr(transformers, name)) and type(processor).__name__ == name
+    assert "video_processor" not in type(processor).get_attributes()
+    video = "<|vision_start|><|video_pad|><|vision_end|>" if family.startswith("qwen") else "<video>"
+    with pytest.raises(ValueError, match="without a video processor"):
+        processor(text=[video + "What happens?"], videos=[np.zeros((2, 32, 32, 3), dtype=np.uint8)])
+
+
+@pytest.mark.parametrize("family", NEEDS_VIDEO_PROCESSOR)
+def test_the_processor_class_follows_the_model_type_when_no_file_names_it(folders, tmp_path, family):
+    folder = _copy(folders, family, tmp_path)
+    settings = json.loads((folder / "processor_config.json").read_text())
+    name = settings.pop("processor_class")
+    (folder / "processor_config.json").write_text(json.dumps(settings))
+    ckpt = load_checkpoint(folder)
+    assert type(ckpt.processor).__name__ == name
+    assert _processor_counts(ckpt.processor, family, SIZES)[0] == [ckpt.visual_tokens(s) for s in SIZES]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_loaded_processor_saves_and_loads_the_same(folders, tmp_path, family):
+    """``processor.save_pretrained`` writes files ``load_checkpoint`` reads back to the same processor: same class
+    name, chat template and image tokens (the image-only processors included)."""
+    if processor_missing(family):
+        pytest.skip(processor_missing(family))
+    ckpt = load_checkpoint(folders[family])
+    folder = tmp_path / family
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(folders[family] / name, folder / name)
+    ckpt.processor.save_pretrained(folder)
+    again = load_checkpoint(folder)
+    assert type(again.processor).__name__ == type(ckpt.processor).__name__
+    assert again.processor.chat_template == ckpt.processor.chat_template
+    assert _processor_counts(again.processor, family, SIZES)[0] == _processor_counts(ckpt.processor, family, SIZES)[0]
 
 
 @pytest.mark.parametrize("family,change,message", [
