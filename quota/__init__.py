@@ -3,7 +3,8 @@ pruning for vision-language models.
 
 Public API (imported lazily, so ``import quota`` stays light):
 
-- models and quantization: ``QuantConfig``, ``quantize_model``;
+- models and quantization: ``QuantConfig``, ``quantize_model``, ``load`` (a checkpoint saved by ``quota quantize``:
+  :func:`quota.saved.loader`);
 - the pipeline: ``profile`` (the testbed -> ``Profile``), ``solve`` (profile -> ``SolveResult`` with its
   ``Recipe``), ``apply`` (recipe -> runnable model), ``evaluate``;
 - the recipe contract: ``Recipe``, ``ScoringSpec``, ``PruningPlan``;
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "QuantConfig": "quota.quant.config",
     "quantize_model": "quota.quantize.model",
+    "load": "quota.saved",
     "Recipe": "quota.recipe",
     "ScoringSpec": "quota.recipe",
     "PruningPlan": "quota.recipe",

@@ -11,6 +11,7 @@ The layers, lowest first (the README's module map shows the same order):
     runtime    the pruning runtime
     profiling  sensitivity and cost curves of any model
     testbed    the synthetic world (scenes, tasks, the testbed model, its calibration and profiling)
+    saved      saved quantized checkpoints: save and load (rebuilds the testbed's projector, hence above it)
     eval       evaluation harness, suites, lmms-eval plugin
     bench      kernel, end-to-end and solver benchmarks
     allocate   profile -> problem -> solver -> recipe
@@ -44,6 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("quota.profiling",),
     ("quota.data",),
     ("quota.testbed",),
+    ("quota.saved",),
     ("quota.eval",),
     ("quota.bench",),
     ("quota.allocate",),

@@ -18,6 +18,7 @@ COMMANDS = {
     "profile": "quota.cli.profile",
     "apply": "quota.cli.apply",
     "data": "quota.cli.data",
+    "quantize": "quota.cli.quantize",
 }
 
 
