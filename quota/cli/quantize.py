@@ -131,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if not is_folder:
         check_model_name(args.model, "quantize")
     out = Path(args.out)
-    check_target(out, args.overwrite, MANIFEST_NAME)
     if is_folder and out.resolve() == Path(args.model).resolve():
         raise ValueError(f"--out {out} is the source checkpoint folder; choose another folder")
+    check_target(out, args.overwrite, MANIFEST_NAME)
     recipe = Recipe.load(args.recipe) if args.recipe else None
     config = quant_config(recipe, args.quant)
     needs_data = needs_calibration(config)
