@@ -1,7 +1,8 @@
 """End-to-end speed and memory of a VLM under the runtime: time to first token, decode tokens per second
 and peak memory with the KV cache, for bf16 with all tokens, W4A4 + KV4 with all tokens, and W4A4 + KV4
 with a pruning schedule. Weights are random (speed does not depend on trained weights); the architectures
-are written from published configuration numbers (:data:`ARCHITECTURES`), so nothing is downloaded.
+are written from published configuration numbers (:data:`ARCHITECTURES`), so nothing is downloaded; a checkpoint
+folder (LLaVA-1.5 or Qwen2-VL) gives its own ``config.json``, its weights left unread.
 
 One image of ``N`` visual tokens plus a text prompt per sample; greedy decoding of ``new_tokens`` tokens
 (EOS disabled so every run decodes the same count). Timings are medians over ``repeats`` after a warm-up,
@@ -20,11 +21,14 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
 from quota.device import placement
+from quota.models.registry import checkpoint_class
+from quota.models.visual_tokens import visual_tokens_of
 from quota.quant.config import QuantConfig
 from quota.quantize.model import quantize_model
 from quota.runtime.baselines import baseline_plan
@@ -123,12 +127,40 @@ def format_gib(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.2f}"
 
 
+BENCH_MODEL_TYPES = ("llava", "qwen2_vl")
+"""Checkpoint families the speed inputs (:func:`inputs`) can be built for."""
+
+
+def folder_architecture(folder: str | Path) -> tuple[object, int]:
+    """``(config, N)`` of a checkpoint folder's architecture, read from its ``config.json`` alone (no weight is
+    read): N of a LLaVA-1.5 image, or 576 for Qwen2-VL (a 672 px image, as :data:`VISUAL_TOKENS`). Other
+    families raise ``ValueError`` naming the ones the benchmark builds inputs for."""
+    from transformers import AutoConfig
+
+    name = checkpoint_class(folder)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    if config.model_type not in BENCH_MODEL_TYPES:
+        raise ValueError(f"quota bench e2e builds speed inputs for {', '.join(BENCH_MODEL_TYPES)} checkpoints; "
+                         f"{folder} holds a {name}")
+    return config, (visual_tokens_of(config) if config.model_type == "llava" else 576)
+
+
+def architecture(arch: str) -> tuple[object, int]:
+    """``(config, N)`` of a named architecture of :data:`ARCHITECTURES` or of a checkpoint folder."""
+    if Path(arch).is_dir():
+        return folder_architecture(arch)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r} (no such folder); known: {sorted(ARCHITECTURES)}, or a "
+                         f"checkpoint folder")
+    return ARCHITECTURES[arch](), VISUAL_TOKENS[arch]
+
+
 def build_random(arch: str, device: str, dtype: torch.dtype):
+    """A model of ``arch`` (a name of :data:`ARCHITECTURES`, or a checkpoint folder whose config is used and whose
+    weights are not) with seeded random weights."""
     from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
 
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
-    config = ARCHITECTURES[arch]()
+    config, _ = architecture(arch)
     cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else LlavaForConditionalGeneration
     torch.manual_seed(0)
     with torch.device(device):
@@ -148,6 +180,8 @@ def inputs(model, batch: int, prompt_tokens: int, n_visual: int, device: str, dt
     g = torch.Generator().manual_seed(1)
     low = 3
     high = min(cfg.image_token_id, getattr(cfg, "vision_start_token_id", cfg.image_token_id)) - 1
+    if high <= low:  # special tokens first in the vocabulary (a checkpoint folder's): draw above them
+        low, high = max(cfg.image_token_id, getattr(cfg, "vision_end_token_id", 0)) + 1, cfg.text_config.vocab_size
     text = torch.randint(low, high, (batch, prompt_tokens), generator=g)
     image = torch.full((batch, n_visual), cfg.image_token_id)
     if cfg.model_type == "qwen2_vl":
@@ -247,7 +281,7 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
     device, dtype = placement(device)
     impl = "triton" if device.startswith("cuda") else "reference"
     model = build_random(arch, device, dtype)
-    n, layers = VISUAL_TOKENS[arch], model.config.text_config.num_hidden_layers
+    n, layers = architecture(arch)[1], model.config.text_config.num_hidden_layers
     source_visual = source_visual or n
     full = [n] * layers
     if schedule is not None:

@@ -18,7 +18,11 @@ def register(subparsers) -> None:
     kernels.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     kernels.set_defaults(func=run_kernels)
     e2e = sub.add_parser("e2e", help="time to first token, decode speed and memory of a VLM-shaped model")
-    e2e.add_argument("--arch", default="llava-1.5-7b", help="architecture (random weights): llava-1.5-7b, qwen2-vl-7b, tiny-llava, tiny-qwen2-vl")
+    e2e.add_argument("--arch", default="llava-1.5-7b",
+                     help="architecture (random weights): llava-1.5-7b, qwen2-vl-7b, tiny-llava, tiny-qwen2-vl")
+    e2e.add_argument("--model", default=None, metavar="DIR",
+                     help="a checkpoint folder (LLaVA-1.5 or Qwen2-VL) whose config.json replaces --arch (its weights "
+                          "are not read: speed does not depend on them)")
     e2e.add_argument("--batches", nargs="*", type=int, default=[1, 16])
     e2e.add_argument("--prompt-tokens", type=int, default=64)
     e2e.add_argument("--new-tokens", type=int, default=512)
@@ -57,6 +61,8 @@ def run_e2e(args: argparse.Namespace) -> int:
 
         recipe = Recipe.load(args.recipe)
         schedule, source_visual = recipe.schedule, recipe.n_visual_tokens
+    if args.model is not None:
+        args.arch = args.model
     rows = run_speed(args.arch, args.batches, args.prompt_tokens, args.new_tokens, args.budget, args.repeats,
                      schedule=schedule, source_visual=source_visual, static=not args.eager)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -78,7 +84,7 @@ def run_e2e(args: argparse.Namespace) -> int:
     if args.out is not None:
         from quota.atomic import write_json_atomic, write_text_atomic
 
-        stem = f"bench_e2e_{args.arch}"
+        stem = f"bench_e2e_{Path(args.arch).name}"
         write_json_atomic(args.out / f"{stem}.json", {"device": device, "arch": args.arch,
                                                       "mode": "eager" if args.eager else "static",
                                                       "rows": [r.to_dict() for r in rows]})

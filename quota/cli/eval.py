@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--resume=recompute evaluates rows of other settings again")
     p.add_argument("--report-only", action="store_true",
                    help="suite: evaluate nothing; write suite.md from the rows already in DIR and list the missing")
+    p.add_argument("--paired-against", default=None, metavar="ROW",
+                   help="suite: the row every other row's paired difference is taken against, e.g. lowbit/all "
+                        "(default: each pruned row against the best stage-wise row of its precision at its budget)")
     p.set_defaults(func=run)
 
 
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_suite(args.suite, args.plans, args.budgets, parse_quant(args.quant), args.limit, args.tasks,
                             args.batch_size, args.device, precisions=args.precisions, resume=args.resume or False,
                             weights_dir=args.weights, report_only=args.report_only,
-                            calibration_limit=args.calibration)
+                            calibration_limit=args.calibration, paired_against=args.paired_against)
         print(markdown(results))
         return 0
     refs = {k: v for k, v in (("bf16_all_tokens", args.ref_bf16), ("lowbit_all_tokens", args.ref_lowbit)) if v}

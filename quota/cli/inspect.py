@@ -1,4 +1,4 @@
-"""``quota inspect FILE``: a profile or a recipe in readable form."""
+"""``quota inspect PATH``: a profile or a recipe in readable form, or what quota sees in a checkpoint folder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="show a profile or a recipe in readable form")
-    p.add_argument("file")
+    p = sub.add_parser("inspect", help="show a profile, a recipe or a checkpoint folder in readable form")
+    p.add_argument("file", metavar="PATH", help="a profile or recipe JSON, or a checkpoint folder (--model DIR)")
     p.add_argument("--json", action="store_true", help="print the validated document as JSON")
     p.set_defaults(func=run)
 
@@ -24,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from quota.versioned import read_json, type_of
 
     path = Path(args.file)
+    if path.is_dir():
+        return inspect_folder(path, args.json)
     data = read_json(path, "file")
     console = Console()
     if is_recipe(data):
@@ -65,3 +67,41 @@ def run(args: argparse.Namespace) -> int:
         console.print(table)
         return 0
     raise ValueError(f"{path}: type {type_of(data)!r} is neither a quota profile nor a quota recipe")
+
+
+def inspect_folder(folder: Path, as_json: bool) -> int:
+    """What quota reads from a checkpoint folder without loading its weights: the class and family, the language
+    model's shape, the visual tokens of an image (fixed, or for dynamic resolution at a few image sizes), the
+    processor files and the checkpoint's hash. An unsupported folder is one error line (exit status 2)."""
+    from transformers import AutoConfig
+
+    from quota.models.checkpoint import check_processor_files, checkpoint_hash, weight_files
+    from quota.models.registry import checkpoint_class
+    from quota.models.visual_tokens import is_dynamic, visual_tokens_of
+
+    name = checkpoint_class(folder)
+    check_processor_files(folder)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    text = getattr(config, "text_config", config)
+    info = {"folder": str(folder), "class": name, "layers": text.num_hidden_layers, "hidden_size": text.hidden_size,
+            "heads": text.num_attention_heads, "kv_heads": getattr(text, "num_key_value_heads", None),
+            "weight_files": len(weight_files(folder)), "weight_bytes": sum(p.stat().st_size for p in weight_files(folder)),
+            "model_hash": checkpoint_hash(folder)}
+    if is_dynamic(config):
+        from transformers import AutoImageProcessor
+
+        image = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        info["visual_tokens"] = {f"{h}x{w}": visual_tokens_of(config, image, (h, w))
+                                 for h, w in ((336, 336), (448, 672), (672, 448), (1008, 1008))}
+    else:
+        info["visual_tokens"] = visual_tokens_of(config)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return 0
+    n = info["visual_tokens"]
+    tokens = (f"N = {n} visual tokens per image" if isinstance(n, int) else
+              "dynamic resolution, N per image (height x width): " + ", ".join(f"{k} -> {v}" for k, v in n.items()))
+    print(f"{folder}: {name}, {info['layers']} decoder layers (width {info['hidden_size']}, {info['heads']} heads, "
+          f"{info['kv_heads']} KV heads); {tokens}; {info['weight_files']} weight files, "
+          f"{info['weight_bytes'] / 2**30:.2f} GiB; hash {info['model_hash'][:12]}")
+    return 0

@@ -138,6 +138,14 @@ def calibrate_score_weights(meter: DamageMeter, n_layers: int, n_visual: int, se
     return best["weights"], search
 
 
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """``{"peak_memory_gib": ...}``: the most GPU memory this process (rank 0 under torchrun; every rank holds its
+    own model) allocated through torch since it started, in GiB; empty on a CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
+
+
 def report(message: str) -> None:
     """One progress line on stderr (rank-prefixed under torchrun), flushed so that logs survive a timeout."""
     rank, size = world()
@@ -231,7 +239,8 @@ def profile_model(
                   "quota": __version__},
         timing={"total_s": round(time.time() - start, 1), "score_weights_s": round(t_weights, 1),
                 "grid_s": round(t_grid, 1), "latency_s": round(t_latency, 1), "world_size": world()[1],
-                "questions": sum(len(b.tasks) for b in batches), "schedules_measured": len(grid_results) + 1},
+                "questions": sum(len(b.tasks) for b in batches), "schedules_measured": len(grid_results) + 1,
+                **peak_memory(device)},
         extra={"kl_prune_from_layer": kl_from.tolist(), "task_loss_prune_from_layer": loss_from.tolist(),
                "text_tokens_mean": text_tokens, "additive_model": "h_l(k) = d_from(l, k) - d_from(l + 1, k)"},
     )

@@ -82,3 +82,19 @@ def test_e2e_bench_takes_a_testbed_recipe(tmp_path):
                  "--repeats", "1", "--recipe", str(recipe), "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "bench_e2e_tiny-llava.json").read_text())["rows"]
     assert rows[1]["schedule_mean"] == 16 and rows[2]["schedule_mean"] < 16 * 0.5
+
+
+def test_e2e_bench_takes_a_checkpoint_folders_architecture(tmp_path, capsys):
+    from tests.checkpoints import write_checkpoint
+
+    from quota.recipe import PruningPlan, Recipe
+
+    folder = write_checkpoint("llava", tmp_path / "ck")
+    Recipe.from_plan(PruningPlan("half", (16, 8)), 16).save(tmp_path / "r.json")  # its two layers
+    assert main(["bench", "e2e", "--model", str(folder), "--batches", "1", "--new-tokens", "4", "--repeats", "1",
+                 "--prompt-tokens", "4", "--out", str(tmp_path), "--eager", "--recipe", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "bench_e2e_ck.json").read_text())["rows"]
+    assert [r["schedule_mean"] for r in rows] == [16.0, 16.0, 12.0]  # the folder's N: (32 px / 8 px patches)^2
+    idefics = write_checkpoint("idefics3", tmp_path / "idefics")
+    assert main(["bench", "e2e", "--model", str(idefics), "--batches", "1"]) == 2
+    assert "builds speed inputs for llava, qwen2_vl" in capsys.readouterr().err
