@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -118,6 +119,17 @@ def run_checkpoint(args: argparse.Namespace, folder: str) -> int:
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     refs = {k: load_result(v) for k, v in (("bf16_all_tokens", args.ref_bf16), ("lowbit_all_tokens", args.ref_lowbit)) if v}
+    if (Path(folder) / "quota_checkpoint.json").is_file():  # saved by quota quantize: run as it was saved
+        from quota.eval.records import evaluate_saved
+
+        for flag, value in (("--recipe", args.recipe), ("--quant", args.quant), ("--baseline", args.baseline),
+                            ("--calibration-data", args.calibration_data), ("--references", args.references or None)):
+            if value is not None:
+                raise ValueError(f"{flag}: {folder} is a saved quantized checkpoint, run with the recipe it stores; "
+                                 f"give {flag} with the source checkpoint folder instead")
+        result = evaluate_saved(folder, args.data, limit=args.limit, device=args.device, batch_size=args.batch_size,
+                                max_new_tokens=args.max_new_tokens, output=args.output, references=refs)
+        return print_result(result, args)
     result = evaluate_checkpoint(
         folder, args.data, quant=parse_quant(args.quant), recipe=args.recipe, baseline=args.baseline,
         tokens=args.tokens, limit=args.limit, calibration_data=args.calibration_data,

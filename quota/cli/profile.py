@@ -6,6 +6,7 @@ Runs on one process, or sharded over ranks with ``torchrun --nproc_per_node=G -m
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
                          "calibration split")
     if folder and (args.validate or args.validate_only):
         raise ValueError("--validate runs on the testbed's held-out test split; it is not available for --model DIR")
+    if folder and args.quant is not None and Path(model, "quota_checkpoint.json").is_file():
+        raise ValueError(f"--quant: {model} is already quantized (quota quantize); leave --quant out")
     if args.validate_only:
         return _validate(args)
     if args.grid_steps < 1:
@@ -72,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be a number of calibration questions >= 1, got {args.limit}")
     quant = QuantConfig.from_dict(json.loads(open(args.quant).read())) if args.quant else QuantConfig(impl="auto")
     settings = ProfileSettings(grid_steps=args.grid_steps, batch_size=args.batch_size, latency=not args.no_latency)
-    if folder:
+    if folder and Path(model, "quota_checkpoint.json").is_file():
+        prof = _profile_saved(model, args, settings)
+    elif folder:
         from quota.data.profile import profile_checkpoint
 
         prof = profile_checkpoint(model, args.data, quant, settings, args.output, args.resume or False, args.device,
@@ -85,6 +90,31 @@ def run(args: argparse.Namespace) -> int:
         if args.validate:
             return _validate(args)
     return 0
+
+
+def _profile_saved(folder: str, args: argparse.Namespace, settings):
+    """Profile a checkpoint saved by ``quota quantize`` as it is (no calibration again; ``--quant`` must be left
+    out), under the source model's id and hash so that its recipes fit the source checkpoint too."""
+    import torch
+
+    from quota.data.profile import data_version, load_records, profile_on_records
+    from quota.profiling.sharding import init_from_env, world
+    from quota.saved import load
+
+    init_from_env()
+    records = load_records(args.data, args.limit)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and world()[1] > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
+    saved = load(folder, device)
+    source = saved.manifest["source"]
+    if source.get("kind") == "testbed":
+        raise ValueError(f"{folder} holds the quantized testbed: profile the testbed with `quota profile` (its "
+                         f"calibration split), not with --data records")
+    return profile_on_records(saved.module, saved.processor, records, saved.quant_config, model_id=source["model_id"],
+                              model_hash=source["model_hash"], version=data_version(args.data, records),
+                              settings=settings, output=args.output, resume=args.resume or False,
+                              extra={"model_class": source["model_class"], "saved_checkpoint": str(Path(folder).name)})
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import torch
 from quota.data.calibration import calibration_batches, calibration_inputs
 from quota.data.records import Record, read_records
 from quota.device import placement
-from quota.models.checkpoint import load_checkpoint
+from quota.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from quota.profiling.measure import ProfileSettings, profile_model
 from quota.profiling.profile import Profile
 from quota.profiling.sharding import init_from_env, world
@@ -48,6 +48,36 @@ def load_records(path: str | Path, limit: int | None = None) -> list[Record]:
     return records[:limit] if limit else records
 
 
+def quantize_on_records(loaded: LoadedCheckpoint, records: Sequence[Record], quant: QuantConfig, version: str,
+                        batch_size: int = 16, inplace: bool = False):
+    """``loaded.model`` quantized per ``quant``, GPTQ and the clipping searches calibrated on the prompts of
+    ``records`` (named ``version``, :func:`data_version`), through the quantized-model disk cache: a second call
+    with the same checkpoint, data and config (profiling, then saving) loads the first one's result."""
+    param = next(loaded.model.parameters())
+    identity = {"model_hash": loaded.model_hash, "data_version": version, "calibration": len(records)}
+    return quantize_cached(
+        loaded.model, quant,
+        lambda: calibration_inputs(loaded.processor, records, batch_size, param.device, param.dtype),
+        identity, inplace=inplace,
+    )
+
+
+def profile_on_records(
+    model, processor, records: Sequence[Record], quant: QuantConfig, *, model_id: str, model_hash: str, version: str,
+    settings: ProfileSettings | None = None, output: str | Path | None = None, resume: bool | str = False,
+    extra: dict | None = None,
+) -> Profile | None:
+    """Profile ``model`` (already quantized per ``quant``) on ``records`` with its ``processor``: the records are
+    batched by image size on the model's device and dtype, and the damage is teacher-forced on their answers.
+    ``version`` names the data (:func:`data_version`); the rest as :func:`~quota.profiling.measure.profile_model`."""
+    settings = settings or ProfileSettings()
+    param = next(model.parameters())
+    batches = calibration_batches(processor, records, settings.batch_size, param.device, param.dtype)
+    extra = {"calibration_questions": len(records), **(extra or {})}
+    return profile_model(model, batches, quant, model_id=model_id, model_hash=model_hash, data_version=version,
+                         settings=settings, output=output, resume=resume, extra_settings=extra)
+
+
 def profile_checkpoint(
     folder: str | Path, data: str | Path, quant: QuantConfig | None = None, settings: ProfileSettings | None = None,
     output: str | Path | None = None, resume: bool | str = False, device: str | None = None,
@@ -68,14 +98,8 @@ def profile_checkpoint(
     if device == "cuda" and world()[1] > 1:
         device = f"cuda:{torch.cuda.current_device()}"
     loaded = load_checkpoint(folder, device, dtype)
-    identity = {"model_hash": loaded.model_hash, "data_version": version, "calibration": len(records)}
-    model = quantize_cached(
-        loaded.model, quant,
-        lambda: calibration_inputs(loaded.processor, records, settings.batch_size, device, dtype),
-        identity, inplace=True,
-    )
-    batches = calibration_batches(loaded.processor, records, settings.batch_size, device, dtype)
-    extra = {"calibration_questions": len(records), "model_class": loaded.model_class,
-             "dynamic_resolution": loaded.dynamic_resolution}
-    return profile_model(model, batches, quant, model_id=loaded.model_id, model_hash=loaded.model_hash,
-                         data_version=version, settings=settings, output=output, resume=resume, extra_settings=extra)
+    model = quantize_on_records(loaded, records, quant, version, settings.batch_size, inplace=True)
+    return profile_on_records(model, loaded.processor, records, quant, model_id=loaded.model_id,
+                              model_hash=loaded.model_hash, version=version, settings=settings, output=output,
+                              resume=resume, extra={"model_class": loaded.model_class,
+                                                    "dynamic_resolution": loaded.dynamic_resolution})

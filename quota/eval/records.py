@@ -34,6 +34,7 @@ from quota.quantize.model import ProgressBar, needs_calibration, quantize_model,
 from quota.recipe import Recipe
 from quota.runtime.apply import apply
 from quota.runtime.baselines import baseline_plan
+from quota.saved import load as load_saved
 from quota.schedule import equivalent_tokens
 
 
@@ -200,6 +201,38 @@ def evaluate_checkpoint(
     if with_references:
         result.meta["references"] = {name: {"average": r.average, "tasks": {t: s.accuracy for t, s in r.tasks.items()}}
                                      for name, r in refs.items()}
+    if output is not None:
+        write_json_atomic(output, result.to_dict(with_predictions=True))
+    return result
+
+
+def evaluate_saved(folder: str | Path, data: str | Path, *, limit: int | None = None, device: str | None = None,
+                   batch_size: int = 16, max_new_tokens: int = 16, output: str | Path | None = None,
+                   progress: bool | None = None, references: dict[str, EvalResult] | None = None) -> EvalResult:
+    """Accuracy of a checkpoint saved by ``quota quantize`` (:func:`quota.saved.load`: quantized, and pruned when
+    its recipe prunes) on the first ``limit`` records of ``data``; otherwise as :func:`evaluate_checkpoint`."""
+    records = load_records(data, limit)
+    saved = load_saved(folder, device)
+    if saved.manifest["source"].get("kind") == "testbed":
+        raise ValueError(f"{folder} holds the quantized testbed: evaluate it with `quota eval` (its test split)")
+    start = time.time()
+    result = score_records(records, answer_records(saved.model, saved.processor, records, batch_size,
+                                                   max_new_tokens, progress), version=data_version(data, records))
+    runner = getattr(saved.model, "runner", None)
+    param = next(saved.module.parameters())
+    source = saved.manifest["source"]
+    result.meta = {
+        "model": source["model_id"], "model_class": source["model_class"], "model_hash": source["model_hash"],
+        "saved_checkpoint": str(folder), "device": torch.cuda.get_device_name() if param.is_cuda else "cpu",
+        "dtype": str(param.dtype).replace("torch.", ""), "quant": saved.quant_config.short_name(),
+        "recipe": "stored" if saved.recipe is not None else None, "baseline": None,
+        "schedule": list(runner.schedule) if runner is not None else None,
+        "reference_tokens": runner.reference_tokens if runner is not None else None,
+        "equivalent_tokens": equivalent_tokens(runner.schedule) if runner is not None else None,
+        "records": len(records), "data": str(data), "seconds": round(time.time() - start, 1),
+        "versions": runtime_record(param.device.type)["versions"],
+        "retention": {name: retention(result, ref) for name, ref in (references or {}).items()},
+    }
     if output is not None:
         write_json_atomic(output, result.to_dict(with_predictions=True))
     return result
