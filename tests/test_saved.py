@@ -252,6 +252,17 @@ def test_a_missing_shard_or_config_is_refused(saved, tmp_path):
     assert "config.json is missing" in _refusal(folder)
 
 
+def test_records_that_do_not_fit_are_refused(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    data["architecture"]["edits"][0]["kind"] = "Linear"
+    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+    assert "kind = 'Linear' is not QuantLinear or RotatedOutput" in _refusal(folder)
+    data["architecture"]["edits"][0] = {"path": "model.nowhere.x", "kind": "RotatedOutput", "size": 4}
+    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+    assert "the model has no module model.nowhere" in _refusal(folder)
+
+
 def test_a_changed_processor_file_or_a_folder_without_manifest_is_refused(saved, tmp_path):
     folder = _copy(saved, tmp_path)
     with open(folder / "tokenizer.json", "a") as f:

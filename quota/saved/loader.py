@@ -10,7 +10,8 @@ Steps, each failure one :class:`SavedCheckpointError` line naming the folder:
    second copy of the weights), non-persistent buffers and tied weights included; floating tensors stored in the
    model's dtype are cast when another ``dtype`` is asked for, except the weight scales and the projector's
    rotation, which quantized modules keep in float32;
-5. the KV quantizers and attention implementations are installed, ``quota_report`` restored;
+5. the KV quantizers and attention implementations are installed, ``quota_report`` restored, and the generation
+   config read when the folder has one;
 6. when the stored recipe prunes, the model is wrapped in the pruning runtime
    (:func:`quota.runtime.apply.apply` with the quantization already done).
 
@@ -33,7 +34,6 @@ from quota.device import placement
 from quota.models.checkpoint import _load_processor
 from quota.quant.config import QuantConfig
 from quota.quantize.serialize import (
-    SerializeError,
     TensorLayout,
     assign_tensors,
     dtype_of,
@@ -46,8 +46,8 @@ from quota.recipe import Recipe
 from quota.runtime.apply import PrunedModel, apply
 from quota.saved.architecture import rebuild
 from quota.saved.manifest import SavedCheckpointError, read_manifest
-from quota.saved.writer import CONFIG_NAME
-from quota.saved.shards import ShardError, read_shards, sha256_file
+from quota.saved.shards import read_shards, sha256_file
+from quota.saved.writer import CONFIG_NAME, GENERATION_CONFIG
 
 
 @dataclass
@@ -146,9 +146,14 @@ def load(folder: str | os.PathLike, device: str | torch.device | None = None, dt
         install_kv_records(model, architecture.get("kv_quantizers", {}))
         set_attention_implementations(model, architecture.get("attention", {}))
         model.quota_report = report_of(manifest["report"])
-    except (SerializeError, ShardError, KeyError) as err:
-        raise SavedCheckpointError(f"{folder}: {err}" if not str(err).startswith(str(folder)) else str(err)) from None
+    except (ValueError, KeyError) as err:  # SerializeError, ShardError, SavedCheckpointError, a registry refusal
+        text = str(err) if isinstance(err, ValueError) else f"architecture lacks {err}"
+        raise SavedCheckpointError(text if text.startswith(str(folder)) else f"{folder}: {text}") from None
     _no_meta_left(model, folder)
+    if (folder / GENERATION_CONFIG).is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(folder, local_files_only=True)
     model.eval()
     recipe = Recipe.from_dict(manifest["recipe"], f"{folder} recipe") if manifest["recipe"] is not None else None
     runnable: nn.Module | PrunedModel = model

@@ -31,9 +31,10 @@ from quota.saved.shards import MAX_SHARD_BYTES, sha256_file, write_shards
 from quota.testbed import model as testbed
 
 CONFIG_NAME = "config.json"
+GENERATION_CONFIG = "generation_config.json"
 PROCESSOR_FILES = (*TOKENIZER_FILES, *IMAGE_PROCESSOR_FILES, "special_tokens_map.json", "added_tokens.json",
                    "merges.txt", "chat_template.jinja", "chat_template.json", "video_preprocessor_config.json",
-                   "generation_config.json")
+                   GENERATION_CONFIG)
 """Files copied from a source checkpoint folder beside ``config.json``, those that exist."""
 
 
@@ -101,6 +102,8 @@ def save(model: nn.Module | PrunedModel, out: str | os.PathLike, source: Source,
     quant_config = QuantConfig.from_dict(report["config"])
     if (files_from is None) == (config is None):
         raise ValueError("give exactly one of files_from (a checkpoint folder) and config (a transformers config)")
+    if files_from is not None and processor is not None:
+        raise ValueError("processor goes with config: with files_from the processor files are copied from the folder")
     if recipe is not None:
         if not isinstance(recipe, Recipe):
             raise TypeError(f"recipe must be a quota.recipe.Recipe, got {type(recipe).__name__}")
