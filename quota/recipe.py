@@ -1,9 +1,9 @@
 """Recipe: the frozen output of profiling and solving, and the one contract the runtime applies.
 
 A recipe is a versioned, content-hashed JSON document (:mod:`quota.versioned`): the per-layer visual-token
-schedule, the scoring that picks the tokens (:class:`ScoringSpec`: weights, normalization, seed), the
-quantization config, how the schedule was obtained (budget, solver, status, gap, time) and what it was
-measured on (model id and hash, data version, library versions). Saving is atomic. Loading validates every
+schedule, the scoring that picks the tokens (:class:`ScoringSpec`: weights, normalization, seed, selection rule),
+the quantization config, how the schedule was obtained (budget, solver, status, gap, time) and what
+it was measured on (model id and hash, data version, library versions). Saving is atomic. Loading validates every
 field and names the one that is wrong (``schedule[29]``, ``scoring.weights.attn_last``); it refuses an
 unknown version, a tampered file (hash mismatch) and, when a model is given, a recipe made for another model.
 
@@ -27,7 +27,7 @@ from quota.quant.config import QuantConfig
 from quota.schedule import (
     ScheduleError, check_budget, check_budget_kind, check_schedule, equivalent_tokens, is_full,
 )
-from quota.signals import NORMALIZATIONS, SIGNALS, available_signals
+from quota.signals import NORMALIZATIONS, SELECTIONS, SIGNALS, available_signals
 from quota.versioned import VersionError, read_json, stamp, type_of, unstamp
 
 RECIPE_TYPE = "quota.recipe"
@@ -44,17 +44,23 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class ScoringSpec:
-    """How token scores are formed at every pruning point.
+    """How token scores are formed, and the tokens chosen, at every pruning point.
 
     ``weights`` maps signal names (:data:`quota.signals.SIGNALS`) to finite non-negative weights, at least one
     of them positive; a larger weighted signal makes a token more likely to be kept. ``normalize`` is applied
     per sample over the alive visual tokens before weighting (``"minmax"`` or ``"rank"``). ``seed`` drives the
-    ``random`` signal. Raises :class:`RecipeError` naming the bad field (``scoring.weights.attn_last``).
+    ``random`` signal. ``selection`` is the rule that picks the kept tokens from the combined scores
+    (:data:`quota.signals.SELECTIONS`: ``"topk"``, ``"divprune"``, ``"cdpruner"``; :func:`quota.runtime.prune.prune`).
+    Raises :class:`RecipeError` naming the bad field (``scoring.weights.attn_last``, ``scoring.selection``).
+
+    JSON: ``{"weights": {...}, "normalize": "minmax", "seed": 0}``, plus ``"selection"`` only when it is not
+    the default ``"topk"``, so a top-k recipe is written as before.
     """
 
     weights: Mapping[str, float] = field(default_factory=lambda: {"attn_last": 1.0})
     normalize: str = "minmax"
     seed: int = 0
+    selection: str = "topk"
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, Mapping):
@@ -72,6 +78,8 @@ class ScoringSpec:
             raise RecipeError(f"scoring.normalize = {self.normalize!r}; choose one of {NORMALIZATIONS}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise RecipeError(f"scoring.seed = {self.seed!r} must be an integer")
+        if not isinstance(self.selection, str) or self.selection not in SELECTIONS:
+            raise RecipeError(f"scoring.selection = {self.selection!r}; choose one of {list(SELECTIONS)}")
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "seed", int(self.seed))
 
@@ -93,15 +101,20 @@ class ScoringSpec:
             previous = k
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights": dict(self.weights), "normalize": self.normalize, "seed": self.seed}
+        """The JSON object; ``selection`` only when not the default (what readers before it read)."""
+        out: dict[str, Any] = {"weights": dict(self.weights), "normalize": self.normalize, "seed": self.seed}
+        if self.selection != "topk":
+            out["selection"] = self.selection
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> "ScoringSpec":
         if not isinstance(data, Mapping):
             raise RecipeError(f"scoring must be an object with weights, normalize and seed, got {data!r}")
-        unknown = sorted(set(data) - {"weights", "normalize", "seed"})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise RecipeError(f"scoring: unknown field(s) {unknown}; known: weights, normalize, seed")
+            raise RecipeError(f"scoring: unknown field(s) {unknown}; known: {', '.join(known)}")
         return cls(**data)
 
 

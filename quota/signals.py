@@ -1,5 +1,6 @@
-"""Token-score signals by name: what each measures and where it exists. The runtime computes them
-(:mod:`quota.runtime.scoring`); recipes and profiles name them, so their names live here, below both."""
+"""Token-score signals and selection rules by name: what each measures and where it exists. The runtime computes
+them (:mod:`quota.runtime.scoring`, :mod:`quota.runtime.prune`); recipes and profiles name them, so their names
+live here, below both."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ ATTENTION_SIGNALS: tuple[str, ...] = ("attn_last", "attn_text")
 EMBEDDING_SIGNALS: tuple[str, ...] = ("magnitude", "risk", "outlier", "vision_attn", "random")
 LAYER_SIGNALS: tuple[str, ...] = ("magnitude", "attn_last", "attn_text", "risk", "outlier", "vision_attn", "random")
 NORMALIZATIONS: tuple[str, ...] = ("minmax", "rank")
+SELECTIONS: dict[str, str] = {
+    "topk": "the k best combined scores (ties to the lower index)",
+    "divprune": "max-min diversity: greedy farthest point in cosine distance of the hidden states, seeded with "
+                "the best-scored token",
+    "cdpruner": "conditional DPP: greedy MAP of L = diag(q) S diag(q), S the cosine similarity of the hidden "
+                "states, q the min-max normalized combined score",
+}
 
 
 def available_signals(layer: int) -> tuple[str, ...]:

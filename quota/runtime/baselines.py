@@ -20,6 +20,14 @@ executes all of them, in full precision or on top of a quantized model. The sche
 - ``visionzip``: selection before the language model by the vision tower's attention (CLS query, or mean
   attention received), ``round(tokens)`` dominant tokens in every layer. VisionZip's contextual tokens
   (merges of the dropped ones) are omitted.
+- ``divprune``: DivPrune-style max-min diversity selection (:func:`quota.runtime.diversity.divprune_select`)
+  before the language model, ``round(tokens)`` tokens in every layer, seeded with the best token by
+  ``relevance`` (``vision_attn``; ``magnitude`` for a model whose vision attention quota cannot read, chosen by
+  :func:`baseline_plan_for`).
+- ``cdpruner``: CDPruner-style conditional-DPP selection (:func:`quota.runtime.diversity.cdpruner_select`)
+  before the language model, ``round(tokens)`` tokens in every layer. CDPruner's relevance is the similarity
+  of each image token to the instruction (text encoder); before layer 0 quota uses the in-LLM-free
+  ``relevance`` signal instead (as for ``divprune``).
 - ``random``: ``round(tokens)`` tokens in every layer, chosen by seeded random scores before layer 0.
 """
 
@@ -29,10 +37,11 @@ from typing import Callable, Sequence
 
 from quota.models.registry import spec_for
 from quota.recipe import PruningPlan, ScoringSpec
-from quota.runtime.vision import expected_visual_tokens
+from quota.runtime.vision import expected_visual_tokens, vision_attention_unsupported
 from quota.schedule import ScheduleError
 
 SPARSEVLM_LAYERS_OF_32 = (2, 6, 15)
+DIVERSITY_PRESETS = ("divprune", "cdpruner")
 
 
 def _check(tokens: float, n_visual: int, num_layers: int) -> None:
@@ -130,6 +139,21 @@ def visionzip(tokens: float, n_visual: int, num_layers: int) -> PruningPlan:
                        "dominant tokens only; contextual merged tokens omitted")
 
 
+def divprune(tokens: float, n_visual: int, num_layers: int, relevance: str = "vision_attn") -> PruningPlan:
+    """DivPrune-style max-min diversity before the language model, seeded with the best ``relevance`` token."""
+    _check(tokens, n_visual, num_layers)
+    return PruningPlan("divprune", _flat(tokens, n_visual, num_layers),
+                       ScoringSpec({relevance: 1.0}, selection="divprune"), f"seed by {relevance}")
+
+
+def cdpruner(tokens: float, n_visual: int, num_layers: int, relevance: str = "vision_attn") -> PruningPlan:
+    """CDPruner-style conditional DPP before the language model, relevance from the ``relevance`` signal."""
+    _check(tokens, n_visual, num_layers)
+    return PruningPlan("cdpruner", _flat(tokens, n_visual, num_layers),
+                       ScoringSpec({relevance: 1.0}, selection="cdpruner"),
+                       f"relevance {relevance} (instruction relevance not available before layer 0)")
+
+
 def random_plan(tokens: float, n_visual: int, num_layers: int, seed: int = 0) -> PruningPlan:
     """Seeded random selection before layer 0, the same tokens in every layer."""
     _check(tokens, n_visual, num_layers)
@@ -142,6 +166,8 @@ BASELINES: dict[str, Callable[..., PruningPlan]] = {
     "pyramiddrop": pyramiddrop,
     "sparsevlm": sparsevlm,
     "visionzip": visionzip,
+    "divprune": divprune,
+    "cdpruner": cdpruner,
     "random": random_plan,
 }
 
@@ -155,6 +181,11 @@ def baseline_plan(name: str, tokens: float, n_visual: int, num_layers: int, **op
 
 def baseline_plan_for(model, name: str, tokens: float, **options) -> PruningPlan:
     """The plan of baseline ``name`` at ``tokens`` equivalent tokens, sized to ``model``'s layers and visual
-    tokens (run it with ``apply(model, Recipe.from_plan(plan, n_visual_tokens))``)."""
-    n_layers = len(spec_for(model).layers_of(model))
+    tokens (run it with ``apply(model, Recipe.from_plan(plan, n_visual_tokens))``). The diversity presets
+    (``divprune``, ``cdpruner``) take ``magnitude`` as their relevance when the model's vision attention cannot
+    be read (:func:`~quota.runtime.vision.vision_attention_unsupported`), unless ``relevance`` is given."""
+    spec = spec_for(model)
+    n_layers = len(spec.layers_of(model))
+    if name in DIVERSITY_PRESETS and "relevance" not in options and vision_attention_unsupported(model, spec):
+        options = {**options, "relevance": "magnitude"}
     return baseline_plan(name, float(tokens), expected_visual_tokens(model), n_layers, **options)

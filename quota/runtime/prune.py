@@ -1,6 +1,9 @@
-"""Score-and-gather: keep the top-k visual tokens of a contiguous visual span and compact the sequence.
+"""Pruning a contiguous visual span: select ``k`` visual tokens and compact the sequence.
 
-Dispatch between the fused Triton kernel and its PyTorch reference, both in :mod:`quota.kernels.score_gather`.
+:func:`score_gather` dispatches between the fused top-k Triton kernel and its PyTorch reference, both in
+:mod:`quota.kernels.score_gather`. :func:`prune` is what a pruning point runs: top-k is exactly
+:func:`score_gather`; another selection rule (:func:`select`, :mod:`quota.runtime.diversity`) picks the kept
+indices first and compacts through the same gather.
 
 Layout: every sample has the same length ``S`` (left padding), and its alive visual tokens are the
 contiguous span ``[span_start[b], span_start[b] + n)``. Keeping ``k`` of them gives ``S' = S - n + k``
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from quota.kernels.score_gather import Compacted, score_gather_reference, score_gather_triton
+from quota.kernels.score_gather import Compacted, score_gather_reference, score_gather_triton, select_topk
+from quota.runtime.diversity import cdpruner_select, divprune_select
+from quota.signals import SELECTIONS
 
 IMPLS = ("reference", "triton", "auto")
 
@@ -36,3 +41,56 @@ def score_gather(
     if impl == "triton" or (impl == "auto" and hidden.is_cuda):
         return score_gather_triton(hidden, positions, valid, scores, span_start, k, check_values)
     return score_gather_reference(hidden, positions, valid, scores, span_start, k, check_values)
+
+
+def visual_span(hidden: torch.Tensor, span_start: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` visual tokens' hidden states ``[B, n, d]`` of ``hidden`` ``[B, S, d]`` from ``span_start`` ``[B]``."""
+    cols = span_start[:, None] + torch.arange(n, device=hidden.device)[None, :]  # [B, n]
+    return hidden.gather(1, cols[..., None].expand(-1, -1, hidden.shape[-1]))
+
+
+def select(rule: str, scores: torch.Tensor, features: torch.Tensor, k: int, check_values: bool = True) -> torch.Tensor:
+    """Kept indices ``[B, k]`` (long, ascending) of the ``n`` alive visual tokens by selection ``rule``
+    (:data:`quota.signals.SELECTIONS`) from their combined ``scores`` ``[B, n]`` (finite; checked on the host
+    unless ``check_values`` is off) and ``features`` ``[B, n, d]`` (read by the diversity rules only)."""
+    if rule not in SELECTIONS:
+        raise ValueError(f"unknown selection {rule!r}; known: {list(SELECTIONS)}")
+    if check_values and not bool(torch.isfinite(scores).all()):
+        raise ValueError("token scores must be finite")
+    if rule == "topk":
+        return select_topk(scores, k, check_values=False)
+    if rule == "divprune":
+        return divprune_select(features, scores, k)
+    return cdpruner_select(features, scores, k)
+
+
+def prune(
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor,
+    scores: torch.Tensor,
+    span_start: torch.Tensor,
+    k: int,
+    selection: str = "topk",
+    impl: str = "auto",
+    check_values: bool = True,
+) -> Compacted:
+    """Keep ``k`` of the ``n`` visual tokens of each sample's span and compact (:func:`score_gather`'s layout and
+    contract: ``k`` tokens in original order, text never dropped, positions and validity travel along).
+
+    - ``hidden`` ``[B, S, d]``, ``positions`` long ``[R, B, S]``, ``valid`` bool ``[B, S]``, ``scores`` ``[B, n]``,
+      ``span_start`` long ``[B]``, ``0 <= k <= n``;
+    - ``selection``: the rule (:func:`select`) that picks the ``k`` tokens, reading the span's hidden states as
+      features.
+
+    Top-k is :func:`score_gather` itself (bit for bit); another rule chooses the kept indices first, and the same
+    kernel gathers them (scores 1 on the kept tokens, 0 elsewhere).
+    """
+    n = scores.shape[1]
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot keep k={k} of n={n} tokens")
+    if selection == "topk":
+        return score_gather(hidden, positions, valid, scores, span_start, k, impl, check_values)
+    kept = select(selection, scores, visual_span(hidden, span_start, n), k, check_values)  # [B, k]
+    keep = torch.zeros_like(scores, dtype=torch.float32).scatter_(1, kept, 1.0)  # [B, n]
+    return score_gather(hidden, positions, valid, keep, span_start, k, impl, check_values)

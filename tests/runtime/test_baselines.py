@@ -3,14 +3,16 @@
 import pytest
 import torch
 
-from quota.runtime.baselines import BASELINES, baseline_plan, fastv, pyramiddrop
+from quota.runtime import baselines
+from quota.runtime.baselines import BASELINES, baseline_plan, baseline_plan_for, fastv, pyramiddrop
 from quota.runtime.generate import PrunedRunner
 from quota.schedule import ScheduleError, equivalent_tokens
 from quota.runtime.scoring import select_topk
 from tests.runtime.models import n_visual, tiny_plans
 
 SCORING = {"fastv": "attn_last", "pyramiddrop": "attn_last", "sparsevlm": "attn_text", "visionzip": "vision_attn",
-           "random": "random"}
+           "divprune": "vision_attn", "cdpruner": "vision_attn", "random": "random"}
+SELECTION = {"divprune": "divprune", "cdpruner": "cdpruner"}
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
@@ -25,6 +27,7 @@ def test_budgets_map_to_valid_schedules(name, n, layers):
         assert all(a >= b for a, b in zip(s, s[1:]))
         assert abs(equivalent_tokens(s) - tokens) <= step, (name, tokens, s)
         assert set(plan.scoring.active) == {SCORING[name]}
+        assert plan.scoring.selection == SELECTION.get(name, "topk")
 
 
 def test_schedule_shapes():
@@ -79,3 +82,18 @@ def test_visionzip_keeps_the_cls_attended_patches(llava, batch3):
     cls = out.attentions[0][:, :, 0, 1:].mean(1)  # [B, P]
     assert torch.equal(runner.kept_indices[0], select_topk(cls, 6))
     assert all(torch.equal(k, runner.kept_indices[0]) for k in runner.kept_indices)
+
+
+def test_diversity_presets_prune_once_before_layer_0(llava, batch3, monkeypatch):
+    ids, mask, pv, _ = batch3
+    n = n_visual(llava)
+    for name in ("divprune", "cdpruner"):
+        plan = baseline_plan_for(llava, name, 6)
+        assert plan.schedule == (6,) * 4 and plan.scoring.active == {"vision_attn": 1.0}
+        runner = PrunedRunner.from_plan(llava, plan)
+        runner.prefill(ids, mask, pv)
+        assert all(torch.equal(k, runner.kept_indices[0]) for k in runner.kept_indices)
+        assert baseline_plan(name, 6, n, 4, relevance="magnitude").scoring.active == {"magnitude": 1.0}
+    monkeypatch.setattr(baselines, "vision_attention_unsupported", lambda model, spec: "no CLIP tower")
+    assert baseline_plan_for(llava, "cdpruner", 6).scoring.active == {"magnitude": 1.0}
+    assert baseline_plan_for(llava, "divprune", 6, relevance="random").scoring.active == {"random": 1.0}

@@ -1,0 +1,156 @@
+"""Pruning points with a selection rule: prune()'s contract (exactly k, original order, text kept) and
+PrunedRunner / apply honouring the recipe's scoring."""
+
+import pytest
+import torch
+
+from quota.kernels.score_gather import compact
+from quota.recipe import PruningPlan, Recipe, ScoringSpec
+from quota.runtime.apply import apply
+from quota.runtime.generate import PrunedRunner
+from quota.runtime.graphs import forbid_host_sync
+from quota.runtime.prune import prune, score_gather, select, visual_span
+from quota.runtime.scoring import activation_magnitude, combine
+from quota.signals import SELECTIONS
+from tests.runtime.models import left_pad, n_visual, pixels, prompt
+
+RULES = sorted(SELECTIONS)
+
+
+def _inputs(b=3, s=30, d=12, n=14, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(b, s, d, generator=g)
+    positions = torch.stack([torch.arange(s).expand(b, s), 100 + torch.arange(s).expand(b, s)])  # [2, B, S]
+    valid = torch.rand(b, s, generator=g) > 0.1
+    scores = torch.rand(b, n, generator=g)
+    span = torch.randint(0, s - n + 1, (b,), generator=g)
+    return hidden, positions, valid, scores, span
+
+
+def test_topk_is_score_gather_bit_for_bit():
+    args = _inputs()
+    for k in (0, 5, 14):
+        out, ref = prune(*args, k, impl="reference"), score_gather(*args, k, impl="reference")
+        assert all(torch.equal(a, r) for a, r in zip(out, ref))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_rules_keep_exactly_k_in_original_order(rule):
+    hidden, positions, valid, scores, span = _inputs()
+    n = scores.shape[1]
+    for k in (0, 1, 6, n - 1, n):
+        out = prune(hidden, positions, valid, scores, span, k, rule, impl="reference")
+        kept = select(rule, scores, visual_span(hidden, span, n), k)
+        assert torch.equal(out.kept, kept)
+        ref = compact(hidden, positions, valid, span, n, kept)
+        assert all(torch.equal(a, r) for a, r in zip(out, ref))
+
+
+def test_refusals():
+    hidden, positions, valid, scores, span = _inputs()
+    with pytest.raises(ValueError, match="selection"):
+        select("dpp", scores, visual_span(hidden, span, 14), 3)
+    with pytest.raises(ValueError, match="finite"):
+        prune(hidden, positions, valid, scores.clone().fill_(float("nan")), span, 3, "divprune")
+
+
+# ----------------------------------------------------------------------------------- the runner
+
+
+def _schedule(n):  # prunes before layers 0, 1 and 3
+    return (n - 2, n // 2, n // 2, n // 4)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_runner_keeps_exactly_k_per_layer(llava, batch3, rule):
+    ids, mask, pv, _ = batch3
+    n = n_visual(llava)
+    runner = PrunedRunner(llava, _schedule(n), {"attn_last": 1.0, "magnitude": 0.5}, selection=rule)
+    tokens = runner.generate(ids, mask, pv, max_new_tokens=2)
+    assert tokens.shape == (3, 2)
+    assert [k.shape[1] for k in runner.kept_indices] == list(_schedule(n))
+    for before, after in zip(runner.kept_indices, runner.kept_indices[1:]):
+        assert torch.isin(after, before).all() and (after[:, 1:] > after[:, :-1]).all()
+
+
+@pytest.mark.parametrize("rule", ["divprune", "cdpruner"])
+def test_runner_selects_on_the_projected_image_features_before_layer_0(llava, batch3, rule):
+    ids, mask, pv, _ = batch3
+    runner = PrunedRunner(llava, (5, 5, 5, 5), {"magnitude": 1.0}, selection=rule)
+    runner.prefill(ids, mask, pv)
+    feats = runner.encode_images(pv, 3, {})  # [B, N, d]
+    scores = combine({"magnitude": activation_magnitude(feats)}, {"magnitude": 1.0})
+    assert torch.equal(runner.kept_indices[0], select(rule, scores, feats, 5))
+
+
+@pytest.mark.parametrize("rule", ["divprune", "cdpruner"])
+def test_runner_batch_independence(llava, rule):
+    n = n_visual(llava)
+    rows = [prompt(n, 3, 5, 0), prompt(n, 1, 2, 1), prompt(n, 4, 9, 2)]
+    pv = pixels(3, seed=3)
+    runner = PrunedRunner(llava, _schedule(n), {"attn_last": 1.0, "magnitude": 0.5}, selection=rule)
+    ids, mask = left_pad(rows)
+    together = runner.generate(ids, mask, pv, max_new_tokens=3)
+    kept = runner.kept_indices
+    for i, row in enumerate(rows):
+        ids1, mask1 = left_pad([row])
+        alone = runner.generate(ids1, mask1, pv[i : i + 1], max_new_tokens=3)
+        assert torch.equal(alone[0], together[i])
+        assert all(torch.equal(a[0], k[i]) for a, k in zip(runner.kept_indices, kept))
+
+
+def test_apply_and_from_plan_honour_the_recipes_selection(llava, batch3):
+    ids, mask, pv, _ = batch3
+    n = n_visual(llava)
+    scoring = ScoringSpec({"attn_last": 1.0, "magnitude": 0.5}, selection="cdpruner")
+    plan = PruningPlan("t", _schedule(n), scoring)
+    pruned = apply(llava, Recipe.from_plan(plan, n))
+    assert pruned.runner.scoring == scoring
+    direct = PrunedRunner(llava, _schedule(n), scoring.weights, selection="cdpruner")
+    assert torch.equal(pruned.generate(ids, mask, pv, max_new_tokens=2)[:, ids.shape[1]:],
+                       direct.generate(ids, mask, pv, max_new_tokens=2))
+    assert all(torch.equal(a, b) for a, b in zip(pruned.runner.kept_indices, direct.kept_indices))
+    assert PrunedRunner.from_plan(llava, plan).scoring == scoring
+    with pytest.raises(ValueError, match="scoring.selection"):
+        PrunedRunner(llava, _schedule(n), selection="dpp")
+
+
+@pytest.mark.parametrize("rule", ["divprune", "cdpruner"])
+def test_unchecked_prefill_reads_nothing_back(llava, batch3, rule):
+    """What StaticPrefill records: the selection rules read nothing back to the host."""
+    ids, mask, pv, _ = batch3
+    n = n_visual(llava)
+    runner = PrunedRunner(llava, _schedule(n), {"attn_last": 1.0, "magnitude": 0.5}, impl="reference",
+                          selection=rule)
+    want, _ = runner.prefill(ids, mask, pv, reserve=2)
+    want_kept = runner.kept_indices
+    feats = runner.encode_images(pv, ids.shape[0], {})
+    with forbid_host_sync():
+        got, _ = runner.prefill_language(ids, mask, feats, pv, 2, None, checks=False)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(runner.kept_indices, want_kept))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("rule", ["divprune", "cdpruner"])
+def test_recorded_prefill_with_a_selection_rule_on_cuda(llava, batch3, rule):
+    """StaticPrefill records the selection in a CUDA graph and replays the eager prefill."""
+    from quota.runtime.graphs import StaticPrefill
+
+    model = llava.to("cuda")
+    try:
+        ids, mask, pv, _ = (x.to("cuda") if isinstance(x, torch.Tensor) else x for x in batch3)
+        n = n_visual(model)
+        runner = PrunedRunner(model, _schedule(n), {"attn_last": 1.0, "magnitude": 0.5}, impl="triton",
+                              selection=rule)
+        static = StaticPrefill(runner, reserve=2)
+        static(ids, mask, pv)  # eager, then recorded
+        for request in ((ids, mask, pv.flip(0)), (ids, mask, pv)):
+            want, _ = runner.prefill(*request, reserve=2)
+            want_kept = runner.kept_indices
+            got, state = static(*request)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            assert all(torch.equal(a, b) for a, b in zip(state.kept, want_kept))
+    finally:
+        llava.to("cpu")
