@@ -1,8 +1,8 @@
 """Recipe: the frozen output of profiling and solving, and the one contract the runtime applies.
 
 A recipe is a versioned, content-hashed JSON document (:mod:`quota.versioned`): the per-layer visual-token
-schedule, the scoring that picks the tokens (:class:`ScoringSpec`: weights, normalization, seed, selection rule),
-the quantization config, how the schedule was obtained (budget, solver, status, gap, time) and what
+schedule, the scoring that picks the tokens (:class:`ScoringSpec`: weights, normalization, seed, selection rule,
+merging), the quantization config, how the schedule was obtained (budget, solver, status, gap, time) and what
 it was measured on (model id and hash, data version, library versions). Saving is atomic. Loading validates every
 field and names the one that is wrong (``schedule[29]``, ``scoring.weights.attn_last``); it refuses an
 unknown version, a tampered file (hash mismatch) and, when a model is given, a recipe made for another model.
@@ -50,17 +50,20 @@ class ScoringSpec:
     of them positive; a larger weighted signal makes a token more likely to be kept. ``normalize`` is applied
     per sample over the alive visual tokens before weighting (``"minmax"`` or ``"rank"``). ``seed`` drives the
     ``random`` signal. ``selection`` is the rule that picks the kept tokens from the combined scores
-    (:data:`quota.signals.SELECTIONS`: ``"topk"``, ``"divprune"``, ``"cdpruner"``; :func:`quota.runtime.prune.prune`).
-    Raises :class:`RecipeError` naming the bad field (``scoring.weights.attn_last``, ``scoring.selection``).
+    (:data:`quota.signals.SELECTIONS`: ``"topk"``, ``"divprune"``, ``"cdpruner"``). ``merge`` = ``c`` >= 0: the
+    dropped tokens are merged into ``min(c, k_l)`` contextual tokens that count in the keep count ``k_l``
+    (:func:`quota.runtime.prune.prune`). Raises :class:`RecipeError` naming the bad field
+    (``scoring.weights.attn_last``, ``scoring.selection``).
 
-    JSON: ``{"weights": {...}, "normalize": "minmax", "seed": 0}``, plus ``"selection"`` only when it is not
-    the default ``"topk"``, so a top-k recipe is written as before.
+    JSON: ``{"weights": {...}, "normalize": "minmax", "seed": 0}``, plus ``"selection"`` and ``"merge"`` only
+    when they are not the defaults (``"topk"``, ``0``), so a top-k recipe is written as before.
     """
 
     weights: Mapping[str, float] = field(default_factory=lambda: {"attn_last": 1.0})
     normalize: str = "minmax"
     seed: int = 0
     selection: str = "topk"
+    merge: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, Mapping):
@@ -80,8 +83,11 @@ class ScoringSpec:
             raise RecipeError(f"scoring.seed = {self.seed!r} must be an integer")
         if not isinstance(self.selection, str) or self.selection not in SELECTIONS:
             raise RecipeError(f"scoring.selection = {self.selection!r}; choose one of {list(SELECTIONS)}")
+        if isinstance(self.merge, bool) or not isinstance(self.merge, numbers.Integral) or self.merge < 0:
+            raise RecipeError(f"scoring.merge = {self.merge!r} must be an integer >= 0 (contextual tokens)")
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "merge", int(self.merge))
 
     @property
     def active(self) -> dict[str, float]:
@@ -101,10 +107,12 @@ class ScoringSpec:
             previous = k
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object; ``selection`` only when not the default (what readers before it read)."""
+        """The JSON object; ``selection`` and ``merge`` only when not the defaults (what readers before them read)."""
         out: dict[str, Any] = {"weights": dict(self.weights), "normalize": self.normalize, "seed": self.seed}
         if self.selection != "topk":
             out["selection"] = self.selection
+        if self.merge:
+            out["merge"] = self.merge
         return out
 
     @classmethod

@@ -140,28 +140,31 @@ def test_a_plan_becomes_a_recipe_without_a_solver():
     assert Recipe.from_plan(plan, 16).quant_config is None
 
 
-def test_selection_round_trips_and_stays_out_of_top_k_files(tmp_path):
-    scoring = ScoringSpec({"vision_attn": 1.0}, selection="cdpruner")
+def test_selection_and_merge_round_trip_and_stay_out_of_top_k_files(tmp_path):
+    scoring = ScoringSpec({"vision_attn": 1.0}, selection="cdpruner", merge=10)
     r = make(schedule=(8, 8, 8, 8), scoring=scoring)
     path = r.save(tmp_path / "r.json")
-    assert Recipe.load(path) == r and Recipe.load(path).scoring.selection == "cdpruner"
+    assert Recipe.load(path) == r and Recipe.load(path).scoring.merge == 10
     data = json.loads(path.read_text())
     assert data["scoring"] == {"weights": {"vision_attn": 1.0}, "normalize": "minmax", "seed": 0,
-                               "selection": "cdpruner"}
+                               "selection": "cdpruner", "merge": 10}
     assert data["version"] == RECIPE_VERSION
-    # top-k writes exactly the fields readers before it knew: same JSON, same hash
+    # top-k without merging writes exactly the fields readers before them knew: same JSON, same hash
     plain = make().to_dict()["scoring"]
     assert set(plain) == {"weights", "normalize", "seed"}
-    assert make(scoring=ScoringSpec({"attn_last": 0.6, "magnitude": 0.2, "risk": 0.2}, "rank", 3, "topk")) == make()
+    assert make(scoring=ScoringSpec({"attn_last": 0.6, "magnitude": 0.2, "risk": 0.2}, "rank", 3, "topk", 0)) == make()
     assert ScoringSpec.from_dict(plain) == make().scoring and ScoringSpec.from_dict(plain).selection == "topk"
 
 
 @pytest.mark.parametrize(
     "scoring,match",
     [({"weights": {"attn_last": 1.0}, "selection": "dpp"}, r"^scoring\.selection = 'dpp'; choose one of"),
-     ({"weights": {"attn_last": 1.0}, "selection": None}, r"^scoring\.selection = None")],
+     ({"weights": {"attn_last": 1.0}, "selection": None}, r"^scoring\.selection = None"),
+     ({"weights": {"attn_last": 1.0}, "merge": -1}, r"^scoring\.merge = -1 must be an integer >= 0"),
+     ({"weights": {"attn_last": 1.0}, "merge": 2.5}, r"^scoring\.merge = 2\.5"),
+     ({"weights": {"attn_last": 1.0}, "merge": True}, r"^scoring\.merge = True")],
 )
-def test_bad_selection_is_named(scoring, match):
+def test_bad_selection_and_merge_are_named(scoring, match):
     with pytest.raises(RecipeError, match=match) as err:
         make(scoring=scoring)
     assert "\n" not in str(err.value)

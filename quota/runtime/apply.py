@@ -101,5 +101,5 @@ def apply(
         return model
     s = recipe.scoring
     runner = PrunedRunner(model, recipe.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl,
-                          reference_tokens=recipe.n_visual_tokens, selection=s.selection)
+                          reference_tokens=recipe.n_visual_tokens, selection=s.selection, merge=s.merge)
     return PrunedModel(model, runner)

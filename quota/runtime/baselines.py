@@ -18,8 +18,13 @@ executes all of them, in full precision or on top of a quantized model. The sche
   geometric keep counts solved to meet the budget, ranked by the mean attention of the text tokens after
   the image. SparseVLM's recycling of dropped tokens into merged ones is omitted.
 - ``visionzip``: selection before the language model by the vision tower's attention (CLS query, or mean
-  attention received), ``round(tokens)`` dominant tokens in every layer. VisionZip's contextual tokens
-  (merges of the dropped ones) are omitted.
+  attention received), ``round(tokens)`` tokens in every layer, of which ``c`` are contextual tokens merging
+  the dropped ones (:mod:`quota.kernels.token_merge`) and the rest dominant tokens. ``c`` follows VisionZip's
+  published split for LLaVA-1.5 (dominant + contextual: 54 + 10 at 64 tokens, 108 + 20 at 128, 162 + 30 at
+  192), i.e. ``c = round(tokens * 10 / 64)``, at least 1 when ``tokens >= 2``. Unlike VisionZip, which merges in
+  the vision tower by its keys and puts the contextual tokens after the dominant ones, the merge runs on the
+  projected image features (cosine of hidden states) and each contextual token sits at its target's place.
+- ``visionzip_nomerge``: the ablation without contextual tokens, ``round(tokens)`` dominant tokens.
 - ``divprune``: DivPrune-style max-min diversity selection (:func:`quota.runtime.diversity.divprune_select`)
   before the language model, ``round(tokens)`` tokens in every layer, seeded with the best token by
   ``relevance`` (``vision_attn``; ``magnitude`` for a model whose vision attention quota cannot read, chosen by
@@ -41,6 +46,7 @@ from quota.runtime.vision import expected_visual_tokens, vision_attention_unsupp
 from quota.schedule import ScheduleError
 
 SPARSEVLM_LAYERS_OF_32 = (2, 6, 15)
+VISIONZIP_SPLIT = (54, 10)  # VisionZip's dominant + contextual at 64 tokens on LLaVA-1.5 (same ratio at 128, 192)
 DIVERSITY_PRESETS = ("divprune", "cdpruner")
 
 
@@ -132,10 +138,30 @@ def sparsevlm(tokens: float, n_visual: int, num_layers: int, layers: Sequence[in
                        f"layers={boundaries}; token recycling omitted")
 
 
-def visionzip(tokens: float, n_visual: int, num_layers: int) -> PruningPlan:
-    """VisionZip-style: dominant tokens by vision-tower attention, selected before the language model."""
+def visionzip_contextual(keep: int) -> int:
+    """Contextual tokens of VisionZip's split for ``keep`` tokens: ``round(keep * 10 / 64)``, at least 1 when
+    ``keep >= 2`` (so a small budget still merges), never more than ``keep - 1``."""
+    dominant, contextual = VISIONZIP_SPLIT
+    c = int(round(keep * contextual / (dominant + contextual)))
+    return max(min(c, keep - 1), 1 if keep >= 2 else 0)
+
+
+def visionzip(tokens: float, n_visual: int, num_layers: int, contextual: int | None = None) -> PruningPlan:
+    """VisionZip-style: dominant tokens by vision-tower attention plus ``contextual`` merged tokens (default
+    :func:`visionzip_contextual`), selected before the language model."""
     _check(tokens, n_visual, num_layers)
-    return PruningPlan("visionzip", _flat(tokens, n_visual, num_layers), ScoringSpec({"vision_attn": 1.0}),
+    schedule = _flat(tokens, n_visual, num_layers)
+    c = visionzip_contextual(schedule[0]) if contextual is None else int(contextual)
+    if not 0 <= c <= schedule[0]:
+        raise ScheduleError(f"visionzip: contextual must lie in [0, {schedule[0]}], got {c}")
+    return PruningPlan("visionzip", schedule, ScoringSpec({"vision_attn": 1.0}, merge=c),
+                       f"dominant {schedule[0] - c} + contextual {c} (merged)")
+
+
+def visionzip_nomerge(tokens: float, n_visual: int, num_layers: int) -> PruningPlan:
+    """VisionZip-style dominant tokens only (the ablation without contextual tokens)."""
+    _check(tokens, n_visual, num_layers)
+    return PruningPlan("visionzip_nomerge", _flat(tokens, n_visual, num_layers), ScoringSpec({"vision_attn": 1.0}),
                        "dominant tokens only; contextual merged tokens omitted")
 
 
@@ -166,6 +192,7 @@ BASELINES: dict[str, Callable[..., PruningPlan]] = {
     "pyramiddrop": pyramiddrop,
     "sparsevlm": sparsevlm,
     "visionzip": visionzip,
+    "visionzip_nomerge": visionzip_nomerge,
     "divprune": divprune,
     "cdpruner": cdpruner,
     "random": random_plan,

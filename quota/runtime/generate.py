@@ -21,8 +21,9 @@ Conventions (see also :mod:`quota.schedule` and :mod:`quota.runtime.scoring`):
   shape, empty ``input_ids``; see :func:`~quota.runtime.masks.check_prompt`) with a ``ValueError``;
 - layer ``l`` sees ``k_l`` visual tokens; pruning before layer ``l`` scores the alive visual tokens with
   the signals of layer ``l - 1`` (embedding-level signals before layer 0), keeps exactly ``k_l`` in original
-  order by the scoring's selection rule (top-k with ties to the lower index by default,
-  :func:`quota.runtime.prune.prune`), and never drops text;
+  order by the scoring's selection rule (top-k with ties to the lower index by default), and never drops text;
+  with merging, ``min(merge, k_l)`` of the ``k_l`` are contextual tokens that take their target token's place
+  and original index (:func:`quota.runtime.prune.prune`);
 - each kept token keeps its true position (RoPE or M-RoPE, :mod:`quota.runtime.positions`); decode
   tokens get position ``max(prompt positions) + 1 + step``;
 - every layer has its own key-validity mask ``[B, S_l]`` (False on padding) and its own cache length;
@@ -115,7 +116,8 @@ class PrunedRunner:
     available at a pruning point are left out of that point's sum (e.g. attention before layer 0).
     ``normalize``: per-sample normalization of each signal (``"minmax"`` or ``"rank"``); ``seed``: for the
     ``random`` signal; ``impl``: score-and-gather implementation (``"reference"``, ``"triton"``, ``"auto"``).
-    ``selection``: the rule that picks the kept tokens (:data:`quota.signals.SELECTIONS`).
+    ``selection``: the rule that picks the kept tokens (:data:`quota.signals.SELECTIONS`); ``merge``: contextual
+    tokens per pruning point (see :class:`~quota.recipe.ScoringSpec`).
     ``reference_tokens``: the ``N`` the schedule's counts refer to; images of another ``N`` run it resolved to
     theirs (:meth:`schedule_for`); ``None``: the schedule applies as written (its counts must fit every image).
     After :meth:`prefill`, :attr:`kept_indices` holds the kept visual indices of every layer.
@@ -132,6 +134,7 @@ class PrunedRunner:
         impl: str = "auto",
         reference_tokens: int | None = None,
         selection: str = "topk",
+        merge: int = 0,
     ) -> None:
         self.model = model
         self.spec = spec_for(model)
@@ -143,7 +146,7 @@ class PrunedRunner:
         if reference_tokens is not None:
             resolve_schedule(self.schedule, reference_tokens, reference_tokens)  # checks k_0 <= reference
         weights = dict(score_weights) if score_weights is not None else {"attn_last": 1.0}
-        self.scoring = ScoringSpec(weights, normalize, seed, selection)
+        self.scoring = ScoringSpec(weights, normalize, seed, selection, merge)
         self.impl = impl
         self.kept_indices: list[torch.Tensor] | None = None
         self._vision_attn: torch.Tensor | None = None  # the vision tower's attention of the current prefill
@@ -167,7 +170,7 @@ class PrunedRunner:
                   reference_tokens: int | None = None) -> "PrunedRunner":
         s = plan.scoring
         return cls(model, plan.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl,
-                   reference_tokens=reference_tokens, selection=s.selection)
+                   reference_tokens=reference_tokens, selection=s.selection, merge=s.merge)
 
     def schedule_for(self, n_visual: int) -> tuple[int, ...]:
         """The keep counts for images of ``n_visual`` tokens: the schedule resolved from ``reference_tokens``
@@ -360,8 +363,8 @@ class PrunedRunner:
                 visual_index = orig.gather(1, cols) - span[:, None]  # [B, n]
                 if k < n:
                     scores = self._scores(l, hidden, span, n, visual_index, recorder, pixel_values, n_visual)
-                    out = prune(hidden, positions, valid, scores, span, k, self.scoring.selection, self.impl,
-                                check_values=checks)
+                    out = prune(hidden, positions, valid, scores, span, k, self.scoring.selection, self.scoring.merge,
+                                self.impl, check_values=checks)
                     hidden, positions, valid = out.hidden, out.positions, out.valid
                     orig = orig.gather(1, out.src)
                     visual_index = visual_index.gather(1, out.kept)

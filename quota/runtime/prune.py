@@ -1,9 +1,10 @@
-"""Pruning a contiguous visual span: select ``k`` visual tokens and compact the sequence.
+"""Pruning a contiguous visual span: select ``k`` visual tokens, optionally merge the dropped ones into
+contextual tokens, and compact the sequence.
 
 :func:`score_gather` dispatches between the fused top-k Triton kernel and its PyTorch reference, both in
-:mod:`quota.kernels.score_gather`. :func:`prune` is what a pruning point runs: top-k is exactly
-:func:`score_gather`; another selection rule (:func:`select`, :mod:`quota.runtime.diversity`) picks the kept
-indices first and compacts through the same gather.
+:mod:`quota.kernels.score_gather`. :func:`prune` is what a pruning point runs: top-k without merging is exactly
+:func:`score_gather`; another selection rule (:func:`select`, :mod:`quota.runtime.diversity`) or merging
+(:mod:`quota.kernels.token_merge`) picks the kept indices first and compacts through the same gather.
 
 Layout: every sample has the same length ``S`` (left padding), and its alive visual tokens are the
 contiguous span ``[span_start[b], span_start[b] + n)``. Keeping ``k`` of them gives ``S' = S - n + k``
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from quota.kernels.score_gather import Compacted, score_gather_reference, score_gather_triton, select_topk
+from quota.kernels.token_merge import Merged, token_merge_reference, token_merge_triton
 from quota.runtime.diversity import cdpruner_select, divprune_select
 from quota.signals import SELECTIONS
 
@@ -64,6 +66,28 @@ def select(rule: str, scores: torch.Tensor, features: torch.Tensor, k: int, chec
     return cdpruner_select(features, scores, k)
 
 
+def complement(kept: torch.Tensor, n: int) -> torch.Tensor:
+    """The indices ``[B, n - k]`` (long, ascending) of ``0 .. n-1`` not in ``kept`` ``[B, k]`` (distinct)."""
+    index = torch.arange(n, device=kept.device).expand(kept.shape[0], n)  # [B, n]
+    is_kept = torch.zeros_like(index).scatter_(1, kept, 1)
+    return (index + n * is_kept).sort(-1).values[:, : n - kept.shape[1]]
+
+
+def merge_count(merge: int, k: int, n: int) -> int:
+    """Contextual tokens at a pruning point keeping ``k`` of ``n``: ``min(merge, k)`` when it prunes, else 0."""
+    return min(merge, k) if k < n else 0
+
+
+def token_merge(hidden, span_start, dropped, c: int, impl: str = "auto", check_values: bool = True) -> Merged:
+    """:func:`~quota.kernels.token_merge.token_merge_reference` or its Triton kernel (``impl`` as in
+    :func:`score_gather`)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "triton" or (impl == "auto" and hidden.is_cuda):
+        return token_merge_triton(hidden, span_start, dropped, c, check_values)
+    return token_merge_reference(hidden, span_start, dropped, c)
+
+
 def prune(
     hidden: torch.Tensor,
     positions: torch.Tensor,
@@ -72,6 +96,7 @@ def prune(
     span_start: torch.Tensor,
     k: int,
     selection: str = "topk",
+    merge: int = 0,
     impl: str = "auto",
     check_values: bool = True,
 ) -> Compacted:
@@ -80,17 +105,29 @@ def prune(
 
     - ``hidden`` ``[B, S, d]``, ``positions`` long ``[R, B, S]``, ``valid`` bool ``[B, S]``, ``scores`` ``[B, n]``,
       ``span_start`` long ``[B]``, ``0 <= k <= n``;
-    - ``selection``: the rule (:func:`select`) that picks the ``k`` tokens, reading the span's hidden states as
-      features.
+    - ``selection``: the rule (:func:`select`) that picks ``k - c`` dominant tokens, reading the span's hidden
+      states as features;
+    - ``merge``: with ``c = min(merge, k) > 0`` and ``k < n``, the ``n - k + c`` tokens the rule left are merged
+      into ``c`` contextual tokens (:mod:`quota.kernels.token_merge`), each in its target token's place: its
+      position, its validity, its index in ``kept``/``src``. The count stays ``k``.
 
-    Top-k is :func:`score_gather` itself (bit for bit); another rule chooses the kept indices first, and the same
-    kernel gathers them (scores 1 on the kept tokens, 0 elsewhere).
+    Top-k without merging is :func:`score_gather` itself (bit for bit); otherwise the kept indices are chosen
+    first and gathered by the same kernel (scores 1 on the kept tokens, 0 elsewhere).
     """
     n = scores.shape[1]
     if not 0 <= k <= n:
         raise ValueError(f"cannot keep k={k} of n={n} tokens")
-    if selection == "topk":
+    c = merge_count(merge, k, n)
+    if selection == "topk" and c == 0:
         return score_gather(hidden, positions, valid, scores, span_start, k, impl, check_values)
-    kept = select(selection, scores, visual_span(hidden, span_start, n), k, check_values)  # [B, k]
+    kept = select(selection, scores, visual_span(hidden, span_start, n), k - c, check_values)  # [B, k - c]
+    merged = None
+    if c:
+        merged = token_merge(hidden, span_start, complement(kept, n), c, impl, check_values)
+        kept = torch.cat([kept, merged.targets], dim=1).sort(-1).values  # [B, k]
     keep = torch.zeros_like(scores, dtype=torch.float32).scatter_(1, kept, 1.0)  # [B, n]
-    return score_gather(hidden, positions, valid, keep, span_start, k, impl, check_values)
+    out = score_gather(hidden, positions, valid, keep, span_start, k, impl, check_values)
+    if merged is not None:
+        rows = span_start[:, None] + torch.searchsorted(out.kept.contiguous(), merged.targets.contiguous())  # [B, c]
+        out.hidden.scatter_(1, rows[..., None].expand(-1, -1, hidden.shape[-1]), merged.hidden.to(out.hidden.dtype))
+    return out

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from quota.runtime import baselines
-from quota.runtime.baselines import BASELINES, baseline_plan, baseline_plan_for, fastv, pyramiddrop
+from quota.runtime.baselines import BASELINES, baseline_plan, baseline_plan_for, fastv, pyramiddrop, visionzip
 from quota.runtime.generate import PrunedRunner
 from quota.schedule import ScheduleError, equivalent_tokens
 from quota.runtime.scoring import select_topk
 from tests.runtime.models import n_visual, tiny_plans
 
 SCORING = {"fastv": "attn_last", "pyramiddrop": "attn_last", "sparsevlm": "attn_text", "visionzip": "vision_attn",
-           "divprune": "vision_attn", "cdpruner": "vision_attn", "random": "random"}
+           "visionzip_nomerge": "vision_attn", "divprune": "vision_attn", "cdpruner": "vision_attn", "random": "random"}
 SELECTION = {"divprune": "divprune", "cdpruner": "cdpruner"}
 
 
@@ -28,6 +28,7 @@ def test_budgets_map_to_valid_schedules(name, n, layers):
         assert abs(equivalent_tokens(s) - tokens) <= step, (name, tokens, s)
         assert set(plan.scoring.active) == {SCORING[name]}
         assert plan.scoring.selection == SELECTION.get(name, "topk")
+        assert (plan.scoring.merge > 0) == (name == "visionzip")
 
 
 def test_schedule_shapes():
@@ -69,7 +70,7 @@ def test_random_is_seeded(llava, batch3):
 def test_visionzip_keeps_the_cls_attended_patches(llava, batch3):
     ids, mask, pv, _ = batch3
     n = n_visual(llava)
-    runner = PrunedRunner.from_plan(llava, baseline_plan("visionzip", 6, n, 4))
+    runner = PrunedRunner.from_plan(llava, baseline_plan("visionzip_nomerge", 6, n, 4))
     runner.prefill(ids, mask, pv)
     tower = llava.model.vision_tower
     previous = tower.config._attn_implementation
@@ -82,6 +83,23 @@ def test_visionzip_keeps_the_cls_attended_patches(llava, batch3):
     cls = out.attentions[0][:, :, 0, 1:].mean(1)  # [B, P]
     assert torch.equal(runner.kept_indices[0], select_topk(cls, 6))
     assert all(torch.equal(k, runner.kept_indices[0]) for k in runner.kept_indices)
+
+
+def test_visionzip_merges_with_the_published_split(llava, batch3):
+    assert [visionzip(t, 576, 30).scoring.merge for t in (64, 128, 192)] == [10, 20, 30]  # 54+10, 108+20, 162+30
+    assert visionzip(64, 576, 30).schedule == (64,) * 30
+    assert visionzip(6, 36, 4).scoring.merge == 1 and visionzip(1, 36, 4).scoring.merge == 0
+    assert visionzip(64, 576, 30, contextual=0).scoring.merge == 0
+    with pytest.raises(ScheduleError, match="contextual"):
+        visionzip(8, 36, 4, contextual=9)
+    ids, mask, pv, _ = batch3
+    n = n_visual(llava)
+    merged = PrunedRunner.from_plan(llava, baseline_plan("visionzip", 6, n, 4))
+    merged.prefill(ids, mask, pv)
+    dominant = PrunedRunner.from_plan(llava, baseline_plan("visionzip_nomerge", 5, n, 4))
+    dominant.prefill(ids, mask, pv)
+    assert [k.shape[1] for k in merged.kept_indices] == [6] * 4  # 5 dominant + 1 contextual
+    assert torch.isin(dominant.kept_indices[0], merged.kept_indices[0]).all()
 
 
 def test_diversity_presets_prune_once_before_layer_0(llava, batch3, monkeypatch):
