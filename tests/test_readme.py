@@ -46,6 +46,14 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
         "reserve=64": "reserve=4",
         "steps=63": "steps=3",
         "range(63)": "range(3)",
+        # Your own model: a tiny random LLaVA-1.5 checkpoint (tests/checkpoints.py) stands in for the 7B download;
+        # 8 calibration records and a 4-step grid run the same profile, quantize and eval path in seconds.
+        "quota inspect llava-1.5-7b-hf":
+            f"PYTHONPATH={ROOT} {sys.executable} -c \"from tests.checkpoints import write_checkpoint; "
+            f"write_checkpoint('llava', 'llava-1.5-7b-hf')\"\nquota inspect llava-1.5-7b-hf",
+        "--split calibration --limit 64 --out calib": "--split calibration --limit 8 --out calib",
+        "-o llava-profile.json": "-o llava-profile.json --grid-steps 4 --no-latency",
+        "--split test --limit 10 --out test": "--split test --limit 1 --out test",
     },
     QUANT_DOC: {
         # SmolLM2's 30 layers under GPTQ take over 10 minutes on a CPU: cut the model to 2 decoder layers.
@@ -123,6 +131,11 @@ def test_readme_bash_blocks_run(tmp_path):
     assert any("test_layers.py" in r.stdout for r in results)  # the collection ran
     apply_out = next(r.stdout for r in results if "correct (" in r.stdout)
     assert re.search(r"^[01]/1 correct \((0|100)%\)$", apply_out, re.MULTILINE), apply_out
+    # your own model: profiled, solved, quantized and saved, then evaluated from the saved folder
+    own = Recipe.load(tmp_path / "llava-recipe.json", model_id="llava-1.5-7b-hf")
+    assert own.n_visual_tokens == 16 and own.equivalent_tokens <= 0.3 * 16 + 1e-9
+    assert (tmp_path / "llava-w4a4" / "quota_checkpoint.json").is_file()
+    assert any("llava-1.5-7b-hf W4A4-KV4" in r.stdout and "average" in r.stdout for r in results)
 
 
 @pytest.mark.slow

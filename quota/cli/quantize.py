@@ -86,17 +86,18 @@ def _quantize_testbed(args, config, needs_data: bool, device: str, dtype, recipe
 
 def _quantize_folder(args, config, needs_data: bool, device: str, dtype, recipe):
     """``(quantized model, save keyword arguments, source model)`` for ``--model DIR``."""
-    from quota.data.calibration import calibration_inputs
-    from quota.data.records import read_records
+    from quota.data.profile import data_version, load_records, quantize_on_records
     from quota.models.checkpoint import load_checkpoint
     from quota.quantize.model import quantize_model
     from quota.saved import Source
 
-    records = read_records(args.data)[: args.limit] if needs_data else None
+    records = load_records(args.data, args.limit) if needs_data else None
     loaded = load_checkpoint(args.model, device, dtype)
     _check_recipe(loaded.model, recipe, loaded.model_hash)
-    batches = calibration_inputs(loaded.processor, records, device=device, dtype=dtype) if records else None
-    quantized = quantize_model(loaded.model, config, batches)
+    if records:  # through the quantized-model cache: `quota profile` on the same records then loads this result
+        quantized = quantize_on_records(loaded, records, config, data_version(args.data, records))
+    else:
+        quantized = quantize_model(loaded.model, config, None)
     return quantized, dict(source=Source.of_checkpoint(loaded), files_from=loaded.folder), loaded.model
 
 

@@ -9,7 +9,7 @@ device and dtype asked for, with the processor padding on the left.
 
 Processors without torchvision. Qwen2-VL's, Qwen2.5-VL's and SmolVLM's processors hold a video processor, which
 transformers builds only with torchvision, so ``AutoProcessor`` fails on a machine without it. quota feeds images
-only, so :func:`_load_processor` then builds the family's processor class (``processor_class`` of the folder's
+only, so :func:`load_processor` then builds the family's processor class (``processor_class`` of the folder's
 processor settings, or transformers' mapping of the ``model_type``) from its tokenizer (``AutoTokenizer``), its
 image processor (``AutoImageProcessor``, which takes the PIL backend without torchvision) and the saved processor
 settings and chat template, with no video processor: :func:`image_only_class` gives a subclass of the same name that
@@ -280,7 +280,7 @@ def _auto_or_image_only(folder: Path):
     return _load_image_only(folder, cls)
 
 
-def _load_processor(folder: Path, model_class: str):
+def load_processor(folder: Path, model_class: str):
     """The folder's processor (:func:`_auto_or_image_only`), padding on the left. Raises
     :class:`ProcessorMissingError` with one line naming the problem (and the package to install, when one is
     missing)."""
@@ -323,7 +323,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
     name = checkpoint_class(folder)
     check_processor_files(folder)
     config = _load_config(folder, name)
-    processor = _load_processor(folder, name)
+    processor = load_processor(folder, name)
     _check_image_token(config, processor, folder)
     visual_tokens_of(config, processor.image_processor, (64, 64))  # VisionConfigError before weights are read
     model = _model_class(name).from_pretrained(folder, local_files_only=True, dtype=dtype)

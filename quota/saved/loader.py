@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from quota.device import placement
-from quota.models.checkpoint import _load_processor
+from quota.models.checkpoint import load_processor
 from quota.quant.config import QuantConfig
 from quota.quantize.serialize import (
     TensorLayout,
@@ -111,7 +111,7 @@ def _processor(folder: Path, source: dict[str, str]):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return _load_processor(folder, source["model_class"])
+    return load_processor(folder, source["model_class"])
 
 
 def _no_meta_left(model: nn.Module, folder: Path) -> None:
