@@ -18,6 +18,8 @@ import contextlib
 import json
 import os
 import re
+import secrets
+import shutil
 import stat
 import sys
 import tempfile
@@ -124,6 +126,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def _fsync_files(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def folder_atomic(out: str | os.PathLike, check: Any = None) -> Iterator[Path]:
+    """A temporary folder next to ``out`` (``.<name>.<random>.tmp``, made as a plain ``mkdir`` of ``out`` would be)
+    to write a whole output folder into; on a normal exit its files are synced and it is renamed to ``out``. On an
+    error or an interrupt it is removed and ``out`` is left as it was. An existing ``out`` is moved aside and removed
+    only after the new folder is in place (and put back if the rename fails). ``check(out)``, when given, runs
+    again just before the rename (the target may have appeared meanwhile) and may raise to refuse it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()
+    old = None
+    try:
+        yield tmp
+        _fsync_files(tmp)
+        if check is not None:
+            check(out)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out.exists() and (old / out.name).exists():
+            os.replace(old / out.name, out)  # put the previous folder back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from quota.atomic import folder_atomic
 from quota.saved.manifest import SavedCheckpointError
 
 
@@ -34,35 +32,11 @@ def check_target(out: Path, overwrite: bool, marker: str) -> None:
                                    f"those, remove it yourself or choose another output folder")
 
 
-def _sync_files(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-
-
 @contextlib.contextmanager
 def building(out: str | os.PathLike, overwrite: bool, marker: str) -> Iterator[Path]:
-    """A temporary folder to write the whole output to; renamed to ``out`` on a normal exit (see the module)."""
+    """A temporary folder to write the whole output to; renamed to ``out`` on a normal exit (see the module and
+    :func:`quota.atomic.folder_atomic`)."""
     out = Path(out)
     check_target(out, overwrite, marker)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
-    old = None
-    try:
+    with folder_atomic(out, check=lambda target: check_target(target, overwrite, marker)) as tmp:
         yield tmp
-        _sync_files(tmp)
-        check_target(out, overwrite, marker)  # the target may have appeared meanwhile
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists() and (old / out.name).exists():
-            os.replace(old / out.name, out)  # put the previous folder back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

@@ -11,14 +11,11 @@ case it is replaced only after the new folder is complete.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from quota.atomic import folder_atomic
 from quota.data.records import Record, write_records
 from quota.testbed.scenes import encode_png
 from quota.testbed.splits import DATA_VERSION, calibration_split, load_scene, test_split
@@ -80,24 +77,8 @@ def export_suite(out: str | Path, split: str = "test", limit: int | None = None,
     questions = suite_questions(split, limit, tasks)
     if not questions:
         raise ValueError(f"no questions to export from {split} (tasks {list(tasks or [])})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()  # mode 0o777 less the umask, as a plain mkdir of the target would have
-    old = None
-    try:
+    with folder_atomic(out) as tmp:
         manifest = {"source": "quota testbed", "data_version": DATA_VERSION, "split": split, "limit": limit,
                     "tasks": sorted({q.task for q in questions})}
         _write(tmp, questions, manifest)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists() and (old / out.name).exists():
-            os.replace(old / out.name, out)  # put the previous folder back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return ExportResult(out, len(questions), split)
