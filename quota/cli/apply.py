@@ -15,7 +15,13 @@ QUANT_CHOICES = ("recipe", "rtn")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("apply", help="apply a recipe to the testbed and answer test questions with it")
     p.add_argument("recipe", help="recipe JSON written by `quota solve`")
-    p.add_argument("--model", default="testbed", help="model to apply the recipe to (default: testbed)")
+    p.add_argument("--model", default="testbed",
+                   help="model to apply the recipe to: 'testbed' (default) or a checkpoint folder (with --data)")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="--model DIR: records (JSONL) whose first --questions are answered")
+    p.add_argument("--calibration-data", default=None, metavar="FILE",
+                   help="--model DIR: records that calibrate GPTQ and the clipping searches (--calibration N: the "
+                        "first N); not needed with --quant rtn")
     p.add_argument("--weights", default=None, help="folder of testbed weights (default: the shipped ones)")
     p.add_argument("--questions", type=int, default=5, help="test questions to answer, spread over the tasks")
     p.add_argument("--calibration", type=int, default=None, metavar="N",
@@ -96,8 +102,13 @@ def run(args: argparse.Namespace) -> int:
     from quota.testbed import model as testbed
     from quota.testbed.tasks import score
 
-    check_model_name(args.model, "apply")
+    model_name = check_model_name(args.model, "apply", folders=True)
     check_calibration_limit(args.calibration)
+    if model_name != "testbed":
+        return run_folder(args)
+    for flag, value in (("--data", args.data), ("--calibration-data", args.calibration_data)):
+        if value is not None:
+            raise ValueError(f"{flag} is for a checkpoint folder (--model DIR); the testbed has its own splits")
     recipe = Recipe.load(args.recipe, model_id=testbed.MODEL_ID)
     config = quant_config_for(recipe, args.quant, args.calibration)
     questions = spread_questions(args.questions)
@@ -117,6 +128,55 @@ def run(args: argparse.Namespace) -> int:
                "quant_choice": args.quant, "schedule": list(recipe.schedule),
                "equivalent_tokens": recipe.equivalent_tokens, "kept_per_layer_last_batch": kept,
                "recipe_matches_weights": same_weights, "correct": correct, "questions": len(rows),
+               "quantize_seconds": round(quantize_s, 1), "answers": rows}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print_answers(summary, quant_label(config, args.quant), same_weights)
+    return 0
+
+
+def run_folder(args: argparse.Namespace) -> int:
+    """``quota apply RECIPE --model DIR --data FILE``: quantize the checkpoint per the recipe (or ``--quant``),
+    attach its pruning and answer the first ``--questions`` records, each marked right or wrong."""
+    from pathlib import Path
+
+    from quota.data.profile import load_records
+    from quota.device import placement
+    from quota.eval.records import answer_records, quantized_model
+    from quota.models.checkpoint import load_checkpoint
+    from quota.data.scoring import is_correct
+    from quota.quantize.model import needs_calibration
+    from quota.recipe import Recipe
+    from quota.runtime.apply import apply
+
+    if args.data is None:
+        raise ValueError(f"--model {args.model} is a checkpoint folder: give the records to answer with --data FILE")
+    if args.questions < 1:
+        raise ValueError(f"--questions must be at least 1, got {args.questions}")
+    recipe = Recipe.load(args.recipe, model_id=Path(args.model).resolve().name)
+    config = quant_config_for(recipe, args.quant, args.calibration if args.calibration_data else None)
+    if config is not None and needs_calibration(config) and args.calibration_data is None:
+        raise ValueError(f"{config.short_name()} calibrates GPTQ and the clipping ratios on data: give "
+                         f"--calibration-data FILE, or --quant rtn")
+    records = load_records(args.data, args.questions)
+    calib = load_records(args.calibration_data, args.calibration) if args.calibration_data else None
+    device, dtype = placement(args.device)
+    loaded = load_checkpoint(args.model, device, dtype)
+    same_weights = not recipe.model_hash or recipe.model_hash == loaded.model_hash
+    start = time.monotonic()
+    model = apply(quantized_model(loaded, config, calib, 8), dataclasses.replace(recipe, quant=None))
+    quantize_s = time.monotonic() - start
+    predictions = answer_records(model, loaded.processor, records, batch_size=8)
+    runner = getattr(model, "runner", None)
+    kept = [int(k.shape[-1]) for k in runner.kept_indices] if runner is not None and runner.kept_indices else None
+    rows = [{"task": r.task, "question": r.question, "answer": r.answer, "prediction": p, "correct": is_correct(r, p)}
+            for r, p in zip(records, predictions)]
+    summary = {"recipe": str(args.recipe), "model": str(args.model),
+               "quant": config.short_name() if config is not None else "BF16", "quant_choice": args.quant,
+               "schedule": list(recipe.schedule), "equivalent_tokens": recipe.equivalent_tokens,
+               "kept_per_layer_last_batch": kept, "recipe_matches_weights": same_weights,
+               "correct": sum(r["correct"] for r in rows), "questions": len(rows),
                "quantize_seconds": round(quantize_s, 1), "answers": rows}
     if args.json:
         print(json.dumps(summary, indent=2))

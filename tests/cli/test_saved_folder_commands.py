@@ -52,3 +52,21 @@ def test_eval_a_saved_checkpoint_with_its_stored_recipe(saved, tmp_path, capsys)
     assert meta["schedule"] == [16, 8] and meta["quant"] == "W4A4-KV4" and meta["recipe"] == "stored"
     assert main(["eval", "--model", str(qdir), "--data", str(data), "--recipe", str(root / "r.json")]) == 2
     assert "saved quantized checkpoint" in capsys.readouterr().err
+
+
+def test_apply_a_recipe_to_a_checkpoint_folder(saved, tmp_path, capsys):
+    from quota.quant.config import QuantConfig
+
+    folder, data, _, root = saved
+    Recipe.from_plan(PruningPlan("half", (16, 8)), 16, QuantConfig(), model_id="llava").save(tmp_path / "r.json")
+    assert main(["apply", str(tmp_path / "r.json"), "--model", str(folder), "--data", str(data), "--questions", "3",
+                 "--quant", "rtn", "--device", "cpu", "--json"]) == 0
+    import json as _json
+
+    summary = _json.loads(capsys.readouterr().out)
+    assert summary["questions"] == 3 and summary["kept_per_layer_last_batch"] == [16, 8]
+    assert summary["quant"] == "W4A4-KV4" and len(summary["answers"]) == 3
+    assert main(["apply", str(tmp_path / "r.json"), "--model", str(folder), "--questions", "3"]) == 2
+    assert "--data FILE" in capsys.readouterr().err
+    assert main(["apply", str(tmp_path / "r.json"), "--model", str(folder), "--data", str(data)]) == 2
+    assert "--calibration-data FILE" in capsys.readouterr().err
