@@ -7,9 +7,12 @@ layer has its own), and optionally ``kv_start`` int32 ``[B]``: positions before 
 
 - :func:`kv_attention_prefill`: ``q`` ``[B, H_q, T, D]`` whose ``T`` queries sit at cache positions
   ``L - T .. L - 1``, causal. One program per (query block, batch, query head).
-- :func:`kv_attention_decode`: ``q`` ``[B, H_q, 1, D]`` at position ``L - 1``. Split-K (flash-decoding):
-  programs own (batch, kv head, chunk of positions) and handle all ``G = H_q / H_kv`` query heads of
-  their kv head at once, so the cache is read once; a second kernel merges the chunks.
+- :func:`kv_attention_decode`: ``q`` ``[B, H_q, 1, D]`` at position ``L - 1``. A 4-bit cache goes to
+  :func:`quota.kernels.kv_decode_splitk.kv_decode_splitk` (bound by bandwidth: int32 words, no dequantized
+  element, tensor cores or CUDA cores by autotuning). The first decode kernel, below, stays for 8-bit caches
+  and by name (``kernel="v1"``): split-K (flash-decoding), programs own (batch, kv head, chunk of positions)
+  and handle all ``G = H_q / H_kv`` query heads of their kv head at once, so the cache is read once; a second
+  kernel merges the chunks.
 
 Both dequantize a tile as ``code * scale + zero`` (in bf16 registers through a few PTX instructions
 for a 4-bit cache and bf16 queries on CUDA, in float32 otherwise), run the dots in q's dtype
@@ -28,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from quota.kernels import kv_decode_splitk as splitk
 from quota.kernels._env import INTERPRET, check_device, next_power_of_2
 from quota.quant.int4 import unpack_uint4
 from quota.quant.quantizers import dequantize_asymmetric
@@ -414,12 +418,17 @@ def kv_attention_decode(
     num_splits: int | None = None,
     asm_dequant: bool | None = None,
     out: torch.Tensor | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """One new query per sequence against cache positions ``[kv_start[b], length)``, split-K.
 
     Shapes as :func:`kv_attention_prefill` with ``T == 1`` (``q`` ``[B, H_q, 1, D]``); ``num_splits``
-    overrides the chunking heuristic and ``asm_dequant`` :data:`USE_ASM_DEQUANT`. Returns ``[B, H_q, 1, D]`` in
-    q's dtype.
+    overrides the chunking heuristic and ``asm_dequant`` the inline-PTX choice (:data:`USE_ASM_DEQUANT`, or the
+    new kernel's :data:`~quota.kernels.kv_decode_splitk.USE_ASM_UNPACK`). Returns ``[B, H_q, 1, D]`` in q's dtype.
+
+    ``kernel``: ``"splitk"`` runs :func:`~quota.kernels.kv_decode_splitk.kv_decode_splitk` (4 bits, ``D % 8 ==
+    0``, groups of at least 8), ``"v1"`` the first decode kernel (this module's), ``"auto"`` the first when it
+    supports the cache, else the second.
 
     ``length`` may be an int32 tensor of one element on the cache's device: the kernel then reads it when it
     runs (a captured CUDA graph replays with the length the tensor holds at each replay), splits the whole
@@ -427,6 +436,14 @@ def kv_attention_decode(
     checked on the host, which would synchronize.
     """
     name = "kv_attention_decode"
+    if kernel not in ("auto", "splitk", "v1"):
+        raise ValueError(f"{name}: kernel must be 'auto', 'splitk' or 'v1', got {kernel!r}")
+    head_dim = q.shape[-1] if q.dim() == 4 else 0
+    if kernel == "splitk" or (kernel == "auto" and splitk.supports(bits, head_dim, group_size)):
+        if bits != 4:
+            raise ValueError(f"{name}: kernel='splitk' reads 4-bit caches only, got bits={bits}")
+        return splitk.kv_decode_splitk(q, k_cache, v_cache, length, group_size, sm_scale, kv_start, num_splits,
+                                       asm_unpack=asm_dequant, out=out)  # fmt: skip
     length_t = None
     if isinstance(length, torch.Tensor):
         codes = k_cache[0] if len(k_cache) == 3 else None
