@@ -35,6 +35,7 @@ from quota.kernels._env import check_device, next_power_of_2
 __all__ = ["Merged", "merge_slots", "token_merge_reference", "token_merge_triton"]
 
 EPS = 1e-12
+_EPS_TL = tl.constexpr(EPS)  # a Triton kernel reads only constexpr globals
 
 
 @triton.jit
@@ -63,7 +64,7 @@ def _assign_kernel(
         ht = ht.to(tl.float32)  # [BD, CP]
         dots += tl.dot(hi.to(tl.float32), ht, input_precision="ieee")  # [BM, CP]
         norm2 += tl.sum(ht * ht, axis=0)
-    sim = dots / tl.maximum(tl.sqrt(norm2), EPS)[None, :]
+    sim = dots / tl.maximum(tl.sqrt(norm2), _EPS_TL)[None, :]
     sim = tl.where(jok[None, :], sim, float("-inf"))
     best = tl.argmax(sim, axis=1, tie_break_left=True)  # [BM]
     tl.store(assign_ptr + b * M + i, best.to(tl.int64), mask=iok)

@@ -278,11 +278,12 @@ def test_splitk_hadamard_keys():
 
 
 def test_splitk_dispatch_and_arguments():
-    """``kv_attention_decode`` sends 4-bit caches it supports to the new kernel (``kernel="v1"`` keeps the first
-    one; 8 bits and groups under 8 codes go there by themselves); bad arguments are one-line errors."""
+    """``kv_attention_decode`` runs the first kernel by default (``auto``: faster on an H100 so far) and the
+    split-K one by name, both within float32 rounding of each other; bad arguments are one-line errors."""
     q, kc, vc, _ = _case(1, 2, 1, 1, 20, 24, 64, 4, 32, torch.float32, False, seed=2)
-    new = kv_attention_decode(q, kc, vc, 20, 4, 32)
+    new = kv_attention_decode(q, kc, vc, 20, 4, 32, kernel="splitk")
     assert torch.equal(new, kv_decode_splitk(q, kc, vc, 20, 32))
+    assert torch.equal(kv_attention_decode(q, kc, vc, 20, 4, 32), kv_attention_decode(q, kc, vc, 20, 4, 32, kernel="v1"))
     torch.testing.assert_close(kv_attention_decode(q, kc, vc, 20, 4, 32, kernel="v1"), new, rtol=1e-5, atol=1e-5)
     assert not splitk.supports(8, 64, 32) and not splitk.supports(4, 64, 4) and splitk.supports(4, 64, 8)
     with pytest.raises(ValueError, match="kernel must be"):
