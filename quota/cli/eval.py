@@ -48,9 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", default=None, metavar="DIR",
                    help="comparison suite into DIR: all-token references and every --plans x --budgets row, "
                         "in bf16 and on the low-bit model (loaded and quantized once)")
-    p.add_argument("--plans", nargs="*", default=["fastv", "pyramiddrop", "sparsevlm", "visionzip", "random"],
-                   help="suite plans: baseline names (also visionzip_nomerge, divprune, cdpruner), fastv_keep, "
-                        "or recipe:PATH")
+    p.add_argument("--plans", nargs="*",
+                   default=["fastv", "pyramiddrop", "sparsevlm", "visionzip", "visionzip_nomerge", "divprune",
+                            "cdpruner", "random"],
+                   help="suite plans: baseline names (default: every stage-wise preset), fastv_keep, or recipe:PATH")
     p.add_argument("--budgets", nargs="*", type=float, default=[64, 128, 192], help="suite budgets (equivalent tokens)")
     p.add_argument("--precisions", nargs="*", default=["bf16", "lowbit"], choices=("bf16", "lowbit"),
                    help="suite: which models to run the plans on (default both)")

@@ -49,7 +49,7 @@ from quota.quant.config import QuantConfig
 from quota.quantize.model import needs_calibration, quantize_model
 from quota.recipe import PruningPlan, Recipe
 from quota.runtime.apply import apply
-from quota.runtime.baselines import baseline_plan_for
+from quota.runtime.baselines import baseline_plan, baseline_plan_for
 from quota.runtime.vision import expected_visual_tokens
 from quota.schedule import equivalent_tokens
 from quota.testbed import model as testbed
@@ -154,12 +154,18 @@ def row_settings(row: SuiteRow, settings: dict) -> dict:
 
 
 def plan_digest(row: SuiteRow) -> str | None:
-    """sha256 (16 hex digits) of a recipe row's file, whose contents may change under the same path; ``None``
-    for baseline rows (their plans are code, covered by quota's version)."""
-    if not row.plan.startswith("recipe:"):
+    """sha256 (16 hex digits) of what a row runs: a recipe row's file (its contents may change under the same
+    path), or a baseline row's plan on the testbed's shape (schedule, scoring, selection rule and merging: a
+    preset whose meaning changes, as ``visionzip`` did when it gained merging, no longer matches its old rows);
+    ``None`` for the all-token rows."""
+    if row.plan.startswith("recipe:"):
+        path = Path(row.plan[len("recipe:"):])
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+    if row.plan == "all":
         return None
-    path = Path(row.plan[len("recipe:"):])
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+    name, options = (("fastv", {"form": "keep"}) if row.plan == "fastv_keep" else (row.plan, {}))
+    plan = baseline_plan(name, float(row.tokens), testbed.N_VISUAL_TOKENS, testbed.N_LANGUAGE_LAYERS, **options)
+    return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def state_digest(model) -> str:

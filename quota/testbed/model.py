@@ -29,6 +29,7 @@ MODEL_ID = "quota-testbed-smollm2-vit6"
 
 IMAGE_SIZE, PATCH_SIZE = 192, 8
 N_VISUAL_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 576
+N_LANGUAGE_LAYERS = 30  # SmolLM2-135M's decoder layers: the length of every testbed schedule
 IMAGE_TOKEN_ID = 16  # '<empty_output>' in SmolLM2's vocabulary: a special token the prompts never use
 VISION = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
               image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, num_channels=3)

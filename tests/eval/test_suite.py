@@ -344,3 +344,14 @@ def test_a_resume_does_not_reuse_rows_without_predictions(tmp_path):
     _write_new_row(tmp_path, row, HALF)
     (kept,) = suite.reusable_rows(tmp_path, [row], settings, "strict").values()
     assert len(kept.predictions) == 20 and kept.average == 0.5
+
+
+def test_baseline_rows_record_what_their_plan_runs():
+    """A preset whose meaning changes (VisionZip gaining merging) no longer matches rows measured before."""
+    from quota.eval.suite import SuiteRow, plan_digest
+
+    merged, plain = plan_digest(SuiteRow("lowbit", "visionzip", 64.0)), plan_digest(SuiteRow("lowbit", "visionzip_nomerge", 64.0))
+    assert merged and plain and merged != plain
+    assert plan_digest(SuiteRow("lowbit", "visionzip", 64.0)) == merged  # deterministic
+    assert plan_digest(SuiteRow("lowbit", "visionzip", 128.0)) != merged
+    assert plan_digest(SuiteRow("bf16", "all")) is None

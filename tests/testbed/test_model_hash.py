@@ -59,3 +59,11 @@ def test_the_shipped_cpu_profile_names_the_shipped_weights():
     """profiles/testbed_cpu.json was measured on exactly the shipped weights."""
     profile = json.loads((REPO / "profiles" / "testbed_cpu.json").read_text())
     assert profile["model_hash"] == testbed.model_hash()
+
+
+def test_the_language_layer_constant_is_smollm2s(smollm2):
+    """``N_LANGUAGE_LAYERS`` (the suite digests baseline plans of that length) is the language model's depth."""
+    from quota.testbed.model import N_LANGUAGE_LAYERS
+
+    model, _ = smollm2
+    assert len(model.model.layers) == N_LANGUAGE_LAYERS
