@@ -16,6 +16,11 @@ Every failure is a ``SolverError`` (``quota.solvers.errors``) with a one-line me
 names the solver and the feature; ``NoScheduleError``, ``RelaxationLimitError`` and
 ``GapTooLargeError`` state the time limit, the bound and the gap.
 
+Pairwise ``interactions`` between adjacent layers (``AllocationProblem.interactions``) are solved
+exactly by ``dp``, ``cpsat``, ``mip`` and ``auto``; ``relax`` and ``greedy`` refuse them.
+``solve_k_best`` returns the k best distinct schedules, exact (``"auto"``, ``"dp"``, ``"cpsat"``;
+see ``quota.solvers.kbest``).
+
 Joint precision and token allocation (each layer's precision option and keep count together):
 ``JointProblem``, ``JointSolution``, ``solve_joint`` with ``"auto"``, ``"dp"`` and ``"cpsat"`` (all exact;
 see ``quota.solvers.joint_problem``).
@@ -41,6 +46,7 @@ from quota.solvers.errors import (
 )
 from quota.solvers.greedy import solve_greedy
 from quota.solvers.joint_auto import solve_joint_auto
+from quota.solvers.kbest import K_BEST_SOLVERS, solve_k_best
 from quota.solvers.joint_constraints import AllowedPrecisions
 from quota.solvers.joint_cpsat import solve_joint_cpsat
 from quota.solvers.joint_dp import solve_joint_dp
@@ -62,6 +68,7 @@ __all__ = [
     "HEURISTIC_SOLVERS",
     "JOINT_COST_KINDS",
     "JOINT_SOLVERS",
+    "K_BEST_SOLVERS",
     "MAX_BYTES",
     "SHAPES",
     "SOLVERS",
@@ -92,6 +99,7 @@ __all__ = [
     "solve_joint_auto",
     "solve_joint_cpsat",
     "solve_joint_dp",
+    "solve_k_best",
     "solve_mip",
     "solve_relax",
     "solve_sweep",

@@ -21,7 +21,8 @@ import numpy as np
 from quota.solvers.constraints import Row
 from quota.solvers.encoding import OrderLayout
 from quota.solvers.problem import AllocationProblem
-from quota.solvers.scaling import integer_objective, integer_row, objective_scale
+from quota.solvers.pairs import flow_rows, onehot_terms, usable_pairs
+from quota.solvers.scaling import integer_objective, integer_pairs, integer_row, objective_scale
 
 
 def load_cp_model() -> ModuleType:
@@ -37,6 +38,8 @@ class CpEncoding:
 
     def __init__(self, allowed: np.ndarray, monotone: bool) -> None:
         cp_model = load_cp_model()
+        self.allowed = allowed
+        self.monotone = monotone
         self.layout = OrderLayout.build(allowed, monotone)
         self.contradiction = self.layout.contradiction
         self.model = cp_model.CpModel()
@@ -52,6 +55,20 @@ class CpEncoding:
         nonzero = np.flatnonzero(weights)
         linear = load_cp_model().LinearExpr.weighted_sum([self.y[i] for i in nonzero], weights[nonzero].tolist())
         return linear + int(constant)
+
+    def pair_expression(self, coef: np.ndarray) -> Any:
+        """``sum_l coef[l, g_l, g_{l+1}]`` for integer ``[L-1, G, G]`` interactions: adds the pair
+        literals ``z[l, a, b] <=> x[l, a] and x[l+1, b]`` by the transportation rows of
+        ``quota.solvers.pairs`` (usable pairs only) and returns their weighted sum."""
+        cp_model = load_cp_model()
+        pairs = usable_pairs(self.allowed, self.monotone)
+        z = [self.model.new_bool_var(f"z{l}_{a}_{b}") for l, a, b in pairs]
+        for positions, layer, g, _ in flow_rows(pairs, self.allowed):
+            terms, constant = onehot_terms(self.layout, layer, g)
+            x = cp_model.LinearExpr.weighted_sum([self.y[v] for v in terms], list(terms.values())) + constant
+            self.model.add(sum(z[p] for p in positions) == x)
+        weights = [int(coef[l, a, b]) for l, a, b in pairs]
+        return cp_model.LinearExpr.weighted_sum(z, weights)
 
     def add_rows(self, rows: tuple[Row, ...]) -> None:
         """Add each row under the integer scaling rule of ``quota.solvers.scaling``."""
@@ -80,27 +97,36 @@ def set_objective(enc: CpEncoding, problem: AllocationProblem) -> tuple[float, f
     """Set the scaled objective on ``enc.model``; return ``(scale, shift)`` with
     ``true objective ~= integer objective / scale + shift``.
 
-    ``"max_task"`` adds an integer ``z >= sum_l damage_t[l, g_l]`` per task and minimizes ``z`` plus extras."""
+    ``"max_task"`` adds an integer ``z >= sum_l damage_t[l, g_l]`` per task and minimizes ``z`` plus extras.
+    ``interactions`` add the pair literals of ``CpEncoding.pair_expression`` under the same scale."""
+    inter = problem.interactions
     if problem.aggregate == "sum":
-        scaled = integer_objective(problem.objective_matrix[None])
-        enc.model.minimize(enc.expression(scaled.coef[0]))
-        return scaled.scale, scaled.shift
-    extra = problem.extra_matrix[None]
-    scale = objective_scale(problem.task_matrices, extra)
-    tasks = integer_objective(problem.task_matrices, scale)
-    extras = integer_objective(extra, scale)
-    upper = int(tasks.coef.max(axis=2).sum(axis=1).max())
-    z = enc.model.new_int_var(0, upper, "worst_task")
-    for t in range(tasks.coef.shape[0]):
-        enc.model.add(z >= enc.expression(tasks.coef[t]))
-    enc.model.minimize(z + enc.expression(extras.coef[0]))
-    return scale, tasks.shift + extras.shift
+        scale = objective_scale(problem.objective_matrix[None], pairs=inter)
+        scaled = integer_objective(problem.objective_matrix[None], scale)
+        objective, shift = enc.expression(scaled.coef[0]), scaled.shift
+    else:
+        extra = problem.extra_matrix[None]
+        scale = objective_scale(problem.task_matrices, extra, pairs=inter)
+        tasks = integer_objective(problem.task_matrices, scale)
+        extras = integer_objective(extra, scale)
+        upper = int(tasks.coef.max(axis=2).sum(axis=1).max())
+        z = enc.model.new_int_var(0, upper, "worst_task")
+        for t in range(tasks.coef.shape[0]):
+            enc.model.add(z >= enc.expression(tasks.coef[t]))
+        objective, shift = z + enc.expression(extras.coef[0]), tasks.shift + extras.shift
+    if inter is not None:
+        pairs = integer_pairs(inter, scale)
+        objective, shift = objective + enc.pair_expression(pairs.coef), shift + pairs.shift
+    enc.model.minimize(objective)
+    return scale, shift
 
 
 def true_bound(int_bound: float, scale: float, shift: float, problem: AllocationProblem) -> float:
     """A proven lower bound in float units from CP-SAT's integer bound, allowing for the rounding
     of the scaled objective (at most 1/2 per layer for each rounded matrix in the objective)."""
     slack = 0.5 * problem.n_layers * (1 if problem.aggregate == "sum" else 2)
+    if problem.interactions is not None:
+        slack += 0.5 * (problem.n_layers - 1)
     return (int_bound - slack) / scale + shift
 
 

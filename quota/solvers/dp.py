@@ -16,8 +16,13 @@ meets the schedule, else ``"feasible"`` with its gap: about ``L / units`` of the
 objective (80 layers x 129 keep counts at about 2**14 units: gaps of 0.1-2% on synthetic latency
 budgets). When not even ``MIN_UNITS`` units fit, it raises ``UnsupportedFeatureError`` naming the size.
 
+Interactions between adjacent layers (``AllocationProblem.interactions``): the step into layer l+1
+at index g adds ``interactions[l, g', g]`` to each previous ``value[g', b]`` before the minimum over
+``g'``, so the state is unchanged and exact; the step costs O(G) per (g, b) instead of O(1) (time
+O(L * G^2 * B), the same memory bound).
+
 It expresses: the ``"sum"`` aggregate (any number of tasks and task weights), extra objective terms,
-any damage curves (non-monotone, negative), ``MinKeepBefore`` and ``FixedLayer``, monotonicity on or
+interactions, any damage curves (non-monotone, negative), ``MinKeepBefore`` and ``FixedLayer``, monotonicity on or
 off. It raises ``UnsupportedFeatureError`` for ``"max_task"``, ``LinearConstraint`` and ``CostCap``.
 """
 
@@ -64,12 +69,31 @@ def _best_previous(value: np.ndarray, monotone: bool) -> tuple[np.ndarray, np.nd
     return best, arg
 
 
+def _pair_step(
+    value: np.ndarray, pair: np.ndarray, g: int, span: int, monotone: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """For next index g and the first ``span`` budget columns: the best ``value[g', b] + pair[g', g]``
+    over the allowed previous indices ``g'`` (``g' >= g`` when ``monotone``) and its first arg,
+    ``[span]`` each. ``value``: ``[G, B]``; ``pair``: ``[G, G]`` (this layer pair's interactions)."""
+    start = g if monotone else 0
+    total = value[start:, :span] + pair[start:, g][:, None]  # [G - start, span]
+    arg = np.argmin(total, axis=0)  # [span]; the first (smallest) g' attaining the minimum
+    return np.take_along_axis(total, arg[None], axis=0)[0], arg + start
+
+
 def dp_pass(
-    weights: np.ndarray, allowed: np.ndarray, units: UnitRow, monotone: bool, deadline: Deadline
+    weights: np.ndarray,
+    allowed: np.ndarray,
+    units: UnitRow,
+    monotone: bool,
+    deadline: Deadline,
+    pairs: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """Grid indices ``[L]`` minimizing ``sum_l weights[l, g_l]`` over allowed (monotone if asked)
-    schedules with ``sum_l units.cost[l, g_l] <= units.capacity``, or None when there is none.
-    ``weights``, ``allowed``: ``[L, G]``. Raises ``_OutOfTime`` when ``deadline`` passes."""
+    """Grid indices ``[L]`` minimizing ``sum_l weights[l, g_l] + sum_l pairs[l, g_l, g_{l+1}]`` over
+    allowed (monotone if asked) schedules with ``sum_l units.cost[l, g_l] <= units.capacity``, or None
+    when there is none. ``weights``, ``allowed``: ``[L, G]``; ``pairs``: ``[L-1, G, G]`` or None.
+    Ties go to the smallest previous index, with or without ``pairs`` (so zero ``pairs`` give the
+    schedule of None). Raises ``_OutOfTime`` when ``deadline`` passes."""
     n_layers, n_cand = weights.shape
     cap = units.capacity
     if cap < 0:
@@ -85,6 +109,14 @@ def dp_pass(
     for layer in range(1, n_layers):
         if deadline.expired():
             raise _OutOfTime
+        if pairs is not None:
+            previous, value = value, np.full((n_cand, n_budget), np.inf)  # [G, B] each
+            for g in np.flatnonzero(usable[layer]):
+                c = int(cost[layer, g])
+                best_g, arg_g = _pair_step(previous, pairs[layer - 1], g, n_budget - c, monotone)  # [B - c]
+                np.add(best_g, weights[layer, g], out=value[g, c:])
+                parents[layer, g, c:] = arg_g
+            continue
         best, arg = _best_previous(value, monotone)  # [G or 1, B] each
         value = np.full((n_cand, n_budget), np.inf)  # [G, B]
         for g in np.flatnonzero(usable[layer]):
@@ -127,7 +159,8 @@ def solve_dp(
     )
     weights = problem.objective_matrix  # [L, G]
     try:
-        first = dp_pass(weights, problem.allowed, units.relaxed, problem.monotone, deadline)
+        inter = problem.interactions
+        first = dp_pass(weights, problem.allowed, units.relaxed, problem.monotone, deadline, inter)
         if first is None:  # the relaxed row admits every feasible schedule: there is none
             raise diagnosed(explain_infeasible(problem), NAME)
         bound = float(problem.objective_of_indices(first))
@@ -143,7 +176,7 @@ def solve_dp(
             )
         if units.exact:  # the exact integer row is the float row: this cannot happen
             raise SolverError(f"dp returned a schedule violating {problem.index_violations(first)}", solver=NAME)
-        second = dp_pass(weights, problem.allowed, units.safe, problem.monotone, deadline)
+        second = dp_pass(weights, problem.allowed, units.safe, problem.monotone, deadline, inter)
     except _OutOfTime:
         raise NoScheduleError(NAME, time_limit=deadline.limit, elapsed=deadline.elapsed()) from None
     if second is None or problem.index_violations(second):

@@ -1,7 +1,7 @@
 """Which problem features a solver can express; a solver calls ``require_supported`` first.
 
 Features checked: the ``"max_task"`` aggregate, ``LinearConstraint`` (all, or only ``<=`` rows whose
-coefficients never decrease with k: ``cost_like``), and ``CostCap``.
+coefficients never decrease with k: ``cost_like``), ``CostCap``, and pairwise ``interactions``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,16 @@ def require_supported(
     max_task: bool = True,
     linear_constraints: bool | str = True,
     cost_caps: bool = True,
+    interactions: bool = True,
 ) -> None:
     """Raise ``UnsupportedFeatureError`` naming ``solver`` and the first feature of ``problem`` it lacks.
 
     ``linear_constraints`` is True (any), False (none) or ``"cost_like"`` (only ``<=`` rows with
     coefficients non-decreasing in k)."""
+    if problem.interactions is not None and not interactions:
+        raise UnsupportedFeatureError(
+            solver, "interaction terms between adjacent layers (interactions)", "dp, cpsat and auto express them"
+        )
     if problem.aggregate == "max_task" and not max_task:
         raise UnsupportedFeatureError(solver, "aggregate='max_task'", _ALTERNATIVES)
     for c in problem.constraints:

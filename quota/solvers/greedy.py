@@ -32,7 +32,7 @@ def solve_greedy(problem: AllocationProblem, time_limit: float | None = None) ->
     Status ``"feasible"``, no lower bound. Raises ``InfeasibleError`` when no schedule meets the budget
     and constraints (the diagnosis without a joint step is exact for the rows greedy accepts)."""
     deadline = Deadline(time_limit)
-    require_supported(problem, NAME, linear_constraints="cost_like")
+    require_supported(problem, NAME, linear_constraints="cost_like", interactions=False)
     idx = top_schedule(problem)
     if idx is not None:
         idx = lower_until_feasible(problem, idx)

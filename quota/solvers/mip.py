@@ -5,7 +5,8 @@ coefficients (rows divided by their scale so SCIP's tolerances are relative). SC
 ``numerics/feastol = 1e-9``, a zero gap limit and one thread, so the same problem gives the same
 schedule. The returned schedule is checked against the float rows with the shared tolerance rule;
 if SCIP's own tolerance let a row slip, the row's right-hand side is tightened by the excess and
-the model re-solved (at most ``MAX_TIGHTEN`` times). ``"max_task"`` uses an epigraph variable.
+the model re-solved (at most ``MAX_TIGHTEN`` times). ``"max_task"`` uses an epigraph variable;
+``interactions`` use the exact pair linearization of ``quota.solvers.pairs``.
 
 OR-Tools is imported on first use (``_pywraplp``), so importing this module does not load it.
 """
@@ -22,6 +23,7 @@ from quota.solvers.encoding import OrderLayout
 from quota.solvers.errors import NoScheduleError, SolverError
 from quota.solvers.infeasible import infeasible_error
 from quota.solvers.limits import Deadline
+from quota.solvers.pairs import flow_rows, onehot_terms, usable_pairs
 from quota.solvers.problem import AllocationProblem
 from quota.solvers.solution import Solution
 
@@ -65,8 +67,21 @@ def _build(problem: AllocationProblem, layout: OrderLayout, rows: list[tuple[Row
             solver.Add(worst >= solver.Sum([float(w) * v for w, v in zip(weights, y) if w != 0]) + float(constant))
         weights, constant = layout.linear(problem.extra_matrix)
         objective = worst + solver.Sum([float(w) * v for w, v in zip(weights, y) if w != 0]) + float(constant)
+    if problem.interactions is not None:
+        objective = objective + _pair_objective(solver, problem, layout, y)
     solver.Minimize(objective)
     return solver, y
+
+
+def _pair_objective(solver: Any, problem: AllocationProblem, layout: OrderLayout, y: list) -> Any:
+    """The interaction term by the transportation rows of ``quota.solvers.pairs`` (continuous
+    ``z`` in [0, 1]: integral whenever ``y`` is)."""
+    pairs = usable_pairs(problem.allowed, problem.monotone)
+    z = [solver.NumVar(0.0, 1.0, f"z{l}_{a}_{b}") for l, a, b in pairs]
+    for positions, layer, g, _ in flow_rows(pairs, problem.allowed):
+        terms, constant = onehot_terms(layout, layer, g)
+        solver.Add(solver.Sum([z[p] for p in positions]) == solver.Sum([c * y[v] for v, c in terms.items()]) + constant)
+    return solver.Sum([float(problem.interactions[l, a, b]) * z[p] for p, (l, a, b) in enumerate(pairs)])
 
 
 def solve_mip(problem: AllocationProblem, time_limit: float | None = 60.0, *, log: bool = False) -> Solution:

@@ -3,6 +3,7 @@
 For each of L layers choose a grid index g_l (``k_l = grid[g_l]`` tokens kept) to minimize
 
     aggregate_t( w_t * sum_l damage[t, l, g_l] ) + sum_e w_e * sum_l extra_costs[e][l, g_l]
+        + sum_{l < L-1} interactions[l, g_l, g_{l+1}]                (when ``interactions`` is given)
 
 (``aggregate`` is a sum over tasks, or the worst task for ``"max_task"``) subject to
 
@@ -71,6 +72,11 @@ class AllocationProblem:
     - ``extra_costs``: ``[L, G]`` arrays added to the objective, each times its ``extra_weights``
       entry (default 1).
     - ``constraints``: ``MinKeepBefore``, ``FixedLayer``, ``LinearConstraint``, ``CostCap`` objects.
+    - ``interactions``: ``[L-1, G, G]`` float or None (default: the additive model).
+      ``interactions[l, a, b]`` is added to the objective (and to the damage, after the task
+      aggregate: it is shared by every task) when layer l takes grid index a and layer l+1 takes b.
+      Under ``monotone`` only entries with ``a >= b`` are ever used. Solvers that cannot express it
+      (``mip``, ``relax``, ``greedy``) raise ``UnsupportedFeatureError``.
 
     Arrays are stored as read-only float64 copies.
     """
@@ -87,6 +93,7 @@ class AllocationProblem:
     extra_costs: tuple[np.ndarray, ...] = ()
     extra_weights: tuple[float, ...] | None = None
     constraints: tuple[Constraint, ...] = ()
+    interactions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -187,15 +194,24 @@ class AllocationProblem:
         """Objective of schedules given as grid indices ``[..., L]``; returns ``[...]`` float64."""
         indices = np.asarray(indices)
         layers = np.arange(self.n_layers)
-        per_task = self.task_matrices[:, layers, indices].sum(axis=-1)  # [T, ...]
-        damage = per_task.sum(axis=0) if self.aggregate == "sum" else per_task.max(axis=0)
-        return damage + self.extra_matrix[layers, indices].sum(axis=-1)
+        return self.damage_of_indices(indices) + self.extra_matrix[layers, indices].sum(axis=-1)
 
     def damage_of_indices(self, indices: np.ndarray) -> np.ndarray:
-        """Aggregated damage (no extra terms) of schedules given as grid indices ``[..., L]``."""
+        """Aggregated damage (no extra terms; interactions included) of schedules given as grid
+        indices ``[..., L]``."""
         indices = np.asarray(indices)
         per_task = self.task_matrices[:, np.arange(self.n_layers), indices].sum(axis=-1)
-        return per_task.sum(axis=0) if self.aggregate == "sum" else per_task.max(axis=0)
+        damage = per_task.sum(axis=0) if self.aggregate == "sum" else per_task.max(axis=0)
+        return damage if self.interactions is None else damage + self.interaction_of_indices(indices)
+
+    def interaction_of_indices(self, indices: np.ndarray) -> np.ndarray:
+        """The summed interaction terms of schedules given as grid indices ``[..., L]`` (0 without
+        ``interactions``)."""
+        indices = np.asarray(indices)
+        if self.interactions is None:
+            return np.zeros(indices.shape[:-1])
+        pairs = np.arange(self.n_layers - 1)
+        return self.interactions[pairs, indices[..., :-1], indices[..., 1:]].sum(axis=-1)
 
     def index_violations(self, indices: Sequence[int]) -> list[str]:
         """Violated constraints of a schedule given as grid indices (empty list: feasible)."""

@@ -17,7 +17,8 @@ Status ``"optimal"`` when the gap is within ``OPTIMAL_GAP`` (the LP solver's tol
 ``"feasible"`` otherwise. When rounding finds no feasible schedule though one exists (possible with
 ``>=`` or non-monotone linear rows) it raises ``NoScheduleError`` carrying the LP bound; when none
 exists (the LP can be feasible while the integer problem is not), the exact diagnosis raises
-``InfeasibleError``. An LP stopped by its time limit raises ``RelaxationLimitError``.
+``InfeasibleError``. An LP stopped by its time limit raises ``RelaxationLimitError``. Pairwise
+``interactions`` raise ``UnsupportedFeatureError``.
 
 cvxpy is imported on first use (``_cvxpy``), so importing this module does not load it.
 """
@@ -34,6 +35,7 @@ import numpy as np
 
 from quota.solvers.constraints import FEAS_RTOL
 from quota.solvers.errors import InfeasibleError, NoScheduleError, RelaxationLimitError
+from quota.solvers.features import require_supported
 from quota.solvers.infeasible import infeasible_error
 from quota.solvers.limits import Deadline, check_time_limit
 from quota.solvers.moves import improve, lower_until_feasible, repair_monotone, repair_rows
@@ -160,6 +162,7 @@ def solve_sweep(
     the first budget at which the problem is infeasible, ``RelaxationLimitError`` when an LP stops at
     its limit, ``NoScheduleError`` (with the LP bound) when rounding finds no schedule."""
     time_limit = check_time_limit(time_limit)
+    require_supported(problem, NAME, interactions=False)
     deadline = Deadline(None)
     relaxation = Relaxation(problem)
     out = []

@@ -18,7 +18,8 @@ by the gcd, which changes no decision.
 
 Objective rule (``integer_objective``): values are shifted per layer by their smallest value and
 multiplied by a power of two ``S`` such that the summed per-layer range is about ``2**40``, then
-rounded. The integer optimum's true objective is within ``L / S`` (about ``1e-11`` relative to the
+rounded (``interactions`` likewise per pair of layers, ``integer_pairs``, sharing the scale). The
+integer optimum's true objective is within ``L / S`` (``2L / S`` with interactions) (about ``1e-11`` relative to the
 objective's range) of the true optimum; solvers report the true float objective of their schedule.
 """
 
@@ -98,10 +99,21 @@ class IntObjective:
         return integer_value / self.scale + self.shift
 
 
-def objective_scale(*matrices: np.ndarray) -> float:
-    """The power of two mapping the largest summed per-layer range of any ``[K, L, G]`` input to about 2**40."""
+def objective_scale(*matrices: np.ndarray, pairs: np.ndarray | None = None) -> float:
+    """The power of two mapping the largest summed per-layer range of any ``[K, L, G]`` input, plus the
+    summed per-pair range of ``pairs`` (``[L-1, G, G]`` interactions, if given), to about 2**40."""
     span = max(float((m - m.min(axis=(0, 2))[None, :, None]).max(axis=2).sum(axis=1).max()) for m in matrices)
+    if pairs is not None:
+        span += float((pairs.max(axis=(1, 2)) - pairs.min(axis=(1, 2))).sum())
     return 1.0 if span <= 0 else 2.0 ** math.floor(math.log2(_OBJECTIVE_RANGE / span))
+
+
+def integer_pairs(pairs: np.ndarray, scale: float) -> IntObjective:
+    """``[L-1, G, G]`` interactions as integers under the objective rule: each pair's minimum is
+    shifted out, the rest multiplied by ``scale`` and rounded (``coef`` ``[L-1, G, G]`` int64)."""
+    low = pairs.min(axis=(1, 2))  # [L-1]
+    coef = np.round((pairs - low[:, None, None]) * scale).astype(np.int64)
+    return IntObjective(coef, scale, float(low.sum()))
 
 
 def integer_objective(matrices: np.ndarray, scale: float | None = None) -> IntObjective:

@@ -127,6 +127,20 @@ def _constraint(i: int, c: Any, grid: tuple[int, ...], costs: dict[str, np.ndarr
     raise _error(f"{name} must be MinKeepBefore, FixedLayer, LinearConstraint or CostCap, got {type(c).__name__}")
 
 
+def _interactions(value: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    """``interactions`` as a read-only ``[L-1, G, G]`` float64 array, or None."""
+    if value is None:
+        return None
+    n_layers, n_cand = shape
+    want = (n_layers - 1, n_cand, n_cand)
+    if n_layers < 2:
+        raise _error(f"interactions needs at least 2 layers (pairs of adjacent layers), got {n_layers} layer")
+    array = _finite_array("interactions", value, (3,))
+    if array.shape != want:
+        raise _error(f"interactions must have shape {want} ([L-1, G, G]), got {array.shape}")
+    return array
+
+
 class _Fields:
     """Attribute access to a field mapping (``fields.budget``)."""
 
@@ -194,6 +208,7 @@ def validate_problem(fields: Mapping[str, Any]) -> dict[str, Any]:
 
     constraints = tuple(_constraint(i, c, grid, costs, shape) for i, c in enumerate(problem.constraints))
     return {
+        "interactions": _interactions(getattr(problem, "interactions", None), shape),
         "n_tokens": int(n_tokens),
         "grid": grid,
         "damage": damage,
