@@ -130,9 +130,11 @@ class SolveResult:
 
 
 def recipe_from_solution(profile: Profile, problem: AllocationProblem, solution: Solution) -> Recipe:
-    """The recipe of a solved problem: the solution's schedule with the profile's scoring and quantization
+    """The recipe of a solved problem: the solution's schedule with the profile's scoring (its in-LLM
+    ``score_weights``, and its ``pre_llm_weights`` as the ``pre_llm`` stage's when it has them) and quantization
     (the default config when the profile records none); ``versions`` are those of the solving environment."""
-    scoring = ScoringSpec(dict(profile.score_weights)) if profile.score_weights else ScoringSpec()
+    weights = dict(profile.score_weights) if profile.score_weights else ScoringSpec().weights
+    scoring = ScoringSpec(weights, stage_weights=profile.stage_weights)
     return Recipe(
         model_id=profile.model_id, model_hash=profile.model_hash, n_layers=profile.n_layers,
         n_visual_tokens=profile.n_visual_tokens, schedule=solution.schedule,

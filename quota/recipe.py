@@ -1,9 +1,9 @@
 """Recipe: the frozen output of profiling and solving, and the one contract the runtime applies.
 
 A recipe is a versioned, content-hashed JSON document (:mod:`quota.versioned`): the per-layer visual-token
-schedule, the scoring that picks the tokens (:class:`ScoringSpec`: weights, normalization, seed, selection rule,
-merging), the quantization config, how the schedule was obtained (budget, solver, status, gap, time) and what
-it was measured on (model id and hash, data version, library versions). Saving is atomic. Loading validates every
+schedule, the scoring that picks the tokens (:class:`ScoringSpec`: weights, per-stage weights, normalization,
+seed, selection rule, merging), the quantization config, how the schedule was obtained (budget, solver, status,
+gap, time) and what it was measured on (model id and hash, data version, library versions). Saving is atomic. Loading validates every
 field and names the one that is wrong (``schedule[29]``, ``scoring.weights.attn_last``); it refuses an
 unknown version, a tampered file (hash mismatch) and, when a model is given, a recipe made for another model.
 
@@ -39,6 +39,12 @@ class RecipeError(ValueError):
     """A recipe is malformed, of an unknown version, tampered with, or made for another model."""
 
 
+STAGES: dict[str, str] = {
+    "pre_llm": "the pruning point before decoder layer 0 (embedding-level signals and the vision tower's)",
+    "in_llm": "every pruning point before a decoder layer l >= 1 (the language model's signals too)",
+}
+
+
 # ------------------------------------------------------------------------------------------------ scoring
 
 
@@ -55,8 +61,14 @@ class ScoringSpec:
     (:func:`quota.runtime.prune.prune`). Raises :class:`RecipeError` naming the bad field
     (``scoring.weights.attn_last``, ``scoring.selection``).
 
-    JSON: ``{"weights": {...}, "normalize": "minmax", "seed": 0}``, plus ``"selection"`` and ``"merge"`` only
-    when they are not the defaults (``"topk"``, ``0``), so a top-k recipe is written as before.
+    ``stage_weights``: per pruning stage (:data:`STAGES`: ``"pre_llm"`` before decoder layer 0, ``"in_llm"``
+    before any later layer), signal -> weight, overriding ``weights`` at the points of that stage
+    (:meth:`weights_at`); each stage's weights are checked like ``weights`` and may name only the signals that
+    exist at that stage (``scoring.stage_weights.pre_llm.attn_last``). ``None`` (or empty): ``weights`` everywhere.
+
+    JSON: ``{"weights": {...}, "normalize": "minmax", "seed": 0}``, plus ``"selection"``, ``"merge"`` and
+    ``"stage_weights"`` only when they are not the defaults (``"topk"``, ``0``, none), so a top-k recipe with one
+    weighting is written, and hashed, as before.
     """
 
     weights: Mapping[str, float] = field(default_factory=lambda: {"attn_last": 1.0})
@@ -64,19 +76,10 @@ class ScoringSpec:
     seed: int = 0
     selection: str = "topk"
     merge: int = 0
+    stage_weights: Mapping[str, Mapping[str, float]] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.weights, Mapping):
-            raise RecipeError(f"scoring.weights must be an object of signal -> weight, got {self.weights!r}")
-        weights = {}
-        for name, w in self.weights.items():
-            if name not in SIGNALS:
-                raise RecipeError(f"scoring.weights.{name}: unknown score signal; known signals: {list(SIGNALS)}")
-            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
-                raise RecipeError(f"scoring.weights.{name} = {w!r} must be a finite non-negative number")
-            weights[str(name)] = float(w)
-        if not any(w > 0 for w in weights.values()):
-            raise RecipeError(f"scoring.weights needs at least one positive weight, got {weights}")
+        weights = check_weights(self.weights, "scoring.weights")
         if self.normalize not in NORMALIZATIONS:
             raise RecipeError(f"scoring.normalize = {self.normalize!r}; choose one of {NORMALIZATIONS}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
@@ -88,31 +91,50 @@ class ScoringSpec:
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "merge", int(self.merge))
+        object.__setattr__(self, "stage_weights", check_stage_weights(self.stage_weights))
 
     @property
     def active(self) -> dict[str, float]:
-        """The signals with a non-zero weight."""
+        """The signals with a non-zero weight in ``weights`` (the weighting of the stages without their own)."""
         return {k: w for k, w in self.weights.items() if w != 0.0}
+
+    def weights_at(self, layer: int) -> dict[str, float]:
+        """The weights of a pruning point before decoder layer ``layer``: its stage's (:func:`stage_of`) when
+        ``stage_weights`` has them, else ``weights``; zero weights left out."""
+        weights = (self.stage_weights or {}).get(stage_of(layer), self.weights)
+        return {k: w for k, w in weights.items() if w != 0.0}
+
+    @property
+    def signals_used(self) -> set[str]:
+        """Every signal with a non-zero weight at some stage."""
+        used = set(self.active)
+        for weights in (self.stage_weights or {}).values():
+            used |= {k for k, w in weights.items() if w != 0.0}
+        return used
 
     def check_pruning_points(self, schedule: tuple[int, ...], n_visual: int) -> None:
         """Refuse a schedule that prunes before a layer where none of the weighted signals exists (before
         layer 0 the language model's attention does not exist yet)."""
         previous = n_visual
         for layer, k in enumerate(schedule):
-            if k < previous and not set(self.active) & set(available_signals(layer)):
+            weighted = self.weights_at(layer)
+            if k < previous and not set(weighted) & set(available_signals(layer)):
                 raise RecipeError(
                     f"schedule[{layer}] = {k} prunes before layer {layer}, where none of the weighted signals "
-                    f"{sorted(self.active)} exists (available there: {list(available_signals(layer))})"
+                    f"{sorted(weighted)} exists (available there: {list(available_signals(layer))})"
                 )
             previous = k
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object; ``selection`` and ``merge`` only when not the defaults (what readers before them read)."""
+        """The JSON object; ``selection``, ``merge`` and ``stage_weights`` only when not the defaults (what
+        readers before them read)."""
         out: dict[str, Any] = {"weights": dict(self.weights), "normalize": self.normalize, "seed": self.seed}
         if self.selection != "topk":
             out["selection"] = self.selection
         if self.merge:
             out["merge"] = self.merge
+        if self.stage_weights:
+            out["stage_weights"] = {stage: dict(w) for stage, w in self.stage_weights.items()}
         return out
 
     @classmethod
@@ -124,6 +146,55 @@ class ScoringSpec:
         if unknown:
             raise RecipeError(f"scoring: unknown field(s) {unknown}; known: {', '.join(known)}")
         return cls(**data)
+
+
+def stage_of(layer: int) -> str:
+    """The pruning stage of a point before decoder layer ``layer``: ``"pre_llm"`` for layer 0, else ``"in_llm"``."""
+    return "pre_llm" if layer == 0 else "in_llm"
+
+
+def stage_signals(stage: str) -> tuple[str, ...]:
+    """The signals that exist at every pruning point of ``stage`` (:data:`STAGES`)."""
+    return available_signals(0 if stage == "pre_llm" else 1)
+
+
+def check_weights(weights: Any, where: str) -> dict[str, float]:
+    """``weights`` (signal -> weight) as a dict of floats: known signals, finite non-negative weights, at least one
+    positive; else :class:`RecipeError` naming ``where.<signal>``."""
+    if not isinstance(weights, Mapping):
+        raise RecipeError(f"{where} must be an object of signal -> weight, got {weights!r}")
+    out = {}
+    for name, w in weights.items():
+        if name not in SIGNALS:
+            raise RecipeError(f"{where}.{name}: unknown score signal; known signals: {list(SIGNALS)}")
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+            raise RecipeError(f"{where}.{name} = {w!r} must be a finite non-negative number")
+        out[str(name)] = float(w)
+    if not any(w > 0 for w in out.values()):
+        raise RecipeError(f"{where} needs at least one positive weight, got {out}")
+    return out
+
+
+def check_stage_weights(stage_weights: Any) -> dict[str, dict[str, float]] | None:
+    """``stage_weights`` checked stage by stage (:data:`STAGES`; each stage's weights by :func:`check_weights`,
+    naming only signals of :func:`stage_signals`), ``None`` when absent or empty; else :class:`RecipeError`
+    naming ``scoring.stage_weights.<stage>[.<signal>]``."""
+    if stage_weights is None:
+        return None
+    if not isinstance(stage_weights, Mapping):
+        raise RecipeError(f"scoring.stage_weights must be an object of stage -> weights, got {stage_weights!r}")
+    out = {}
+    for stage, weights in stage_weights.items():
+        where = f"scoring.stage_weights.{stage}"
+        if stage not in STAGES:
+            raise RecipeError(f"{where}: unknown pruning stage; known stages: {list(STAGES)}")
+        checked = check_weights(weights, where)
+        for name in checked:
+            if name not in stage_signals(stage):
+                raise RecipeError(f"{where}.{name}: the signal does not exist at stage {stage} "
+                                  f"(available there: {list(stage_signals(stage))})")
+        out[stage] = checked
+    return {stage: out[stage] for stage in STAGES if stage in out} or None
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,53 @@ def test_bad_selection_and_merge_are_named(scoring, match):
     d["scoring"] = scoring
     with pytest.raises(RecipeError, match="scoring"):
         Recipe.from_dict(d)
+
+
+def test_stage_weights_round_trip_and_stay_out_of_files_without_them(tmp_path):
+    scoring = ScoringSpec({"attn_last": 1.0}, stage_weights={"pre_llm": {"vision_attn": 0.9, "magnitude": 0.1}})
+    r = make(schedule=(8, 8, 4, 4), scoring=scoring)  # pruning before layer 0 runs on the pre-LLM weights
+    path = r.save(tmp_path / "r.json")
+    loaded = Recipe.load(path)
+    assert loaded == r and loaded.scoring.stage_weights == {"pre_llm": {"vision_attn": 0.9, "magnitude": 0.1}}
+    assert json.loads(path.read_text())["scoring"] == {
+        "weights": {"attn_last": 1.0}, "normalize": "minmax", "seed": 0,
+        "stage_weights": {"pre_llm": {"vision_attn": 0.9, "magnitude": 0.1}}}
+    assert scoring.weights_at(0) == {"vision_attn": 0.9, "magnitude": 0.1}
+    assert scoring.weights_at(1) == scoring.weights_at(3) == {"attn_last": 1.0}
+    assert scoring.signals_used == {"attn_last", "vision_attn", "magnitude"}
+    # without stage weights (absent, None or empty) the file, and so the hash, is what it was before them
+    for none in (None, {}):
+        same = make(scoring=ScoringSpec({"attn_last": 0.6, "magnitude": 0.2, "risk": 0.2}, "rank", 3,
+                                        stage_weights=none))
+        assert same == make() and same.to_dict() == make().to_dict() and "stage_weights" not in same.to_dict()["scoring"]
+    in_llm = ScoringSpec({"magnitude": 1.0}, stage_weights={"in_llm": {"attn_text": 1.0}})
+    assert in_llm.weights_at(0) == {"magnitude": 1.0} and in_llm.weights_at(2) == {"attn_text": 1.0}
+
+
+def test_a_stage_without_its_signals_cannot_prune():
+    with pytest.raises(RecipeError, match=r"^schedule\[0\] = 8 prunes before layer 0"):
+        make(schedule=(8, 8, 4, 4), scoring=ScoringSpec({"attn_last": 1.0}))
+    staged = ScoringSpec({"attn_last": 1.0}, stage_weights={"pre_llm": {"random": 1.0}})
+    assert make(schedule=(8, 8, 4, 4), scoring=staged).scoring.weights_at(0) == {"random": 1.0}
+
+
+@pytest.mark.parametrize(
+    "stage_weights,match",
+    [({"pre": {"magnitude": 1.0}}, r"^scoring\.stage_weights\.pre: unknown pruning stage; known stages"),
+     ({"pre_llm": {"attn_last": 1.0}}, r"^scoring\.stage_weights\.pre_llm\.attn_last: the signal does not exist"),
+     ({"pre_llm": {"bogus": 1.0}}, r"^scoring\.stage_weights\.pre_llm\.bogus: unknown score signal"),
+     ({"in_llm": {"attn_text": -1.0}}, r"^scoring\.stage_weights\.in_llm\.attn_text = -1\.0 must be a finite"),
+     ({"in_llm": {"attn_text": float("nan")}}, r"^scoring\.stage_weights\.in_llm\.attn_text = nan"),
+     ({"pre_llm": {"magnitude": 0.0}}, r"^scoring\.stage_weights\.pre_llm needs at least one positive weight"),
+     ({"pre_llm": [1]}, r"^scoring\.stage_weights\.pre_llm must be an object"),
+     ([1], r"^scoring\.stage_weights must be an object of stage -> weights")],
+)
+def test_bad_stage_weights_are_named(stage_weights, match):
+    with pytest.raises(RecipeError, match=match) as err:
+        make(scoring={"weights": {"attn_last": 1.0}, "stage_weights": stage_weights})
+    assert "\n" not in str(err.value)
+    d = make().to_dict()
+    del d["content_hash"]
+    d["scoring"] = {"weights": {"attn_last": 1.0}, "stage_weights": stage_weights}
+    with pytest.raises(RecipeError, match="scoring.stage_weights"):
+        Recipe.from_dict(d)

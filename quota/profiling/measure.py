@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,12 +29,13 @@ from quota.profiling.sensitivity import (
 from quota.runtime.vision import vision_attention_unsupported
 from quota.profiling.sharding import check_partials, clear_partials, item_key, run_shared, run_sharded, world
 from quota.quant.config import QuantConfig
+from quota.recipe import ScoringSpec
 from quota.solvers import default_grid
 
 # candidate score weightings searched on the calibration data (signal -> weight)
 SCORE_CANDIDATES: tuple[dict[str, float], ...] = (
     # every candidate keeps an embedding-level signal (magnitude, risk or vision_attn), the only kind that exists
-    # before layer 0, so that a schedule pruning there can be scored
+    # before layer 0, so that a schedule pruning there can be scored when no pre-LLM weighting is searched
     {"attn_last": 0.9, "magnitude": 0.1},
     {"attn_text": 0.9, "magnitude": 0.1},
     {"attn_last": 0.45, "attn_text": 0.45, "magnitude": 0.1},
@@ -46,12 +47,21 @@ SCORE_CANDIDATES: tuple[dict[str, float], ...] = (
     {"vision_attn": 0.9, "magnitude": 0.1},
     {"vision_attn": 0.45, "attn_text": 0.45, "magnitude": 0.1},
 )
+# candidate weightings of the pruning point before layer 0 (stage ``pre_llm``): only the signals that exist there
+PRE_LLM_CANDIDATES: tuple[dict[str, float], ...] = (
+    {"vision_attn": 1.0},
+    {"vision_attn": 0.9, "magnitude": 0.1},
+    {"magnitude": 1.0},
+    {"magnitude": 0.5, "risk": 0.5},
+)
 
 
 @dataclass
 class ProfileSettings:
     """How a profile is measured. ``grid_steps``: the candidate keep counts are the multiples of
-    ``N / grid_steps`` (0 to N). ``batch_size``: calibration questions per forward (it changes the padding,
+    ``N / grid_steps`` (0 to N). ``score_candidates``: the in-LLM weightings searched (probes pruning from
+    ``probe_layer``); ``pre_llm_candidates``: the weightings searched for the point before layer 0 (probes pruning
+    there; empty: no pre-LLM search, every stage uses the in-LLM weights). ``batch_size``: calibration questions per forward (it changes the padding,
     so the measured floats, and is part of a profile's settings record)."""
 
     grid_steps: int = 32
@@ -59,6 +69,7 @@ class ProfileSettings:
     probe_layer: int = 2
     probe_keeps: tuple[float, ...] = (1 / 9, 1 / 3)  # fractions of N: 64 and 192 of 576
     score_candidates: Sequence[dict[str, float]] = field(default_factory=lambda: list(SCORE_CANDIDATES))
+    pre_llm_candidates: Sequence[dict[str, float]] = field(default_factory=lambda: list(PRE_LLM_CANDIDATES))
     latency: bool = True
     impl: str = "auto"
 
@@ -69,13 +80,15 @@ def settings_record(
 ) -> dict:
     """What the grid items of a profile depend on, as stored in its partial files: a resumed run reuses them
     only when this record is the same. ``extra``: settings the caller adds (the testbed: its calibration
-    question count). :func:`profile_model` completes it with the data's digest and the chosen score weights."""
+    question count). :func:`profile_model` completes it with the data's digest and the chosen score weights
+    (in-LLM and pre-LLM)."""
     return {
         "model_id": model_id, "model_hash": model_hash, "quant": quant.to_dict(), "data_version": data_version,
         "questions": int(questions), **(extra or {}),
         "grid": [int(k) for k in default_grid(n_visual, settings.grid_steps)], "batch_size": settings.batch_size,
         "probe_layer": settings.probe_layer, "probe_keeps": [float(f) for f in settings.probe_keeps],
-        "score_candidates": [dict(w) for w in settings.score_candidates], "impl": settings.impl,
+        "score_candidates": [dict(w) for w in settings.score_candidates],
+        "pre_llm_candidates": [dict(w) for w in settings.pre_llm_candidates], "impl": settings.impl,
         **runtime_record(device),
     }
 
@@ -107,35 +120,70 @@ def batches_digest(batches: Sequence[CalibrationBatch]) -> str:
     return h.hexdigest()[:16]
 
 
-def calibrate_score_weights(meter: DamageMeter, n_layers: int, n_visual: int, settings: ProfileSettings) -> tuple[dict, dict]:
-    """Pick the candidate weighting with the least mean KL over the probe schedules. Under torchrun the
-    (candidate, probe) runs are shared out over the ranks and every rank gets every result, so all of them
-    measure the grid with the same weights."""
-    keeps = [max(1, round(f * n_visual)) for f in settings.probe_keeps]
-    skipped = {}
-    for w in settings.score_candidates:  # vision_attn exists only for LLaVA-1.5-style towers
-        if "vision_attn" in w and (why := vision_attention_unsupported(meter.model, spec_for(meter.model))):
-            skipped[json.dumps(dict(w), sort_keys=True)] = why
-    candidates = [dict(w) for w in settings.score_candidates if json.dumps(dict(w), sort_keys=True) not in skipped]
-    if not candidates:
-        raise ValueError(f"no score candidate can run on {type(meter.model).__name__}: {next(iter(skipped.values()))}")
-    probe_layer = min(settings.probe_layer, n_layers - 1)  # a model of fewer layers is probed at its last one
+def runnable_candidates(model, candidates: Sequence[Mapping[str, float]]) -> tuple[list[dict], dict[str, str]]:
+    """The candidates that can run on ``model``, and ``{json of a skipped candidate: why}`` for those that weight
+    ``vision_attn`` where :func:`vision_attention_unsupported` says it cannot run."""
+    why = vision_attention_unsupported(model, spec_for(model))
+    skipped = {json.dumps(dict(w), sort_keys=True): why for w in candidates if why and "vision_attn" in w}
+    runnable = [dict(w) for w in candidates if json.dumps(dict(w), sort_keys=True) not in skipped]
+    return runnable, skipped
+
+
+def search_weights(
+    meter: DamageMeter, candidates: Sequence[Mapping[str, float]], probe_layer: int, keeps: Sequence[int],
+    n_layers: int, n_visual: int, scoring_of: Callable[[dict], ScoringSpec], label: str,
+) -> tuple[dict, dict]:
+    """``(best weights, search record)``: the runnable candidate (:func:`runnable_candidates`) with the least mean
+    KL over the probe schedules that keep all tokens before ``probe_layer`` and each of ``keeps`` from it on, each
+    measured under ``scoring_of(candidate)``; ties go to the earlier candidate. Under torchrun the (candidate,
+    probe) runs are shared out over the ranks and every rank gets every result. Raises ``ValueError`` when no
+    candidate can run (``label`` names the search)."""
+    runnable, skipped = runnable_candidates(meter.model, candidates)
+    if not runnable:
+        raise ValueError(f"no {label} candidate can run on {type(meter.model).__name__}: "
+                         f"{next(iter(skipped.values()), 'there are none')}")
 
     def probe(item) -> float:
-        c, k = item
+        _, c, k = item
         schedule = prune_from_schedule(n_layers, n_visual, probe_layer, keeps[k])
-        return meter.measure(schedule, n_visual, candidates[c]).kl
+        return meter.measure(schedule, n_visual, scoring_of(runnable[c])).kl
 
-    items = [(c, k) for c in range(len(candidates)) for k in range(len(keeps))]
+    items = [(label, c, k) for c in range(len(runnable)) for k in range(len(keeps))]
     kl = run_shared(items, probe)
-    results = [{"weights": w, "mean_kl": float(np.mean([kl[item_key((c, k))] for k in range(len(keeps))]))}
-               for c, w in enumerate(candidates)]
-    best = min(results, key=lambda r: r["mean_kl"])  # ties: the earlier candidate
-    search = {"probe_layer": probe_layer, "probe_keeps": keeps,
-              "candidates": results, "criterion": "mean KL on the calibration split"}
+    results = [{"weights": w, "mean_kl": float(np.mean([kl[item_key((label, c, k))] for k in range(len(keeps))]))}
+               for c, w in enumerate(runnable)]
+    best = min(results, key=lambda r: r["mean_kl"])
+    search = {"probe_layer": probe_layer, "probe_keeps": list(keeps), "candidates": results,
+              "criterion": "mean KL on the calibration split"}
     if skipped:
         search["skipped"] = [{"weights": json.loads(w), "why": why} for w, why in skipped.items()]
     return best["weights"], search
+
+
+def probe_keeps(n_visual: int, settings: ProfileSettings) -> list[int]:
+    """The probes' keep counts: ``settings.probe_keeps`` as fractions of ``n_visual`` (at least 1)."""
+    return [max(1, round(f * n_visual)) for f in settings.probe_keeps]
+
+
+def calibrate_score_weights(meter: DamageMeter, n_layers: int, n_visual: int, settings: ProfileSettings) -> tuple[dict, dict]:
+    """The in-LLM weighting: the candidate of ``settings.score_candidates`` with the least mean KL over the probe
+    schedules pruning from ``settings.probe_layer`` (:func:`search_weights`), each the only weighting of every
+    pruning point. Under torchrun all ranks get the same choice, so all of them measure the grid with it."""
+    probe_layer = min(settings.probe_layer, n_layers - 1)  # a model of fewer layers is probed at its last one
+    return search_weights(meter, settings.score_candidates, probe_layer, probe_keeps(n_visual, settings), n_layers,
+                          n_visual, lambda w: ScoringSpec(w), "score")
+
+
+def calibrate_pre_llm_weights(meter: DamageMeter, n_layers: int, n_visual: int, settings: ProfileSettings,
+                              in_llm: Mapping[str, float]) -> tuple[dict | None, dict]:
+    """The ``pre_llm`` weighting: the candidate of ``settings.pre_llm_candidates`` (signals that exist before layer
+    0 only) with the least mean KL over the probe schedules that prune before layer 0 to each of the probe keep
+    counts (:func:`search_weights`), measured as ``ScoringSpec(in_llm, stage_weights={"pre_llm": candidate})``
+    (the in-LLM weights are not used by these probes). ``(None, {})`` when there are no candidates."""
+    if not settings.pre_llm_candidates:
+        return None, {}
+    return search_weights(meter, settings.pre_llm_candidates, 0, probe_keeps(n_visual, settings), n_layers,
+                          n_visual, lambda w: ScoringSpec(dict(in_llm), stage_weights={"pre_llm": w}), "pre_llm")
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
@@ -165,6 +213,19 @@ def progress_reporter(label: str, every_s: float = 30.0) -> Callable[[int, int],
             report(f"{label}: {done}/{total} in {now - start:.0f} s, about {left:.0f} s left")
 
     return on_item
+
+
+def calibrate_stages(meter: DamageMeter, n_layers: int, n_visual: int, settings: ProfileSettings,
+                     questions: int) -> tuple[dict, dict, dict | None, dict]:
+    """``(in-LLM weights, their search, pre-LLM weights or None, their search)`` on the meter's calibration data
+    (:func:`calibrate_score_weights`, then :func:`calibrate_pre_llm_weights`), reporting progress."""
+    t0 = time.time()
+    report(f"calibrating score weights ({len(settings.score_candidates)} in-LLM and "
+           f"{len(settings.pre_llm_candidates)} pre-LLM candidates, {questions} questions)")
+    weights, search = calibrate_score_weights(meter, n_layers, n_visual, settings)
+    pre_llm, pre_search = calibrate_pre_llm_weights(meter, n_layers, n_visual, settings, weights)
+    report(f"score weights {weights}, before layer 0 {pre_llm} after {time.time() - t0:.0f} s; measuring the grid")
+    return weights, search, pre_llm, pre_search
 
 
 def profile_model(
@@ -197,13 +258,14 @@ def profile_model(
     meter = DamageMeter(model, batches, dict(settings.score_candidates[0]), impl=settings.impl,
                         reference_tokens=n_visual)
     t0 = time.time()
-    report(f"calibrating score weights ({len(settings.score_candidates)} candidates, {sum(len(b.tasks) for b in batches)} questions)")
-    weights, search = calibrate_score_weights(meter, n_layers, n_visual, settings)
-    report(f"score weights {weights} after {time.time() - t0:.0f} s; measuring the grid")
-    meter.score_weights = weights
+    weights, search, pre_llm, pre_search = calibrate_stages(meter, n_layers, n_visual, settings,
+                                                            sum(len(b.tasks) for b in batches))
+    meter.scoring = ScoringSpec(weights, stage_weights={"pre_llm": pre_llm} if pre_llm else None)
     t_weights = time.time() - t0
 
     record["score_weights"] = dict(weights)
+    if pre_llm is not None:
+        record["pre_llm_weights"] = dict(pre_llm)
     on_item = progress_reporter("grid items")
     runner = (lambda items, fn: run_sharded(items, fn, stem, resume, on_item, record)) if stem is not None else None
     t0 = time.time()
@@ -232,7 +294,8 @@ def profile_model(
     prof = Profile(
         model_id=model_id, model_hash=model_hash, n_layers=n_layers, n_visual_tokens=n_visual, grid=tuple(grid),
         damage={"kl": per_layer_contributions(kl_from), "task_loss": per_layer_contributions(loss_from)},
-        per_task=per_task, costs=costs, score_weights=weights, score_search=search, quant=quant.to_dict(),
+        per_task=per_task, costs=costs, score_weights=weights, score_search=search,
+        pre_llm_weights=pre_llm or {}, pre_llm_search=pre_search, quant=quant.to_dict(),
         data_version=data_version,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),
         versions={"torch": torch.__version__, "transformers": transformers.__version__, "triton": triton.__version__,

@@ -1,15 +1,21 @@
 """Profile: per-layer sensitivity (damage) and cost curves of one model on one device, as JSON.
 
-Layout (version 1; files written before the versioned-JSON convention carry ``schema``/``schema_version``
-instead of ``type``/``version``, and still load)::
+Layout (version 2, or 1 when it records no pre-LLM weights; files written before the versioned-JSON convention
+carry ``schema``/``schema_version`` instead of ``type``/``version``, and still load)::
 
-    {"type": "quota.profiling", "version": 1,
+    {"type": "quota.profiling", "version": 2,
      "model_id", "model_hash", "data_version", "device", "versions": {torch, transformers, triton, quota},
      "n_layers": L, "n_visual_tokens": N, "grid": [G keep counts, ascending, ending with N],
      "damage": {"kl": [[L x G]], "task_loss": [[L x G]], "per_task": {task: [[L x G]]}},
      "costs": {"tokens": [[L x G]], "flops": ..., "kv": ..., "latency": ...},   # non-decreasing in k
-     "score_weights": {"attention": w, "magnitude": w, "risk": w}, "score_search": {...},
+     "score_weights": {"attn_last": w, "magnitude": w, "risk": w}, "score_search": {...},   # in-LLM points
+     "pre_llm_weights": {"vision_attn": w, ...}, "pre_llm_search": {...},   # the point before layer 0 (version 2)
      "quant": QuantConfig.to_dict(), "timing": {...}, "extra": {...}}
+
+``score_weights`` is the weighting chosen for the pruning points inside the language model (and, without
+``pre_llm_weights``, for the one before layer 0 too); ``pre_llm_weights`` the one chosen for the point before
+layer 0 from the signals that exist there. Version 2 adds only those two fields, so a profile without them is
+written as version 1, exactly as before, and version 1 files load with no pre-LLM weights.
 
 Loading validates every field and names the field and value that are wrong; saving is atomic.
 """
@@ -25,11 +31,13 @@ import numpy as np
 
 from quota.atomic import write_json_atomic
 from quota.quant.config import QuantConfig
-from quota.signals import SIGNALS
+from quota.signals import SIGNALS, available_signals
 from quota.versioned import VersionError, read_json, stamp, type_of, unstamp
 
 PROFILE_TYPE = "quota.profiling"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
+READ_VERSIONS = (1, 2)  # 1: no pre_llm_weights / pre_llm_search
+V2_FIELDS = ("pre_llm_weights", "pre_llm_search")
 DAMAGE_KINDS = ("kl", "task_loss")
 
 
@@ -55,12 +63,30 @@ class Profile:
     score_search: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    pre_llm_weights: dict[str, float] = field(default_factory=dict)
+    pre_llm_search: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate(self)
 
+    @property
+    def stage_weights(self) -> dict[str, dict[str, float]] | None:
+        """The per-stage weights of a recipe made from this profile (``{"pre_llm": ...}``), ``None`` without
+        pre-LLM weights (``score_weights`` then serves every pruning point)."""
+        return {"pre_llm": dict(self.pre_llm_weights)} if self.pre_llm_weights else None
+
     def to_dict(self) -> dict[str, Any]:
-        return stamp(PROFILE_TYPE, PROFILE_VERSION, {
+        """The JSON object: version 2 with the pre-LLM fields when there are pre-LLM weights, else version 1
+        without them (what readers before them read)."""
+        body = self._body()
+        if not self.pre_llm_weights:
+            return stamp(PROFILE_TYPE, 1, body)
+        return stamp(PROFILE_TYPE, PROFILE_VERSION, {**body, "pre_llm_weights": self.pre_llm_weights,
+                                                    "pre_llm_search": self.pre_llm_search})
+
+    def _body(self) -> dict[str, Any]:
+        """The fields of every version (the pre-LLM ones are added by :meth:`to_dict`)."""
+        return {
             "model_id": self.model_id, "model_hash": self.model_hash, "data_version": self.data_version,
             "device": self.device, "versions": self.versions,
             "n_layers": self.n_layers, "n_visual_tokens": self.n_visual_tokens, "grid": list(self.grid),
@@ -69,7 +95,7 @@ class Profile:
             "costs": {k: v.tolist() for k, v in self.costs.items()},
             "score_weights": self.score_weights, "score_search": self.score_search, "quant": self.quant,
             "timing": self.timing, "extra": self.extra,
-        })
+        }
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, self.to_dict())
@@ -102,12 +128,13 @@ def _array(name: str, value: Any, shape: tuple[int, int]) -> np.ndarray:
 
 def _from_dict(cls, d: Any) -> Profile:
     try:
-        _, d = unstamp(d, PROFILE_TYPE, (PROFILE_VERSION,), "profile")
+        version, d = unstamp(d, PROFILE_TYPE, READ_VERSIONS, "profile")
     except VersionError as err:
         raise ProfileError(str(err).removeprefix("profile: ")) from None
-    unknown = sorted(set(d) - set(FIELDS))
+    known = FIELDS + V2_FIELDS if version >= 2 else FIELDS
+    unknown = sorted(set(d) - set(known))
     if unknown:
-        raise ProfileError(f"unknown field(s) {unknown}; known fields: {sorted(FIELDS)}")
+        raise ProfileError(f"unknown field(s) {unknown} (version {version}); known fields: {sorted(known)}")
     for key in ("model_id", "model_hash", "n_layers", "n_visual_tokens", "grid", "damage", "costs"):
         if key not in d:
             raise ProfileError(f"missing field {key!r}")
@@ -119,6 +146,7 @@ def _from_dict(cls, d: Any) -> Profile:
         per_task=dict(per_task), score_weights=d.get("score_weights", {}), quant=d.get("quant", {}),
         data_version=d.get("data_version", ""), device=d.get("device", ""), versions=d.get("versions", {}),
         score_search=d.get("score_search", {}), timing=d.get("timing", {}), extra=d.get("extra", {}),
+        pre_llm_weights=d.get("pre_llm_weights", {}), pre_llm_search=d.get("pre_llm_search", {}),
     )
 
 
@@ -154,16 +182,31 @@ def _validate(p: Profile) -> None:
             )
         costs[kind] = arr
     object.__setattr__(p, "costs", costs)
-    for name, w in p.score_weights.items():
-        if name not in SIGNALS:
-            raise ProfileError(f"score_weights.{name}: unknown score signal; known signals: {list(SIGNALS)}")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise ProfileError(f"score_weights.{name} = {w!r} must be a finite non-negative number")
+    _check_weights("score_weights", p.score_weights, SIGNALS)
+    _check_weights("pre_llm_weights", p.pre_llm_weights, available_signals(0))
+    if p.pre_llm_weights and not any(w > 0 for w in p.pre_llm_weights.values()):
+        raise ProfileError(f"pre_llm_weights needs at least one positive weight, got {p.pre_llm_weights}")
+    for name in ("score_search", "pre_llm_search"):
+        if not isinstance(getattr(p, name), dict):
+            raise ProfileError(f"{name} must be an object, got {getattr(p, name)!r}")
     if p.quant:
         try:
             QuantConfig.from_dict(p.quant)
         except ValueError as err:
             raise ProfileError(f"quant: {err}") from None
+
+
+def _check_weights(where: str, weights: Any, signals) -> None:
+    """Refuse ``weights`` unless it maps signals of ``signals`` to finite non-negative numbers (naming
+    ``where.<signal>``)."""
+    if not isinstance(weights, dict):
+        raise ProfileError(f"{where} must be an object of signal -> weight, got {weights!r}")
+    for name, w in weights.items():
+        if name not in signals:
+            known = "known signals" if signals is SIGNALS else "signals that exist before layer 0"
+            raise ProfileError(f"{where}.{name}: unknown score signal; {known}: {list(signals)}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ProfileError(f"{where}.{name} = {w!r} must be a finite non-negative number")
 
 
 FIELDS = ("model_id", "model_hash", "data_version", "device", "versions", "n_layers", "n_visual_tokens", "grid",

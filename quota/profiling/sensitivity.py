@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from quota.profiling.sharding import item_key
+from quota.recipe import ScoringSpec
 from quota.runtime.generate import PrunedRunner
 
 
@@ -85,19 +86,36 @@ class ScheduleDamage:
     per_task: dict[str, float]
 
 
-class DamageMeter:
-    """Measures the damage of schedules against the all-tokens run of the same model (computed once)."""
+def as_scoring(scoring: ScoringSpec | Mapping[str, float]) -> ScoringSpec:
+    """``scoring`` as a :class:`ScoringSpec`: one is returned as is, a signal -> weight mapping becomes the
+    default scoring with those weights at every pruning point."""
+    return scoring if isinstance(scoring, ScoringSpec) else ScoringSpec(dict(scoring))
 
-    def __init__(self, model, batches: Sequence[CalibrationBatch], score_weights: Mapping[str, float],
+
+class DamageMeter:
+    """Measures the damage of schedules against the all-tokens run of the same model (computed once).
+
+    ``scoring``: how the measured schedules pick their tokens, a :class:`ScoringSpec` (per-stage weights
+    included, so that a schedule pruning before layer 0 is scored with the ``pre_llm`` weights) or a signal ->
+    weight mapping used at every pruning point; :attr:`score_weights` is its ``weights``."""
+
+    def __init__(self, model, batches: Sequence[CalibrationBatch], scoring: ScoringSpec | Mapping[str, float],
                  impl: str = "auto", reference_tokens: int | None = None) -> None:
         self.model, self.batches, self.impl = model, list(batches), impl
-        self.score_weights = dict(score_weights)
+        self.scoring = as_scoring(scoring)
         self.reference_tokens = reference_tokens  # schedules are resolved per batch from this N (dynamic resolution)
         self._reference: list[torch.Tensor] | None = None
 
-    def _runner(self, schedule: Sequence[int], weights: Mapping[str, float] | None = None) -> PrunedRunner:
-        return PrunedRunner(self.model, schedule, weights or self.score_weights, impl=self.impl,
-                            reference_tokens=self.reference_tokens)
+    @property
+    def score_weights(self) -> dict[str, float]:
+        """The scoring's ``weights`` (those of the stages without their own)."""
+        return dict(self.scoring.weights)
+
+    def _runner(self, schedule: Sequence[int], scoring: ScoringSpec | Mapping[str, float] | None = None,
+                ) -> PrunedRunner:
+        scoring = self.scoring if scoring is None else as_scoring(scoring)
+        return PrunedRunner.from_scoring(self.model, schedule, scoring, impl=self.impl,
+                                         reference_tokens=self.reference_tokens)
 
     def reference(self, n_visual: int, n_layers: int) -> list[torch.Tensor]:
         if self._reference is None:
@@ -105,9 +123,11 @@ class DamageMeter:
             self._reference = [answer_logprobs(runner, b).cpu() for b in self.batches]
         return self._reference
 
-    def measure(self, schedule: Sequence[int], n_visual: int, weights: Mapping[str, float] | None = None) -> ScheduleDamage:
+    def measure(self, schedule: Sequence[int], n_visual: int,
+                scoring: ScoringSpec | Mapping[str, float] | None = None) -> ScheduleDamage:
+        """Damage of ``schedule`` scored by ``scoring`` (default: the meter's)."""
         ref = self.reference(n_visual, len(schedule))
-        runner = self._runner(schedule, weights)
+        runner = self._runner(schedule, scoring)
         kls, losses, tasks = [], [], []
         for b, r in zip(self.batches, ref):
             kl, loss = damage(r.to(b.input_ids.device), answer_logprobs(runner, b), b)

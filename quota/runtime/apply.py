@@ -99,7 +99,6 @@ def apply(
         model = quantize_model(model, config, calibration_batches)
     if not recipe.prunes:
         return model
-    s = recipe.scoring
-    runner = PrunedRunner(model, recipe.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl,
-                          reference_tokens=recipe.n_visual_tokens, selection=s.selection, merge=s.merge)
+    runner = PrunedRunner.from_scoring(model, recipe.schedule, recipe.scoring, impl=impl,
+                                       reference_tokens=recipe.n_visual_tokens)
     return PrunedModel(model, runner)

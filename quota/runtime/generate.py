@@ -20,7 +20,8 @@ Conventions (see also :mod:`quota.schedule` and :mod:`quota.runtime.scoring`):
   :meth:`PrunedRunner.check_inputs` refuses what it can detect otherwise (right padding, a mask of the wrong
   shape, empty ``input_ids``; see :func:`~quota.runtime.masks.check_prompt`) with a ``ValueError``;
 - layer ``l`` sees ``k_l`` visual tokens; pruning before layer ``l`` scores the alive visual tokens with
-  the signals of layer ``l - 1`` (embedding-level signals before layer 0), keeps exactly ``k_l`` in original
+  the signals of layer ``l - 1`` (embedding-level signals before layer 0) weighted as the scoring's stage of
+  that point says (``pre_llm`` before layer 0, ``in_llm`` after), keeps exactly ``k_l`` in original
   order by the scoring's selection rule (top-k with ties to the lower index by default), and never drops text;
   with merging, ``min(merge, k_l)`` of the ``k_l`` are contextual tokens that take their target token's place
   and original index (:func:`quota.runtime.prune.prune`);
@@ -117,7 +118,9 @@ class PrunedRunner:
     ``normalize``: per-sample normalization of each signal (``"minmax"`` or ``"rank"``); ``seed``: for the
     ``random`` signal; ``impl``: score-and-gather implementation (``"reference"``, ``"triton"``, ``"auto"``).
     ``selection``: the rule that picks the kept tokens (:data:`quota.signals.SELECTIONS`); ``merge``: contextual
-    tokens per pruning point (see :class:`~quota.recipe.ScoringSpec`).
+    tokens per pruning point; ``stage_weights``: per pruning stage (``"pre_llm"``: before layer 0, ``"in_llm"``:
+    before any later layer), signal -> weight overriding ``score_weights`` at that stage's points (see
+    :class:`~quota.recipe.ScoringSpec`; :meth:`from_scoring` takes a whole one).
     ``reference_tokens``: the ``N`` the schedule's counts refer to; images of another ``N`` run it resolved to
     theirs (:meth:`schedule_for`); ``None``: the schedule applies as written (its counts must fit every image).
     After :meth:`prefill`, :attr:`kept_indices` holds the kept visual indices of every layer.
@@ -135,6 +138,7 @@ class PrunedRunner:
         reference_tokens: int | None = None,
         selection: str = "topk",
         merge: int = 0,
+        stage_weights: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         self.model = model
         self.spec = spec_for(model)
@@ -146,17 +150,17 @@ class PrunedRunner:
         if reference_tokens is not None:
             resolve_schedule(self.schedule, reference_tokens, reference_tokens)  # checks k_0 <= reference
         weights = dict(score_weights) if score_weights is not None else {"attn_last": 1.0}
-        self.scoring = ScoringSpec(weights, normalize, seed, selection, merge)
+        self.scoring = ScoringSpec(weights, normalize, seed, selection, merge, stage_weights)
         self.impl = impl
         self.kept_indices: list[torch.Tensor] | None = None
         self._vision_attn: torch.Tensor | None = None  # the vision tower's attention of the current prefill
-        if "vision_attn" in self.scoring.active and (why := vision_attention_unsupported(model, self.spec)):
+        if "vision_attn" in self.scoring.signals_used and (why := vision_attention_unsupported(model, self.spec)):
             raise NotSupportedError(f"the vision_attn signal cannot run here: {why}")
         for l in range(1, len(self.schedule)):
             if self.schedule[l] < self.schedule[l - 1] and not self._signals_at(l):
                 raise ValueError(
                     f"the schedule prunes before layer {l} but none of the weighted signals "
-                    f"{sorted(self.scoring.active)} exists there (available: {available_signals(l)})"
+                    f"{sorted(self.scoring.weights_at(l))} exists there (available: {available_signals(l)})"
                 )
         lm = self.spec.language_model_of(model)
         self.rotary = getattr(lm, "rotary_emb", None)
@@ -166,11 +170,20 @@ class PrunedRunner:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
+    def from_scoring(cls, model: nn.Module, schedule: Sequence[int], scoring: ScoringSpec, impl: str = "auto",
+                     reference_tokens: int | None = None) -> "PrunedRunner":
+        """A runner of ``schedule`` scored as ``scoring`` says (every field: weights, per-stage weights,
+        normalization, seed, selection, merging)."""
+        s = scoring
+        return cls(model, schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl,
+                   reference_tokens=reference_tokens, selection=s.selection, merge=s.merge,
+                   stage_weights=s.stage_weights)
+
+    @classmethod
     def from_plan(cls, model: nn.Module, plan: PruningPlan, impl: str = "auto",
                   reference_tokens: int | None = None) -> "PrunedRunner":
-        s = plan.scoring
-        return cls(model, plan.schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl,
-                   reference_tokens=reference_tokens, selection=s.selection, merge=s.merge)
+        """A runner of ``plan``'s schedule and scoring (:meth:`from_scoring`)."""
+        return cls.from_scoring(model, plan.schedule, plan.scoring, impl, reference_tokens)
 
     def schedule_for(self, n_visual: int) -> tuple[int, ...]:
         """The keep counts for images of ``n_visual`` tokens: the schedule resolved from ``reference_tokens``
@@ -197,7 +210,8 @@ class PrunedRunner:
         return LayerwiseKVCache(len(self.layers), reserve)
 
     def _signals_at(self, layer: int) -> list[str]:
-        return [s for s in self.scoring.active if s in available_signals(layer)]
+        """The weighted signals of the pruning point before ``layer`` (its stage's weights) that exist there."""
+        return [s for s in self.scoring.weights_at(layer) if s in available_signals(layer)]
 
     def _run_layer(self, l: int, hidden, mask, positions, cache, rope) -> torch.Tensor:
         kwargs = {self._cache_arg: cache}
@@ -253,7 +267,7 @@ class PrunedRunner:
         if not names:
             raise ValueError(
                 f"pruning before layer {l} needs a weighted signal among {available_signals(l)}; "
-                f"the weights are {self.scoring.active}"
+                f"the weights there are {self.scoring.weights_at(l)}"
             )
         cols = span_start[:, None] + torch.arange(n, device=hidden.device)[None, :]  # [B, n]
         h_vis = hidden.gather(1, cols[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, n, d]
@@ -281,7 +295,8 @@ class PrunedRunner:
             signals["vision_attn"] = self._vision_attn.gather(1, visual_index)
         if "random" in names:
             signals["random"] = random_signal(self.scoring.seed, l, visual_index, n_visual).expand_as(visual_index)
-        return combine(signals, {s: self.scoring.weights[s] for s in names}, self.scoring.normalize)
+        weights = self.scoring.weights_at(l)
+        return combine(signals, {s: weights[s] for s in names}, self.scoring.normalize)
 
     # ------------------------------------------------------------------------------------------ prefill
     @torch.no_grad()
