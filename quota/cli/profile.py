@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         prof = profile_testbed(quant, settings, args.output, args.resume or False, args.device, args.limit)
     if prof is not None:
         print(f"profile of {prof.model_id} on {prof.device}: {prof.n_layers} layers x {len(prof.grid)} keep counts, "
-              f"score weights {prof.score_weights}, {prof.timing['total_s']}s -> {args.output}")
+              f"score weights {prof.score_weights}"
+              + (f" (before layer 0: {prof.pre_llm_weights})" if prof.pre_llm_weights else "")
+              + f", {prof.timing['total_s']}s -> {args.output}")
         if args.validate:
             return _validate(args)
     return 0
