@@ -64,6 +64,7 @@ def build_problem(
     constraints: Sequence[Any] = (),
     extra_costs: Sequence[np.ndarray] = (),
     extra_weights: Sequence[float] | None = None,
+    interactions: np.ndarray | None = None,
 ) -> AllocationProblem:
     """The allocation problem of ``profile`` under a budget.
 
@@ -76,6 +77,8 @@ def build_problem(
     - ``constraints``: :class:`~quota.solvers.MinKeepBefore`, :class:`~quota.solvers.FixedLayer`,
       :class:`~quota.solvers.CostCap`, :class:`~quota.solvers.LinearConstraint`.
     - ``extra_costs``, ``extra_weights``: ``[L, G]`` arrays added to the objective, each times its weight.
+    - ``interactions``: ``[L-1, G, G]``, added when layer ``l`` takes grid index ``a`` and layer ``l + 1`` index ``b``
+      (pairwise terms between adjacent pruning points; solved exactly by ``dp``, ``cpsat`` and ``mip``).
     """
     check_budget(budget)
     check_budget_kind(budget_kind)
@@ -99,6 +102,7 @@ def build_problem(
         costs=dict(profile.costs), budget_kind=budget_kind, aggregate=solver_aggregate, task_weights=weights,
         constraints=tuple(constraints), extra_costs=tuple(extra_costs),
         extra_weights=tuple(extra_weights) if extra_weights is not None else None,
+        interactions=interactions,
     )
 
 

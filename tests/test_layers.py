@@ -15,6 +15,7 @@ The layers, lowest first (the README's module map shows the same order):
     eval       evaluation harness, suites, lmms-eval plugin
     bench      kernel, end-to-end and solver benchmarks
     allocate   profile -> problem -> solver -> recipe
+    refine     measured refinement of the k best schedules
     cli        the command line
     __main__   ``python -m quota``
 
@@ -49,6 +50,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("quota.eval",),
     ("quota.bench",),
     ("quota.allocate",),
+    ("quota.refine",),
     ("quota.cli",),
     ("quota.__main__",),
 )

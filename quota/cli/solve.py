@@ -88,6 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="solve a range of budgets (a Pareto table; writes no recipe)")
     p.add_argument("-o", "--output", default=None,
                    help="recipe path (default recipe.json; with --sweep, the PNG plot path, default pareto.png)")
+    p.add_argument("--refine", type=int, default=None, metavar="K",
+                   help="measured refinement (testbed profiles): take the K best predicted schedules, measure each "
+                        "on held-out calibration questions with the quantized testbed, keep the best measured; the "
+                        "recipe records every candidate's predicted and measured damage (needs the testbed's model)")
+    p.add_argument("--refine-questions", type=int, default=64, metavar="N",
+                   help="--refine: held-out calibration questions to measure on (default 64)")
+    p.add_argument("--device", default=None, help="--refine: cpu, cuda or cuda:N (default: cuda when there is one)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -136,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         budget = budget_from_keep_tokens(profile, args.keep_tokens)
     else:
         budget = check_budget(args.budget if args.budget is not None else 0.3, "--budget")
+    if args.refine is not None:
+        return run_refine(args, profile_path, profile, budget, options)
     result = solve(profile, budget, args.budget_kind, **options)
     path = result.recipe.save(args.output or "recipe.json")
     summary = summarize(result)
@@ -151,4 +160,43 @@ def run(args: argparse.Namespace) -> int:
                      f"--references (DIR: the {profile.model_id} checkpoint folder), or quota quantize --model DIR "
                      f"--recipe {path} --out QDIR")
     render.print_schedule(summary, path, notes=(DAMAGE_LINE, next_step))
+    return 0
+
+
+def run_refine(args: argparse.Namespace, profile_path, profile, budget: float, options: dict) -> int:
+    """``quota solve --refine K``: :func:`quota.refine.refine_testbed`, then the candidates as a table."""
+    if args.refine < 1:
+        raise ValueError(f"--refine needs at least 1 candidate schedule, got {args.refine}")
+    if args.refine_questions < 1:
+        raise ValueError(f"--refine-questions must be at least 1, got {args.refine_questions}")
+    if str(profile.data_version).startswith("jsonl:"):
+        raise ValueError("--refine runs on the testbed; for a checkpoint folder call quota.refine.refine with a "
+                         "DamageMeter on your held-out records")
+    if args.sweep:
+        raise ValueError("--refine and --sweep: refine one budget at a time")
+    if args.solver not in ("auto", "dp", "cpsat"):
+        raise ValueError(f"--refine enumerates schedules with auto, dp or cpsat, not --solver {args.solver}")
+    from quota.refine import refine_testbed
+
+    kw = {k: v for k, v in options.items() if k in ("aggregate", "task_weights") and v is not None}
+    refined = refine_testbed(profile_path, args.refine, budget, args.refine_questions, args.device,
+                             budget_kind=args.budget_kind, damage=args.damage, solver=args.solver,
+                             time_limit=args.time_limit, **kw)
+    path = refined.recipe.save(args.output or "recipe.json")
+    if args.json:
+        print(json.dumps({"recipe_path": str(path), "chosen": refined.chosen, "candidates": refined.candidates},
+                         indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(refined.candidates)} best predicted schedules, measured on "
+                        f"{args.refine_questions} held-out calibration questions")
+    for col in ("rank", "equivalent tokens", "predicted", "measured", ""):
+        table.add_column(col, justify="right")
+    for c in refined.candidates:
+        table.add_row(str(c["rank"]), f"{sum(c['schedule']) / len(c['schedule']):.1f}", f"{c['predicted']:.4f}",
+                      f"{c['measured']:.4f}", "chosen" if c["rank"] == refined.chosen else "")
+    Console().print(table)
+    print(f"recipe written to {path}: schedule {list(refined.recipe.schedule)}")
     return 0

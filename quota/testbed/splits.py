@@ -97,6 +97,18 @@ def calibration_split() -> list[Question]:
     return list(_calibration())
 
 
+REFINEMENT_STREAM = 1  # the calibration split's second stream: questions no profile or quantization sees
+
+
+def refinement_split(count: int = 64) -> list[Question]:
+    """``count`` held-out calibration questions (stream :data:`REFINEMENT_STREAM` of the calibration namespace,
+    tasks interleaved in ``TASKS`` order; a prefix: question ``i`` never depends on ``count``): for measuring
+    candidate schedules after profiling, never the test split and never the profile's own questions."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"refinement questions must be an integer >= 1, got {count!r}")
+    return [make_question(TASKS[i % len(TASKS)], "calibration", REFINEMENT_STREAM, i) for i in range(count)]
+
+
 _TEST_CACHE: dict[str, list[Question]] = {}
 
 

@@ -95,3 +95,15 @@ def test_bad_arguments_raise_clear_errors():
 def test_preview_renders():
     img = splits.preview_image(picks=[("counting", 0)], columns=1, zoom=1)
     assert img.ndim == 3 and img.shape[1] == 192 + 16 and img.dtype.name == "uint8"
+
+
+def test_refinement_questions_are_held_out_from_calibration_and_test():
+    from quota.testbed.splits import calibration_split, refinement_split, test_split
+
+    held = refinement_split(20)
+    assert [q.qid for q in held] == [q.qid for q in refinement_split(40)[:20]]  # a prefix, deterministic
+    assert len({q.task for q in held}) == 5
+    seen = {q.qid for q in calibration_split()} | {q.qid for q in test_split(limit=50)}
+    assert not {q.qid for q in held} & seen
+    from quota.testbed.splits import load_scene
+    assert not {load_scene(q).image.tobytes() for q in held[:5]} & {load_scene(q).image.tobytes() for q in calibration_split()[:5]}

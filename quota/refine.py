@@ -1,0 +1,109 @@
+"""Measured refinement: the solver proposes its ``k`` best distinct schedules, each is measured on held-out
+calibration questions, and the recipe is the best one measured.
+
+The profile's damage model ranks schedules only loosely (an additive sum of per-layer terms), so the schedule it
+predicts best is not always the one that damages least. :func:`refine` takes the ``k`` schedules of least predicted
+damage (:func:`quota.solvers.solve_k_best`, exact), measures each with a
+:class:`~quota.profiling.sensitivity.DamageMeter` on questions the profile never saw, and returns the recipe of the
+one with the least measured damage (ties: the better predicted). The measured quantity is the one the problem
+minimizes: ``kl``, ``task_loss``, or for ``per_task`` the per-task KL aggregated as the problem aggregates it (mean,
+max or weighted). The recipe's ``solver`` record gains ``refinement``: every candidate with its predicted and
+measured damage, the chosen index, the question count and the held-out data's name.
+
+:func:`refine_testbed` runs it on the testbed: quantized as the profile says (through the quantized-model cache),
+measured on :func:`quota.testbed.splits.refinement_split` (calibration questions of a second stream, never test
+ones, never the profile's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quota.allocate import build_problem, recipe_from_solution
+from quota.device import placement
+from quota.profiling.profile import Profile
+from quota.profiling.sensitivity import DamageMeter, ScheduleDamage
+from quota.quant.config import QuantConfig
+from quota.recipe import Recipe, ScoringSpec
+from quota.solvers import AllocationProblem, solve_k_best
+from quota.testbed import model as testbed
+from quota.testbed.batches import make_batches
+from quota.testbed.quantized import quantize_testbed
+from quota.testbed.splits import refinement_split
+
+
+@dataclass
+class Refinement:
+    """The chosen ``recipe`` (its ``solver["refinement"]`` holds the record) and every ``candidates`` entry:
+    ``schedule``, ``predicted`` (the solver's objective), ``measured`` (the same quantity measured),
+    ``kl``, ``task_loss``; ``chosen`` indexes ``candidates``."""
+
+    recipe: Recipe
+    candidates: list[dict[str, Any]]
+    chosen: int
+
+
+def measured_value(problem: AllocationProblem, damage: str, measured: ScheduleDamage) -> float:
+    """The quantity the problem minimizes, measured: ``kl``, ``task_loss``, or the per-task KL aggregated as the
+    problem aggregates its per-task curves (``mean``, ``max`` or ``weighted`` by its task weights)."""
+    if damage == "kl":
+        return measured.kl
+    if damage == "task_loss":
+        return measured.task_loss
+    tasks = sorted(measured.per_task)
+    values = np.array([measured.per_task[t] for t in tasks])
+    if problem.aggregate == "max_task":
+        return float(values.max())
+    weights = np.asarray(problem.task_weights, dtype=float) if problem.task_weights is not None else None
+    if weights is None or len(weights) != len(values):
+        return float(values.mean())
+    return float(np.dot(weights, values))
+
+
+def refine(profile: Profile, meter: DamageMeter, k: int = 8, budget: float = 0.3, budget_kind: str = "tokens",
+           damage: str = "kl", solver: str = "auto", time_limit: float | None = 60.0, data: str = "",
+           **problem_kw: Any) -> Refinement:
+    """The recipe of the best measured of the ``k`` best predicted schedules of ``profile``'s problem
+    (``budget``, ``budget_kind``, ``damage`` and ``problem_kw`` as :func:`quota.allocate.build_problem`).
+    ``meter`` measures on held-out questions (its scoring should be the profile's); ``data`` names them in the
+    record. Raises what :func:`quota.solvers.solve_k_best` raises (one-line :class:`quota.solvers.SolverError`)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"refinement needs k >= 1 candidate schedules, got {k!r}")
+    problem = build_problem(profile, budget, budget_kind, damage, **problem_kw)
+    solutions = solve_k_best(problem, k, solver, time_limit)
+    candidates = []
+    for rank, solution in enumerate(solutions):
+        measured = meter.measure(solution.schedule, profile.n_visual_tokens)
+        candidates.append({"rank": rank, "schedule": [int(x) for x in solution.schedule],
+                           "predicted": float(solution.objective), "measured": measured_value(problem, damage, measured),
+                           "kl": measured.kl, "task_loss": measured.task_loss})
+    chosen = min(range(len(candidates)), key=lambda i: (candidates[i]["measured"], candidates[i]["predicted"], i))
+    recipe = recipe_from_solution(profile, problem, solutions[chosen])
+    record = {"k": k, "candidates": candidates, "chosen": chosen, "damage": damage, "data": data,
+              "questions": sum(len(b.tasks) for b in meter.batches),
+              "predicted_damage": candidates[chosen]["predicted"], "measured_damage": candidates[chosen]["measured"],
+              "best_predicted_measured": candidates[0]["measured"]}
+    recipe = dataclasses.replace(recipe, solver={**recipe.solver, "refinement": record})
+    return Refinement(recipe, candidates, chosen)
+
+
+def refine_testbed(profile_path: str | Path, k: int = 8, budget: float = 0.3, questions: int = 64,
+                   device: str | None = None, batch_size: int = 32, **kw: Any) -> Refinement:
+    """:func:`refine` on the testbed: quantized per the profile's config (calibrated as profiling was, on the
+    calibration split, through the cache) and measured on ``questions`` held-out calibration questions
+    (:func:`~quota.testbed.splits.refinement_split`) with the profile's score weights."""
+    profile = Profile.load(profile_path)
+    device, dtype = placement(device)
+    tb = testbed.load(device, dtype)
+    quant = QuantConfig.from_dict(profile.quant) if profile.quant else QuantConfig(impl="auto")
+    model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
+    held_out = refinement_split(questions)
+    scoring = ScoringSpec(profile.score_weights or ScoringSpec().weights,
+                          stage_weights={"pre_llm": profile.pre_llm_weights} if profile.pre_llm_weights else None)
+    meter = DamageMeter(model, make_batches(tb.tokenizer, held_out, batch_size, device, dtype), scoring)
+    return refine(profile, meter, k, budget, data=f"testbed refinement_split({questions})", **kw)

@@ -1,0 +1,65 @@
+"""Measured refinement (issue 17): the k best predicted schedules are measured on held-out calibration questions
+and the best measured one becomes the recipe, which records every candidate. The testbed is the tiny stand-in
+of :mod:`tests.profiling.fake_testbed` (3 layers, 16 visual tokens); everything else is the real path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import quota.refine as refine_module
+from quota.cli.main import main
+from quota.quant.config import QuantConfig
+from quota.recipe import Recipe
+from quota.solvers import solve_k_best
+from quota.allocate import build_problem
+from quota.profiling.profile import Profile
+from tests.profiling import fake_testbed
+
+RTN = QuantConfig(weight_method="rtn", w_clip_search=False, a_clip_search=False, kv_group_size=16)
+
+
+@pytest.fixture
+def profiled(monkeypatch, tmp_path):
+    for module, name, value in fake_testbed.patches():
+        monkeypatch.setattr(module, name, value)
+    monkeypatch.setattr(refine_module.testbed, "load", fake_testbed.fake_load)
+    monkeypatch.setattr(refine_module, "make_batches", fake_testbed.fake_batches)
+    monkeypatch.setattr(refine_module, "quantize_testbed", fake_testbed.fake_quantize)
+    (tmp_path / "q.json").write_text(json.dumps(RTN.to_dict()))
+    out = tmp_path / "p.json"
+    assert main(["profile", "-o", str(out), "--limit", "4", "--grid-steps", "4", "--no-latency", "--quant",
+                 str(tmp_path / "q.json"), "--batch-size", "4", "--device", "cpu"]) == 0
+    return out
+
+
+def test_the_best_measured_of_the_k_best_predicted_becomes_the_recipe(profiled, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["solve", "--profile", str(profiled), "--budget", "0.5", "--refine", "4", "--refine-questions", "3",
+                 "--device", "cpu", "-o", str(tmp_path / "r.json"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    candidates, chosen = out["candidates"], out["chosen"]
+    profile = Profile.load(profiled)
+    expected = solve_k_best(build_problem(profile, 0.5), 4)
+    assert [c["schedule"] for c in candidates] == [list(s.schedule) for s in expected]  # the solver's k best
+    assert [c["predicted"] for c in candidates] == sorted(c["predicted"] for c in candidates)
+    assert chosen == min(range(len(candidates)), key=lambda i: (candidates[i]["measured"], candidates[i]["predicted"], i))
+    assert all(c["measured"] == c["kl"] for c in candidates)  # the problem minimizes KL: KL is what is measured
+    recipe = Recipe.load(tmp_path / "r.json")
+    assert list(recipe.schedule) == candidates[chosen]["schedule"]
+    assert recipe.equivalent_tokens <= 0.5 * recipe.n_visual_tokens + 1e-9
+    record = recipe.solver["refinement"]
+    assert record["chosen"] == chosen and record["k"] == 4 and record["questions"] == 3
+    assert record["measured_damage"] == candidates[chosen]["measured"]
+    assert record["predicted_damage"] == candidates[chosen]["predicted"]
+    assert "refinement_split(3)" in record["data"]
+
+
+def test_refinement_arguments_are_checked(profiled, tmp_path, capsys):
+    capsys.readouterr()
+    for extra, message in ((["--refine", "0"], "at least 1"), (["--refine", "2", "--solver", "greedy"], "auto, dp or cpsat"),
+                           (["--refine", "2", "--refine-questions", "0"], "--refine-questions")):
+        assert main(["solve", "--profile", str(profiled), *extra, "-o", str(tmp_path / "r.json")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
