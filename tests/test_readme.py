@@ -113,7 +113,7 @@ def test_every_substitution_still_matches():
 def test_the_readme_has_the_blocks_this_test_runs():
     assert len(code_blocks(README, "bash")) >= 3 and len(code_blocks(README, "python")) >= 1
     assert any("quota solve --budget 0.3" in b for b in code_blocks(README, "bash"))
-    assert len(code_blocks(QUANT_DOC, "python")) >= 1 and len(code_blocks(SOLVERS_DOC, "python")) == 1
+    assert len(code_blocks(QUANT_DOC, "python")) >= 1 and len(code_blocks(SOLVERS_DOC, "python")) >= 1
     fenced = re.findall(r"^```(\w*)", (ROOT / README).read_text(), re.MULTILINE)
     assert set(fenced) <= {"", "bash", "python"}, f"a block language this test does not run: {set(fenced)}"
 
