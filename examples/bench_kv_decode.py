@@ -81,7 +81,7 @@ def run_pair(hq: int, hkv: int, args: argparse.Namespace, gen: torch.Generator) 
     k_bf16 = v_bf16 = None  # free the bf16 cache before the 4-bit one
 
     kc, vc = cache(b, hkv, ctx, d, group, gen), cache(b, hkv, ctx, d, group, gen)
-    t_new = time_ms(lambda: kv_attention_decode(q, kc, vc, ctx, 4, group), args.calls, args.repeats)
+    t_new = time_ms(lambda: kv_attention_decode(q, kc, vc, ctx, 4, group, kernel="splitk"), args.calls, args.repeats)
     timings = getattr(splitk._split_kernel_tuned, "configs_timings", None) or {}
     tried = {config_text(c): (round(t[0], 5) if t[0] < float("inf") else None) for c, t in timings.items()}
     emit("kv4_splitk", t_new, kv4_bytes, t_sdpa, splits=splits, chunk=chunk,

@@ -228,7 +228,8 @@ def _attention_case(b: int, hq: int, hkv: int, ctx: int, quick: bool, device) ->
     gqa = {"enable_gqa": True} if hq != hkv else {}
     sdpa = torch.nn.functional.scaled_dot_product_attention
     t_sdpa = time_ms(lambda i: sdpa(q[i], kvb[i][0], kvb[i][1], **gqa), copies, quick)
-    t_new = time_ms(lambda i: kv_attention_decode(q[i], kv4[i][0], kv4[i][1], ctx, 4, KV_GROUP), copies, quick)
+    t_new = time_ms(lambda i: kv_attention_decode(q[i], kv4[i][0], kv4[i][1], ctx, 4, KV_GROUP, kernel="splitk"),
+                    copies, quick)  # fmt: skip
     cfg = kv_decode_splitk.best_config(hq // hkv, HEAD_DIM, KV_GROUP, ctx)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     splits = kv_decode_splitk.decode_splits(b, hkv, ctx, sms, None, hq // hkv, HEAD_DIM)[0]
