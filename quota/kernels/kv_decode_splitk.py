@@ -41,6 +41,7 @@ reference is :func:`kv_decode_reference` (dequantize the cache, attention in flo
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -634,7 +635,12 @@ def supports(bits: int, head_dim: int, group_size: int) -> bool:
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _wave_loss(programs: int, num_sms: int) -> float:
@@ -663,20 +669,27 @@ def decode_splits(
     length = max(int(length), 1)
     rows = max(batch * kv_heads, 1)
     if num_splits is None:
-        best = None
-        for want in range(1, min(MAX_SPLITS, triton.cdiv(length, MIN_CHUNK)) + 1):
-            chunk = triton.cdiv(triton.cdiv(length, want), CHUNK_ALIGN) * CHUNK_ALIGN
-            splits = triton.cdiv(length, chunk)
-            if splits > 1 and chunk < MIN_CHUNK:
-                break
-            workspace = 0.0 if splits == 1 else 4 * gq * (head_dim + 2) / (chunk * 1.25 * head_dim)
-            score = _wave_loss(rows * splits, num_sms) + workspace
-            if best is None or score < best[0] - 1e-9:
-                best = (score, splits)
-        num_splits = best[1]
+        num_splits = _best_split_count(length, rows, num_sms, gq, head_dim)
     num_splits = max(1, min(int(num_splits), MAX_SPLITS))
     chunk = triton.cdiv(triton.cdiv(length, num_splits), CHUNK_ALIGN) * CHUNK_ALIGN
     return triton.cdiv(length, chunk), chunk
+
+
+@functools.lru_cache(maxsize=4096)
+def _best_split_count(length: int, rows: int, num_sms: int, gq: int, head_dim: int) -> int:
+    """The split count of :func:`decode_splits`'s search, memoized: the search costs about a millisecond of
+    Python, more than the kernel itself at 16k positions, and runs once per shape instead of once per call."""
+    best = None
+    for want in range(1, min(MAX_SPLITS, triton.cdiv(length, MIN_CHUNK)) + 1):
+        chunk = triton.cdiv(triton.cdiv(length, want), CHUNK_ALIGN) * CHUNK_ALIGN
+        splits = triton.cdiv(length, chunk)
+        if splits > 1 and chunk < MIN_CHUNK:
+            break
+        workspace = 0.0 if splits == 1 else 4 * gq * (head_dim + 2) / (chunk * 1.25 * head_dim)
+        score = _wave_loss(rows * splits, num_sms) + workspace
+        if best is None or score < best[0] - 1e-9:
+            best = (score, splits)
+    return best[1]
 
 
 def _check(q, k_cache, v_cache, length, kv_start, group_size, name):
