@@ -65,6 +65,7 @@ def build_problem(
     extra_costs: Sequence[np.ndarray] = (),
     extra_weights: Sequence[float] | None = None,
     interactions: np.ndarray | None = None,
+    use_interactions: bool = True,
 ) -> AllocationProblem:
     """The allocation problem of ``profile`` under a budget.
 
@@ -78,7 +79,9 @@ def build_problem(
       :class:`~quota.solvers.CostCap`, :class:`~quota.solvers.LinearConstraint`.
     - ``extra_costs``, ``extra_weights``: ``[L, G]`` arrays added to the objective, each times its weight.
     - ``interactions``: ``[L-1, G, G]``, added when layer ``l`` takes grid index ``a`` and layer ``l + 1`` index ``b``
-      (pairwise terms between adjacent pruning points; solved exactly by ``dp``, ``cpsat`` and ``mip``).
+      (pairwise terms between adjacent pruning points; solved exactly by ``dp``, ``cpsat`` and ``mip``). Without
+      it, ``damage="kl"`` takes the profile's measured ``interactions`` when it has them and ``use_interactions``
+      is true (the default); ``task_loss`` and ``per_task`` never do (the terms are measured in KL only).
     """
     check_budget(budget)
     check_budget_kind(budget_kind)
@@ -97,6 +100,8 @@ def build_problem(
         curves, solver_aggregate = profile.damage[damage], "sum"
     else:
         raise ProfileError(f"the profile has no {damage!r} damage curve (it has {sorted(profile.damage)} and per_task)")
+    if interactions is None and use_interactions and damage == "kl":
+        interactions = profile.interactions
     return AllocationProblem(
         n_tokens=profile.n_visual_tokens, grid=profile.grid, damage=curves, budget=budget,
         costs=dict(profile.costs), budget_kind=budget_kind, aggregate=solver_aggregate, task_weights=weights,

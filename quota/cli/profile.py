@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="number of keep-count intervals: the candidate keep counts are the multiples of N/STEPS "
                         "visual tokens (rounded), from 0 to N (N = 576 for the testbed: 32 gives 0, 18, 36, ..., 576; "
                         "default 32)")
+    p.add_argument("--interactions", type=int, default=None, metavar="S",
+                   help="also measure KL interaction terms between adjacent pruning points on a subgrid of about S+1 "
+                        "keep counts (0 and N included): (layers - 1) * m(m-1)/2 more schedules for the m subgrid "
+                        "counts below N; quota solve then uses them with --damage kl (default: none)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="calibration questions per forward pass; lower it when memory is short; part of the "
                         "settings a resume must match (default 64)")
@@ -69,12 +73,15 @@ def run(args: argparse.Namespace) -> int:
         return _validate(args)
     if args.grid_steps < 1:
         raise ValueError(f"--grid-steps must be a positive integer, got {args.grid_steps}")
+    if args.interactions is not None and args.interactions < 1:
+        raise ValueError(f"--interactions must be a positive integer (subgrid steps), got {args.interactions}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a number of calibration questions >= 1, got {args.limit}")
     quant = QuantConfig.from_dict(json.loads(open(args.quant).read())) if args.quant else QuantConfig(impl="auto")
-    settings = ProfileSettings(grid_steps=args.grid_steps, batch_size=args.batch_size, latency=not args.no_latency)
+    settings = ProfileSettings(grid_steps=args.grid_steps, batch_size=args.batch_size, latency=not args.no_latency,
+                               interaction_steps=args.interactions)
     if folder and Path(model, "quota_checkpoint.json").is_file():
         prof = _profile_saved(model, args, settings)
     elif folder:

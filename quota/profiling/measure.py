@@ -23,8 +23,8 @@ from quota.profiling.costs import analytic_costs, measure_latency
 from quota.profiling.profile import Profile
 from quota.models.registry import spec_for
 from quota.profiling.sensitivity import (
-    CalibrationBatch, DamageMeter, batch_image_inputs, batch_visual_tokens, measure_grid, per_layer_contributions,
-    prune_from_schedule,
+    CalibrationBatch, DamageMeter, batch_image_inputs, batch_visual_tokens, interaction_subgrid, interaction_terms,
+    measure_grid, measure_pairs, per_layer_contributions, prune_from_schedule,
 )
 from quota.runtime.vision import vision_attention_unsupported
 from quota.profiling.sharding import check_partials, clear_partials, item_key, run_shared, run_sharded, world
@@ -62,7 +62,10 @@ class ProfileSettings:
     ``N / grid_steps`` (0 to N). ``score_candidates``: the in-LLM weightings searched (probes pruning from
     ``probe_layer``); ``pre_llm_candidates``: the weightings searched for the point before layer 0 (probes pruning
     there; empty: no pre-LLM search, every stage uses the in-LLM weights). ``batch_size``: calibration questions per forward (it changes the padding,
-    so the measured floats, and is part of a profile's settings record)."""
+    so the measured floats, and is part of a profile's settings record). ``interaction_steps``: ``None`` (default)
+    measures no interaction terms; ``S`` measures the two-step schedules of a subgrid of about ``S + 1`` keep
+    counts (:func:`measure_interactions`), ``(L - 1) (m - 1) (m - 2) / 2`` more schedules for ``m`` subgrid
+    counts."""
 
     grid_steps: int = 32
     batch_size: int = 64
@@ -72,6 +75,7 @@ class ProfileSettings:
     pre_llm_candidates: Sequence[dict[str, float]] = field(default_factory=lambda: list(PRE_LLM_CANDIDATES))
     latency: bool = True
     impl: str = "auto"
+    interaction_steps: int | None = None
 
 
 def settings_record(
@@ -89,6 +93,7 @@ def settings_record(
         "probe_layer": settings.probe_layer, "probe_keeps": [float(f) for f in settings.probe_keeps],
         "score_candidates": [dict(w) for w in settings.score_candidates],
         "pre_llm_candidates": [dict(w) for w in settings.pre_llm_candidates], "impl": settings.impl,
+        **({"interaction_steps": settings.interaction_steps} if settings.interaction_steps is not None else {}),
         **runtime_record(device),
     }
 
@@ -266,11 +271,15 @@ def profile_model(
     record["score_weights"] = dict(weights)
     if pre_llm is not None:
         record["pre_llm_weights"] = dict(pre_llm)
-    on_item = progress_reporter("grid items")
-    runner = (lambda items, fn: run_sharded(items, fn, stem, resume, on_item, record)) if stem is not None else None
+    runner = runner_of(stem, resume, record)
     t0 = time.time()
     grid_results = measure_grid(meter, n_layers, n_visual, grid, runner)
     t_grid = time.time() - t0
+    t0 = time.time()  # every rank measures its share of the two-step schedules before the others return
+    subgrid, measured_pairs = measure_interactions(
+        meter, n_layers, n_visual, grid, settings.interaction_steps,
+        runner_of(stem, resume or "recompute", record, "interaction schedules"))
+    t_pairs = time.time() - t0
     if grid_results is None:  # not rank 0
         return None
 
@@ -281,6 +290,7 @@ def profile_model(
         return from_layer
 
     kl_from, loss_from = curve(lambda d: d.kl), curve(lambda d: d.task_loss)
+    pairs = interaction_record(kl_from, grid, subgrid, measured_pairs)
     tasks = sorted({t for d in grid_results.values() for t in d.per_task})
     per_task = {t: per_layer_contributions(curve(lambda d, t=t: d.per_task.get(t, 0.0))) for t in tasks}
 
@@ -295,22 +305,66 @@ def profile_model(
         model_id=model_id, model_hash=model_hash, n_layers=n_layers, n_visual_tokens=n_visual, grid=tuple(grid),
         damage={"kl": per_layer_contributions(kl_from), "task_loss": per_layer_contributions(loss_from)},
         per_task=per_task, costs=costs, score_weights=weights, score_search=search,
-        pre_llm_weights=pre_llm or {}, pre_llm_search=pre_search, quant=quant.to_dict(),
+        pre_llm_weights=pre_llm or {}, pre_llm_search=pre_search, interactions=pairs and pairs["terms"],
+        quant=quant.to_dict(),
         data_version=data_version,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),
         versions={"torch": torch.__version__, "transformers": transformers.__version__, "triton": triton.__version__,
                   "quota": __version__},
         timing={"total_s": round(time.time() - start, 1), "score_weights_s": round(t_weights, 1),
                 "grid_s": round(t_grid, 1), "latency_s": round(t_latency, 1), "world_size": world()[1],
-                "questions": sum(len(b.tasks) for b in batches), "schedules_measured": len(grid_results) + 1,
+                "questions": sum(len(b.tasks) for b in batches),
+                "schedules_measured": len(grid_results) + 1 + (pairs["count"] if pairs else 0),
+                **({"interaction_s": round(t_pairs, 1), "interaction_schedules": pairs["count"]} if pairs else {}),
                 **peak_memory(device)},
         extra={"kl_prune_from_layer": kl_from.tolist(), "task_loss_prune_from_layer": loss_from.tolist(),
-               "text_tokens_mean": text_tokens, "additive_model": "h_l(k) = d_from(l, k) - d_from(l + 1, k)"},
+               "text_tokens_mean": text_tokens, "additive_model": "h_l(k) = d_from(l, k) - d_from(l + 1, k)",
+               **(pairs["extra"] if pairs else {})},
     )
     if output is not None:
         prof.save(output)
         clear_partials(stem)
     return prof
+
+
+def runner_of(stem: Path | None, resume: bool | str, record: dict, label: str = "grid items"):
+    """``run_items(items, compute)`` for :func:`measure_grid`/:func:`measure_pairs`: :func:`run_sharded` with the
+    partial files of ``stem`` and the settings ``record``, reporting progress as ``label``; ``None`` without a
+    ``stem`` (one process, no partial files)."""
+    if stem is None:
+        return None
+    on_item = progress_reporter(label)
+    return lambda items, fn: run_sharded(items, fn, stem, resume, on_item, record)
+
+
+INTERACTION_MODEL = ("J[l, a, b] = D(N before l, grid[a] at l, grid[b] from l + 1) - (h_l(grid[a]) + "
+                     "d_from(l + 1, grid[b])), KL only, measured at the subgrid, bilinear between, 0 where a <= b")
+
+
+def measure_interactions(meter: DamageMeter, n_layers: int, n_visual: int, grid: Sequence[int], steps: int | None,
+                         run_items) -> tuple[tuple[int, ...], dict | None]:
+    """``(subgrid, {(layer, a, b): damage})`` of the two-step schedules of the interaction subgrid
+    (:func:`quota.profiling.sensitivity.interaction_subgrid`, :func:`measure_pairs`); ``((), None)`` when
+    ``steps`` is ``None``, and the measurements are ``None`` on ranks other than 0. ``run_items`` shares the
+    schedules out like the grid's (every rank must call this)."""
+    if steps is None:
+        return (), None
+    subgrid = interaction_subgrid(len(grid), steps)
+    report(f"measuring interaction terms on the subgrid {[grid[i] for i in subgrid]}")
+    return subgrid, measure_pairs(meter, n_layers, n_visual, grid, subgrid, run_items)
+
+
+def interaction_record(kl_from: np.ndarray, grid: Sequence[int], subgrid: Sequence[int],
+                       measured: dict | None) -> dict | None:
+    """``{"terms": [L-1, G, G], "count": schedules measured, "extra": the profile's extra fields}`` from the
+    measured two-step schedules and the prune-from-layer KL ``kl_from`` (:func:`interaction_terms`); ``None``
+    without measurements."""
+    if measured is None:
+        return None
+    terms = interaction_terms(kl_from, {key: d.kl for key, d in measured.items()}, subgrid)
+    extra = {"interaction_subgrid": [int(grid[i]) for i in subgrid], "interaction_model": INTERACTION_MODEL,
+             "kl_two_step": [[layer, int(grid[a]), int(grid[b]), d.kl] for (layer, a, b), d in measured.items()]}
+    return {"terms": terms, "count": len(measured), "extra": extra}
 
 
 @torch.no_grad()

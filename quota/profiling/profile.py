@@ -10,12 +10,16 @@ carry ``schema``/``schema_version`` instead of ``type``/``version``, and still l
      "costs": {"tokens": [[L x G]], "flops": ..., "kv": ..., "latency": ...},   # non-decreasing in k
      "score_weights": {"attn_last": w, "magnitude": w, "risk": w}, "score_search": {...},   # in-LLM points
      "pre_llm_weights": {"vision_attn": w, ...}, "pre_llm_search": {...},   # the point before layer 0 (version 2)
+     "interactions": [[[L-1 x G x G]]],   # KL interaction terms of adjacent pruning points (version 2, optional)
      "quant": QuantConfig.to_dict(), "timing": {...}, "extra": {...}}
 
 ``score_weights`` is the weighting chosen for the pruning points inside the language model (and, without
 ``pre_llm_weights``, for the one before layer 0 too); ``pre_llm_weights`` the one chosen for the point before
-layer 0 from the signals that exist there. Version 2 adds only those two fields, so a profile without them is
-written as version 1, exactly as before, and version 1 files load with no pre-LLM weights.
+layer 0 from the signals that exist there. ``interactions[l][a][b]`` is the KL damage that the additive model
+misses when layer ``l`` keeps ``grid[a]`` and layer ``l + 1`` keeps ``grid[b]`` (measured by ``quota profile
+--interactions S``; 0 where ``a <= b``); it applies to the ``kl`` curve only. Version 2 adds only those optional
+fields, each written only when present, so a profile without them is written as version 1, exactly as before,
+and version 1 files load with no pre-LLM weights and no interactions.
 
 Loading validates every field and names the field and value that are wrong; saving is atomic.
 """
@@ -36,8 +40,8 @@ from quota.versioned import VersionError, read_json, stamp, type_of, unstamp
 
 PROFILE_TYPE = "quota.profiling"
 PROFILE_VERSION = 2
-READ_VERSIONS = (1, 2)  # 1: no pre_llm_weights / pre_llm_search
-V2_FIELDS = ("pre_llm_weights", "pre_llm_search")
+READ_VERSIONS = (1, 2)  # 1: no pre_llm_weights / pre_llm_search / interactions
+V2_FIELDS = ("pre_llm_weights", "pre_llm_search", "interactions")
 DAMAGE_KINDS = ("kl", "task_loss")
 
 
@@ -65,6 +69,7 @@ class Profile:
     extra: dict[str, Any] = field(default_factory=dict)
     pre_llm_weights: dict[str, float] = field(default_factory=dict)
     pre_llm_search: dict[str, Any] = field(default_factory=dict)
+    interactions: np.ndarray | None = None  # [L-1, G, G], KL only
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -76,13 +81,14 @@ class Profile:
         return {"pre_llm": dict(self.pre_llm_weights)} if self.pre_llm_weights else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object: version 2 with the pre-LLM fields when there are pre-LLM weights, else version 1
-        without them (what readers before them read)."""
+        """The JSON object: version 2 with the pre-LLM fields when there are pre-LLM weights and the interactions
+        when there are some, else version 1 without them (what readers before them read)."""
         body = self._body()
-        if not self.pre_llm_weights:
-            return stamp(PROFILE_TYPE, 1, body)
-        return stamp(PROFILE_TYPE, PROFILE_VERSION, {**body, "pre_llm_weights": self.pre_llm_weights,
-                                                    "pre_llm_search": self.pre_llm_search})
+        if self.pre_llm_weights:
+            body.update(pre_llm_weights=self.pre_llm_weights, pre_llm_search=self.pre_llm_search)
+        if self.interactions is not None:
+            body["interactions"] = self.interactions.tolist()
+        return stamp(PROFILE_TYPE, PROFILE_VERSION if set(body) & set(V2_FIELDS) else 1, body)
 
     def _body(self) -> dict[str, Any]:
         """The fields of every version (the pre-LLM ones are added by :meth:`to_dict`)."""
@@ -126,6 +132,23 @@ def _array(name: str, value: Any, shape: tuple[int, int]) -> np.ndarray:
     return arr
 
 
+def _interactions(value: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """``value`` as a float ``[L-1, G, G]`` array of finite numbers, or a one-line :class:`ProfileError` naming
+    ``interactions``."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ProfileError("interactions is not a numeric array") from None
+    if arr.shape != shape:
+        raise ProfileError(f"interactions has shape {list(arr.shape)}, expected {list(shape)} "
+                           f"(layers - 1 x grid x grid)")
+    bad = np.argwhere(~np.isfinite(arr))
+    if len(bad):
+        layer, a, b = bad[0]
+        raise ProfileError(f"interactions[{layer}][{a}][{b}] is {arr[layer, a, b]} (NaN or infinite)")
+    return arr
+
+
 def _from_dict(cls, d: Any) -> Profile:
     try:
         version, d = unstamp(d, PROFILE_TYPE, READ_VERSIONS, "profile")
@@ -147,6 +170,7 @@ def _from_dict(cls, d: Any) -> Profile:
         data_version=d.get("data_version", ""), device=d.get("device", ""), versions=d.get("versions", {}),
         score_search=d.get("score_search", {}), timing=d.get("timing", {}), extra=d.get("extra", {}),
         pre_llm_weights=d.get("pre_llm_weights", {}), pre_llm_search=d.get("pre_llm_search", {}),
+        interactions=d.get("interactions"),
     )
 
 
@@ -182,6 +206,8 @@ def _validate(p: Profile) -> None:
             )
         costs[kind] = arr
     object.__setattr__(p, "costs", costs)
+    if p.interactions is not None:
+        object.__setattr__(p, "interactions", _interactions(p.interactions, (p.n_layers - 1, len(grid), len(grid))))
     _check_weights("score_weights", p.score_weights, SIGNALS)
     _check_weights("pre_llm_weights", p.pre_llm_weights, available_signals(0))
     if p.pre_llm_weights and not any(w > 0 for w in p.pre_llm_weights.values()):

@@ -173,3 +173,82 @@ def measure_grid(
             return None
         results = {item: raw[item_key(item)] for item in items}
     return {k: ScheduleDamage(v["kl"], v["task_loss"], v["per_task"]) for k, v in results.items()}
+
+
+# --- interaction terms between adjacent pruning points (two-step schedules) ---------------------------------------
+
+def interaction_subgrid(n_grid: int, steps: int) -> tuple[int, ...]:
+    """Grid indices of the interaction subgrid: about ``steps + 1`` indices evenly spaced over ``0 .. n_grid - 1``
+    (rounded, distinct), always the first (the smallest keep count) and the last (N). ``steps >= 1``."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"interaction steps must be a positive integer, got {steps!r}")
+    return tuple(sorted({int(round(x)) for x in np.linspace(0, n_grid - 1, min(steps, n_grid - 1) + 1)}))
+
+
+def two_step_schedule(n_layers: int, n_visual: int, layer: int, first: int, second: int) -> tuple[int, ...]:
+    """All N tokens in layers ``< layer``, ``first`` at ``layer`` and ``second`` from ``layer + 1`` on."""
+    return tuple([n_visual] * layer + [first] + [second] * (n_layers - layer - 1))
+
+
+def pair_items(n_layers: int, grid: Sequence[int], subgrid: Sequence[int]) -> list[tuple[str, int, int, int]]:
+    """The two-step schedules measured for the interaction terms, as items ``("pair", layer, a, b)`` (grid
+    indices ``a > b`` of ``subgrid``, ``layer`` in ``0 .. L-2``). Pairs with ``grid[a] = N`` are left out: that
+    schedule is the grid's prune-from-``layer + 1`` schedule, whose interaction is 0 by construction. Their count
+    is ``(L - 1) (m - 1) (m - 2) / 2`` for a subgrid of ``m`` indices."""
+    top = len(grid) - 1
+    return [("pair", layer, a, b) for layer in range(n_layers - 1) for a in subgrid if a != top
+            for b in subgrid if b < a]
+
+
+def measure_pairs(
+    meter: DamageMeter, n_layers: int, n_visual: int, grid: Sequence[int], subgrid: Sequence[int],
+    run_items: Callable[[list, Callable], dict | None] | None = None,
+) -> dict[tuple[int, int, int], ScheduleDamage] | None:
+    """Damage of every two-step schedule of :func:`pair_items`, keyed ``(layer, a, b)``; ``run_items`` shares
+    them out as in :func:`measure_grid` (``None`` on ranks other than 0)."""
+    items = pair_items(n_layers, grid, subgrid)
+
+    def compute(item):
+        _, layer, a, b = item
+        d = meter.measure(two_step_schedule(n_layers, n_visual, layer, grid[a], grid[b]), n_visual)
+        return {"kl": d.kl, "task_loss": d.task_loss, "per_task": d.per_task}
+
+    if run_items is None:
+        raw = {item_key(item): compute(item) for item in items}
+    else:
+        raw = run_items(items, compute)
+        if raw is None:
+            return None
+    return {item[1:]: ScheduleDamage(**raw[item_key(item)]) for item in items}
+
+
+def interaction_terms(from_layer: np.ndarray, measured: Mapping[tuple[int, int, int], float],
+                      subgrid: Sequence[int]) -> np.ndarray:
+    """``J`` ``[L-1, G, G]`` from the prune-from-layer damage ``from_layer`` ``[L, G]`` and the measured damage of
+    two-step schedules ``measured[(l, a, b)]`` (:func:`pair_items`).
+
+    At subgrid points ``a > b``: ``J[l, a, b] = measured - (h_l(grid[a]) + from_layer[l + 1, b])``, the
+    measurement less the additive prediction (``h`` of :func:`per_layer_contributions`); pairs not measured
+    (``grid[a] = N``) and subgrid points on or above the diagonal are 0. Between subgrid points ``J`` is the
+    bilinear interpolation in (a, b) index space, then set to 0 exactly wherever ``a <= b`` (a step of 0 is the
+    additive model's own prune-from-layer schedule; ``a < b`` is never feasible in a non-increasing schedule)."""
+    n_layers, n_grid = from_layer.shape
+    h = per_layer_contributions(from_layer)
+    sub = np.asarray(subgrid)
+    out = np.zeros((max(n_layers - 1, 0), n_grid, n_grid))
+    for layer in range(n_layers - 1):
+        at = np.zeros((len(sub), len(sub)))
+        for i, a in enumerate(sub):
+            for j, b in enumerate(sub):
+                if (layer, a, b) in measured:
+                    at[i, j] = measured[(layer, a, b)] - (h[layer, a] + from_layer[layer + 1, b])
+        out[layer] = bilinear(at, sub, n_grid)
+    return out * np.tril(np.ones((n_grid, n_grid)), -1)
+
+
+def bilinear(values: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
+    """``[size, size]``: ``values`` ``[m, m]`` given at ``points x points`` (ascending indices) interpolated
+    bilinearly at every integer index pair (separable: along the second index, then along the first)."""
+    idx = np.arange(size)
+    rows = np.stack([np.interp(idx, points, row) for row in values])  # [m, size]
+    return np.stack([np.interp(idx, points, rows[:, b]) for b in range(size)], axis=1)
