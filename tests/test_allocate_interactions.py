@@ -47,3 +47,25 @@ def test_the_solved_objective_includes_the_terms():
     assert with_terms.solution.objective <= additive + pair_sum + 1e-9
     assert without.objective == pytest.approx(solve(dataclasses.replace(p, interactions=None), 0.3,
                                                     solver="dp").solution.objective)
+
+
+def test_the_heuristic_solvers_solve_the_additive_model_and_say_so(tmp_path, capsys):
+    """relax and greedy cannot express pairwise terms: quota solve drops them for those solvers, with a note."""
+    import numpy as np
+
+    from quota.allocate import shipped_profile_path
+    from quota.cli.main import main
+    from quota.profiling.profile import Profile
+
+    profile = Profile.load(shipped_profile_path())
+    L, G = profile.n_layers, len(profile.grid)
+    data = profile.to_dict()
+    data["interactions"] = np.tril(np.full((L - 1, G, G), 0.01), -1).tolist()
+    data["version"] = 2
+    path = tmp_path / "p.json"
+    path.write_text(__import__("json").dumps(data))
+    assert Profile.load(path).interactions is not None
+    assert main(["solve", "--profile", str(path), "--solver", "greedy", "-o", str(tmp_path / "r.json")]) == 0
+    assert "ignores the profile's interaction terms" in capsys.readouterr().err
+    assert main(["solve", "--profile", str(path), "-o", str(tmp_path / "r2.json")]) == 0
+    assert "ignores" not in capsys.readouterr().err

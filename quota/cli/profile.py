@@ -134,4 +134,6 @@ def _validate(args: argparse.Namespace) -> int:
     report = validate_testbed_profile(args.output, args.validate, device=args.device)
     print(f"additive damage model: Spearman {report['spearman']:.3f} (p={report['p_value']:.2g}) over "
           f"{len(report['schedules'])} random schedules, {report['questions']} held-out questions")
+    if report.get("spearman_with_interactions") is not None:
+        print(f"with the interaction terms, on the same schedules: Spearman {report['spearman_with_interactions']:.3f}")
     return 0

@@ -126,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
     profile = Profile.load(profile_path)
     options = dict(solver=args.solver, damage=args.damage, time_limit=args.time_limit, accept_gap=args.accept_gap,
                    aggregate=args.aggregate, task_weights=args.task_weights)
+    if getattr(profile, "interactions", None) is not None and args.damage == "kl" and args.solver in ("relax", "greedy"):
+        import sys  # the heuristics cannot express pairwise terms: solve the additive model, and say so
+
+        print(f"quota solve: note: --solver {args.solver} ignores the profile's interaction terms (dp, cpsat, mip and "
+              f"auto use them)", file=sys.stderr)
+        options["use_interactions"] = False
     if args.sweep:
         rows = []
         for budget in parse_sweep(args.sweep):
