@@ -2,7 +2,8 @@
 # What "your own model" costs at 7B scale, on one GPU: a LLaVA-1.5-7B-shaped checkpoint with random weights is
 # written the way the Hub lays it out, quantized once and saved (quota quantize), loaded back (quota.load), and
 # profiled from disk with torchrun (RANKS processes sharing the GPU). Every step's wall time, the peak GPU memory
-# and the folders' sizes go to OUT/byo_7b.json, with the step logs beside it.
+# and the folders' sizes go to OUT/byo_7b.json, with the step logs beside it (written under WORK/logs as the steps
+# run and copied to OUT at the end, so an OUT that is emptied between polls loses nothing).
 #
 #   bash examples/byo_7b.sh WORK OUT [RANKS] [QUESTIONS] [GRID_STEPS]
 #
@@ -13,7 +14,9 @@ OUT=${2:?usage: byo_7b.sh WORK OUT [RANKS] [QUESTIONS] [GRID_STEPS]}
 RANKS=${3:-4}
 QUESTIONS=${4:-32}
 GRID_STEPS=${5:-8}
-mkdir -p "$WORK" "$OUT"
+FINAL_OUT=$OUT
+OUT="$WORK/logs"
+mkdir -p "$WORK" "$OUT" "$FINAL_OUT"
 export PYTHONUNBUFFERED=1 QUOTA_QUANT_CACHE="$WORK/cache"
 now() { date +%s.%N; }
 step() {  # step NAME COMMAND...: run it, log it, record its seconds
@@ -61,3 +64,4 @@ record = {
 (out / "byo_7b.json").write_text(json.dumps(record, indent=2) + "\n")
 print(json.dumps(record, indent=2))
 EOF
+cp "$OUT"/* "$FINAL_OUT"/
