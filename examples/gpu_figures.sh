@@ -27,10 +27,16 @@
 #            On a machine with several GPUs the profile's ranks take one GPU each (NCCL) and the concurrent
 #            processes spread over the GPUs (CUDA_VISIBLE_DEVICES); with one GPU they all share it, as before.
 #            Finished pieces already in OUT_DIR (profiles, suite rows) are kept, so seeding it resumes the run.
+#   joint    issue 17's table: the W4A4+KV4 profile with per-stage weights and interaction terms (GRID_STEPS,
+#            default 32; INTERACTIONS, default 8; RANKS ranks, default 4), its additivity check before and after the
+#            interaction terms on 30 schedules, recipes at 64/128/192 tokens and budget 0.3 refined by measuring the
+#            REFINE_K (default 8) best predicted schedules on held-out calibration questions, then every stage-wise
+#            preset and those recipes at the recipes' own tokens on one low-bit model, LIMIT (default 500) test
+#            questions per task, with the paired difference; run detached (well over 10 minutes), resumable
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
-section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline}"
+section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline|joint}"
 out="${2:?output folder}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -172,5 +178,26 @@ case "$section" in
     timeout 300 $q eval --suite "$out/table" --plans "${baselines[@]}" "${all[@]}" --budgets 64 128 192 "$tokens30" \
       --precisions lowbit --limit 200 --resume > "$out/table.log" 2>&1 || true
     date +"%T done" >> "$out/pipeline.log" && touch "$out/pipeline.done" ;;
+  joint)
+    ranks="${RANKS:-4}" limit="${LIMIT:-500}" refine_k="${REFINE_K:-8}"
+    prof="$out/testbed_joint.json"
+    date +"%T joint profile on $ranks ranks" >> "$out/joint.log"
+    [ -f "$prof" ] || timeout 3600 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main profile -o "$prof" \
+      --grid-steps "${GRID_STEPS:-32}" --interactions "${INTERACTIONS:-8}" --resume > "$out/joint_profile.log" 2>&1 || true
+    timeout 1800 $q profile -o "$prof" --validate 30 --validate-only > "$out/joint_validate.log" 2>&1 || true
+    plans=() budgets=()
+    for k in 64 128 192; do
+      $q solve --profile "$prof" --solver dp --keep-tokens "$k" --refine "$refine_k" -o "$out/recipe_joint_k$k.json" \
+        > "$out/refine_k$k.log" 2>&1
+      plans+=("recipe:$out/recipe_joint_k$k.json") budgets+=("$(recipe_tokens "$out/recipe_joint_k$k.json")")
+    done
+    $q solve --profile "$prof" --solver dp --budget 0.3 --refine "$refine_k" -o "$out/recipe_joint_b0.3.json" \
+      > "$out/refine_b0.3.log" 2>&1
+    plans+=("recipe:$out/recipe_joint_b0.3.json") budgets+=("$(recipe_tokens "$out/recipe_joint_b0.3.json")")
+    date +"%T suite at ${budgets[*]} tokens" >> "$out/joint.log"
+    timeout 7200 $q eval --suite "$out/joint_suite" --precisions lowbit --limit "$limit" --budgets "${budgets[@]}" \
+      --plans fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner random "${plans[@]}" --resume \
+      > "$out/joint_suite.log" 2>&1 || true
+    date +"%T done" >> "$out/joint.log" && touch "$out/joint.done" ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
 esac
