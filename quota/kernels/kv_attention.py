@@ -33,6 +33,7 @@ import triton.language as tl
 
 from quota.kernels import kv_decode_splitk as splitk
 from quota.kernels._env import INTERPRET, check_device, next_power_of_2
+from quota.kernels.kv_write import check_cache_pair, check_kv_start
 from quota.quant.int4 import unpack_uint4
 from quota.quant.quantizers import dequantize_asymmetric
 
@@ -314,30 +315,10 @@ def _check(q, k_cache, v_cache, length, kv_start, bits, group_size, name):
         raise ValueError(f"{name}: bits must be 4 or 8, got {bits}")
     if group_size < 2 or d % group_size != 0 or group_size & (group_size - 1):
         raise ValueError(f"{name}: group_size={group_size} must be a power of two >= 2 dividing D={d}")
-    width = d // 2 if bits == 4 else d
-    codes = k_cache[0]
-    if codes.dim() != 4 or codes.shape[0] != b or codes.shape[3] != width or codes.dtype != torch.uint8:
-        raise ValueError(
-            f"{name}: cache codes must be uint8 [B={b}, H_kv, S_cap, {width}], got {codes.dtype} {tuple(codes.shape)}"
-        )
-    hkv, s_cap = codes.shape[1], codes.shape[2]
-    if hq % hkv != 0:
-        raise ValueError(f"{name}: H_q={hq} is not a multiple of H_kv={hkv}")
-    meta = (b, hkv, s_cap, d // group_size)
-    for cache in (k_cache, v_cache):
-        c, s, z = cache
-        if tuple(c.shape) != tuple(codes.shape) or c.dtype != torch.uint8:
-            raise ValueError(f"{name}: K and V codes must share shape {tuple(codes.shape)}")
-        for x in (s, z):
-            if x.dtype != torch.float32 or tuple(x.shape) != meta:
-                raise ValueError(f"{name}: scale/zero must be float32 {meta}, got {x.dtype} {tuple(x.shape)}")
-        for x in cache:
-            if not x.is_contiguous():
-                raise ValueError(f"{name}: cache tensors must be contiguous")
+    hkv, s_cap = check_cache_pair(name, b, hq, d, k_cache, v_cache, bits, group_size)
     if not t <= length <= s_cap:
         raise ValueError(f"{name}: need T={t} <= length={length} <= S_cap={s_cap}")
-    if kv_start is not None and (kv_start.dtype != torch.int32 or tuple(kv_start.shape) != (b,)):
-        raise ValueError(f"{name}: kv_start must be int32 [B={b}], got {kv_start.dtype} {tuple(kv_start.shape)}")
+    check_kv_start(name, kv_start, b)
     check_device(name, q, *k_cache, *v_cache, *([kv_start] if kv_start is not None else []))
     return b, hq, t, d, hkv, s_cap
 

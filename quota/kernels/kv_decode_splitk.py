@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs
+from quota.kernels.kv_write import check_cache_pair, check_kv_start
 from quota.quant.int4 import unpack_uint4
 from quota.quant.quantizers import dequantize_asymmetric
 
@@ -703,31 +704,12 @@ def _check(q, k_cache, v_cache, length, kv_start, group_size, name):
     if not supports(4, d, group_size) or group_size & (group_size - 1):
         raise ValueError(f"{name}: needs head_dim % 8 == 0 and a power-of-two group_size >= 8 dividing it, "
                          f"got head_dim {d}, group_size {group_size}")  # fmt: skip
-    codes = k_cache[0]
-    if codes.dim() != 4 or codes.shape[0] != b or codes.shape[3] != d // 2 or codes.dtype != torch.uint8:
-        raise ValueError(
-            f"{name}: cache codes must be uint8 [B={b}, H_kv, S_cap, {d // 2}], got {codes.dtype} {tuple(codes.shape)}"
-        )
-    hkv, s_cap = codes.shape[1], codes.shape[2]
-    if hq % hkv != 0:
-        raise ValueError(f"{name}: H_q={hq} is not a multiple of H_kv={hkv}")
-    meta = (b, hkv, s_cap, d // group_size)
-    for cache in (k_cache, v_cache):
-        c, s, z = cache
-        if tuple(c.shape) != tuple(codes.shape) or c.dtype != torch.uint8:
-            raise ValueError(f"{name}: K and V codes must share shape {tuple(codes.shape)}")
-        for x in (s, z):
-            if x.dtype != torch.float32 or tuple(x.shape) != meta:
-                raise ValueError(f"{name}: scale/zero must be float32 {meta}, got {x.dtype} {tuple(x.shape)}")
-        for x in cache:
-            if not x.is_contiguous():
-                raise ValueError(f"{name}: cache tensors must be contiguous")
-        if c.storage_offset() % 4:
-            raise ValueError(f"{name}: cache codes must start on a 4-byte boundary (they are read as int32 words)")
+    hkv, s_cap = check_cache_pair(name, b, hq, d, k_cache, v_cache, 4, group_size)
+    if any(cache[0].storage_offset() % 4 for cache in (k_cache, v_cache)):
+        raise ValueError(f"{name}: cache codes must start on a 4-byte boundary (they are read as int32 words)")
     if not 1 <= length <= s_cap:
         raise ValueError(f"{name}: need 1 <= length={length} <= S_cap={s_cap}")
-    if kv_start is not None and (kv_start.dtype != torch.int32 or tuple(kv_start.shape) != (b,)):
-        raise ValueError(f"{name}: kv_start must be int32 [B={b}], got {kv_start.dtype} {tuple(kv_start.shape)}")
+    check_kv_start(name, kv_start, b)
     check_device(name, q, *k_cache, *v_cache, *([kv_start] if kv_start is not None else []))
     return b, hq, d, hkv, s_cap
 

@@ -110,6 +110,42 @@ def _check_cache(codes, scale, zero, bits, group_size, d, name):
             raise ValueError(f"{name}: cache tensors must be contiguous")
 
 
+def check_cache_pair(name, b, hq, d, k_cache, v_cache, bits, group_size) -> tuple[int, int]:
+    """``(H_kv, S_cap)`` after checking the (codes, scale, zero) K and V caches an attention kernel reads for ``b``
+    sequences of ``hq`` query heads of ``d`` dims: uint8 codes ``[B, H_kv, S_cap, D/2 or D]`` shared by K and V,
+    ``H_q`` a multiple of ``H_kv``, float32 scale and zero ``[B, H_kv, S_cap, D / group_size]``, every tensor
+    contiguous. One-line ``ValueError`` prefixed with ``name``."""
+    if len(k_cache) != 3 or len(v_cache) != 3:
+        raise ValueError(f"{name}: k_cache and v_cache are (codes, scale, zero) tuples")
+    width = d // 2 if bits == 4 else d
+    codes = k_cache[0]
+    if codes.dim() != 4 or codes.shape[0] != b or codes.shape[3] != width or codes.dtype != torch.uint8:
+        raise ValueError(
+            f"{name}: cache codes must be uint8 [B={b}, H_kv, S_cap, {width}], got {codes.dtype} {tuple(codes.shape)}"
+        )
+    hkv, s_cap = codes.shape[1], codes.shape[2]
+    if hq % hkv != 0:
+        raise ValueError(f"{name}: H_q={hq} is not a multiple of H_kv={hkv}")
+    meta = (b, hkv, s_cap, d // group_size)
+    for cache in (k_cache, v_cache):
+        c, s, z = cache
+        if tuple(c.shape) != tuple(codes.shape) or c.dtype != torch.uint8:
+            raise ValueError(f"{name}: K and V codes must share shape {tuple(codes.shape)}")
+        for x in (s, z):
+            if x.dtype != torch.float32 or tuple(x.shape) != meta:
+                raise ValueError(f"{name}: scale/zero must be float32 {meta}, got {x.dtype} {tuple(x.shape)}")
+        for x in cache:
+            if not x.is_contiguous():
+                raise ValueError(f"{name}: cache tensors must be contiguous")
+    return hkv, s_cap
+
+
+def check_kv_start(name, kv_start, b) -> None:
+    """``kv_start`` (the first valid cache position of each sequence) must be ``None`` or int32 ``[B]``."""
+    if kv_start is not None and (kv_start.dtype != torch.int32 or tuple(kv_start.shape) != (b,)):
+        raise ValueError(f"{name}: kv_start must be int32 [B={b}], got {kv_start.dtype} {tuple(kv_start.shape)}")
+
+
 def allocate_kv_cache(
     batch: int, heads: int, capacity: int, head_dim: int, bits: int, group_size: int, device="cpu"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
