@@ -58,3 +58,13 @@ def small_testbed():
     lm.layers = lm.layers[:2]
     model.config.text_config.num_hidden_layers = 2
     return model, tok
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op CPU thread for the test, restored after (tiny models' matmuls run faster on one thread than on
+    two contended ones): :func:`quota.quantize.gptq.one_cpu_thread`."""
+    from quota.quantize.gptq import one_cpu_thread
+
+    with one_cpu_thread(torch.device("cpu")):
+        yield

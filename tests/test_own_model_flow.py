@@ -26,12 +26,7 @@ SETTINGS = ProfileSettings(grid_steps=4, batch_size=8, latency=False,
                            score_candidates=[{"attn_last": 0.9, "magnitude": 0.1}, {"attn_text": 0.9, "magnitude": 0.1}])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _last_logits(model, inputs) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 
 from quota.cli.main import main
 from quota.models.checkpoint import checkpoint_hash
+from quota.quantize.gptq import one_cpu_thread
 from quota.recipe import PruningPlan, Recipe
 from tests.checkpoints import write_checkpoint
 from tests.data.datasets import write_dataset
@@ -21,11 +22,9 @@ def saved(tmp_path_factory):
     folder = write_checkpoint("llava", root / "llava")
     data = write_dataset(root / "data")
     Recipe.from_plan(PruningPlan("half", (16, 8)), 16, model_id="llava").save(root / "r.json")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    assert main(["quantize", "--model", str(folder), "--quant", "rtn", "--recipe", str(root / "r.json"),
-                 "--out", str(root / "q"), "--device", "cpu"]) == 0
-    torch.set_num_threads(before)
+    with one_cpu_thread(torch.device("cpu")):
+        assert main(["quantize", "--model", str(folder), "--quant", "rtn", "--recipe", str(root / "r.json"),
+                     "--out", str(root / "q"), "--device", "cpu"]) == 0
     return folder, data, root / "q", root
 
 

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from quota.cli.main import main
 from quota.data.profile import data_version, load_records, profile_checkpoint
@@ -22,13 +21,12 @@ FAST = dict(grid_steps=4, batch_size=8, latency=False,
             score_candidates=[{"attn_last": 0.9, "magnitude": 0.1}, {"vision_attn": 0.9, "magnitude": 0.1}])
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
 def _no_quantized_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("QUOTA_QUANT_CACHE", str(tmp_path / "cache"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

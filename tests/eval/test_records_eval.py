@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from quota.cli.main import main
 from quota.data.prompts import encode_batch
@@ -19,12 +18,7 @@ from tests.checkpoints import write_checkpoint
 from tests.data.datasets import write_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from quota.profiling.sensitivity import (
 )
 from quota.quant.config import QuantConfig
 from quota.recipe import ScoringSpec
+from quota.quantize.gptq import one_cpu_thread
 from tests.profiling.fake_testbed import N_VISUAL, fake_batches
 from tests.runtime.models import tiny_llava
 from tests.synthetic_profile import synthetic_profile
@@ -36,14 +37,14 @@ QUANT = QuantConfig(weight_method="rtn", a_clip_search=False)
 @pytest.fixture(scope="module")
 def measured():
     """A tiny model (3 layers, 16 visual tokens) profiled on grid [0, 4, 8, 12, 16] with subgrid [0, 8, 16]."""
-    torch.set_num_threads(1)
-    model = tiny_llava(layers=3)
-    batches = fake_batches(None, [Question("counting"), Question("reading")], 2, "cpu", torch.float32)
-    settings = ProfileSettings(grid_steps=4, batch_size=2, latency=False, interaction_steps=2,
-                               score_candidates=[{"attn_last": 0.9, "magnitude": 0.1}], pre_llm_candidates=[])
-    prof = profile_model(model, batches, QUANT, model_id="t", model_hash="0" * 64, data_version="v",
-                         settings=settings)
-    return model, batches, prof
+    with one_cpu_thread(torch.device("cpu")):  # one thread for the module's tests, restored after
+        model = tiny_llava(layers=3)
+        batches = fake_batches(None, [Question("counting"), Question("reading")], 2, "cpu", torch.float32)
+        settings = ProfileSettings(grid_steps=4, batch_size=2, latency=False, interaction_steps=2,
+                                   score_candidates=[{"attn_last": 0.9, "magnitude": 0.1}], pre_llm_candidates=[])
+        prof = profile_model(model, batches, QUANT, model_id="t", model_hash="0" * 64, data_version="v",
+                             settings=settings)
+        yield model, batches, prof
 
 
 def test_subgrid_is_even_deterministic_and_keeps_both_ends():

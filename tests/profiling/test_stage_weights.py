@@ -16,6 +16,7 @@ from quota.profiling.profile import Profile, ProfileError
 from quota.profiling.sensitivity import DamageMeter
 from quota.quant.config import QuantConfig
 from quota.recipe import ScoringSpec
+from quota.quantize.gptq import one_cpu_thread
 from tests.profiling.fake_testbed import N_VISUAL, fake_batches
 from tests.runtime.models import tiny_llava
 from tests.synthetic_profile import synthetic_profile
@@ -75,10 +76,10 @@ class Question:
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.set_num_threads(1)
-    model = tiny_llava(layers=3)
-    batches = fake_batches(None, [Question("counting"), Question("reading")], 2, "cpu", torch.float32)
-    return model, batches
+    with one_cpu_thread(torch.device("cpu")):  # one thread for the module's tests, restored after
+        model = tiny_llava(layers=3)
+        batches = fake_batches(None, [Question("counting"), Question("reading")], 2, "cpu", torch.float32)
+        yield model, batches
 
 
 def test_the_profiler_records_both_choices_and_measures_layer_0_with_the_pre_llm_one(tiny, monkeypatch):

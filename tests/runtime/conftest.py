@@ -1,16 +1,16 @@
 import pytest
 import torch
 
+from quota.quantize.gptq import one_cpu_thread
+
 from tests.runtime.models import left_pad, n_visual, pixels, prompt, tiny_llava
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny matmuls run far faster on one thread than on two contended ones; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_cpu_thread(torch.device("cpu")):
+        yield
 
 
 @pytest.fixture(scope="module")
