@@ -119,16 +119,22 @@ def run(args: argparse.Namespace) -> int:
     model = prepare(tb, recipe, config, args.weights, args.calibration)
     quantize_s = time.monotonic() - start
     predictions = answer_questions(model, tb.tokenizer, questions, batch_size=len(questions))
-    runner = getattr(model, "runner", None)
-    kept = [int(k.shape[-1]) for k in runner.kept_indices] if runner is not None and runner.kept_indices else None
     rows = [{"task": q.task, "question": q.question, "answer": q.answer, "prediction": p, "correct": score(p, q.answer)}
             for q, p in zip(questions, predictions)]
-    correct = sum(r["correct"] for r in rows)
-    summary = {"recipe": str(args.recipe), "quant": config.short_name() if config is not None else "BF16",
+    return report(args, recipe, config, model, rows, quantize_s, same_weights)
+
+
+def report(args: argparse.Namespace, recipe, config, runnable, rows: list[dict], quantize_s: float,
+           same_weights: bool, **extra) -> int:
+    """The run's summary (``extra`` keys first; ``runnable``: the model that answered): printed as JSON with
+    ``--json``, else as :func:`print_answers`."""
+    runner = getattr(runnable, "runner", None)
+    kept = [int(k.shape[-1]) for k in runner.kept_indices] if runner is not None and runner.kept_indices else None
+    summary = {"recipe": str(args.recipe), **extra, "quant": config.short_name() if config is not None else "BF16",
                "quant_choice": args.quant, "schedule": list(recipe.schedule),
                "equivalent_tokens": recipe.equivalent_tokens, "kept_per_layer_last_batch": kept,
-               "recipe_matches_weights": same_weights, "correct": correct, "questions": len(rows),
-               "quantize_seconds": round(quantize_s, 1), "answers": rows}
+               "recipe_matches_weights": same_weights, "correct": sum(r["correct"] for r in rows),
+               "questions": len(rows), "quantize_seconds": round(quantize_s, 1), "answers": rows}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -168,21 +174,9 @@ def run_folder(args: argparse.Namespace) -> int:
     model = apply(quantized_model(loaded, config, calib, 8), dataclasses.replace(recipe, quant=None))
     quantize_s = time.monotonic() - start
     predictions = answer_records(model, loaded.processor, records, batch_size=8)
-    runner = getattr(model, "runner", None)
-    kept = [int(k.shape[-1]) for k in runner.kept_indices] if runner is not None and runner.kept_indices else None
     rows = [{"task": r.task, "question": r.question, "answer": r.answer, "prediction": p, "correct": is_correct(r, p)}
             for r, p in zip(records, predictions)]
-    summary = {"recipe": str(args.recipe), "model": str(args.model),
-               "quant": config.short_name() if config is not None else "BF16", "quant_choice": args.quant,
-               "schedule": list(recipe.schedule), "equivalent_tokens": recipe.equivalent_tokens,
-               "kept_per_layer_last_batch": kept, "recipe_matches_weights": same_weights,
-               "correct": sum(r["correct"] for r in rows), "questions": len(rows),
-               "quantize_seconds": round(quantize_s, 1), "answers": rows}
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    print_answers(summary, quant_label(config, args.quant), same_weights)
-    return 0
+    return report(args, recipe, config, model, rows, quantize_s, same_weights, model=str(args.model))
 
 
 def score_line(correct: int, total: int) -> str:
