@@ -25,6 +25,18 @@ from quota.solvers.solution import Solution
 NAME = "cpsat"
 
 
+def problem_model(problem: AllocationProblem, name: str) -> tuple[CpEncoding, float, float]:
+    """``(encoding, scale, shift)``: the CP-SAT model of ``problem`` (domains, order, every row) with its scaled
+    objective (:func:`~quota.solvers.cpsat_model.set_objective`); ``InfeasibleError`` (naming solver ``name``) when
+    the rows already contradict each other."""
+    enc = CpEncoding(problem.allowed, problem.monotone)
+    enc.add_rows(problem.rows)
+    if enc.contradiction:
+        raise infeasible_error(problem, name)
+    scale, shift = set_objective(enc, problem)
+    return enc, scale, shift
+
+
 def solve_cpsat(
     problem: AllocationProblem,
     time_limit: float | None = 60.0,
@@ -43,11 +55,7 @@ def solve_cpsat(
     faster on big problems but not deterministic."""
     cp_model = load_cp_model()
     deadline = Deadline(time_limit)
-    enc = CpEncoding(problem.allowed, problem.monotone)
-    enc.add_rows(problem.rows)
-    if enc.contradiction:
-        raise infeasible_error(problem, NAME)
-    scale, shift = set_objective(enc, problem)
+    enc, scale, shift = problem_model(problem, NAME)
     if hint is not None:
         enc.add_hint(list(hint))
     solver = make_solver(deadline.remaining(), num_workers, random_seed, log)

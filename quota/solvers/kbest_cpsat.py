@@ -12,7 +12,8 @@ than the last.
 
 from __future__ import annotations
 
-from quota.solvers.cpsat_model import CpEncoding, load_cp_model, make_solver, set_objective, true_bound
+from quota.solvers.cpsat import problem_model
+from quota.solvers.cpsat_model import load_cp_model, make_solver, true_bound
 from quota.solvers.errors import NoScheduleError, SolverError
 from quota.solvers.infeasible import infeasible_error
 from quota.solvers.limits import Deadline
@@ -34,11 +35,7 @@ def k_best_cpsat(
     first schedule."""
     cp_model = load_cp_model()
     deadline = Deadline(time_limit)
-    enc = CpEncoding(problem.allowed, problem.monotone)
-    enc.add_rows(problem.rows)
-    if enc.contradiction:
-        raise infeasible_error(problem, NAME)
-    scale, shift = set_objective(enc, problem)
+    enc, scale, shift = problem_model(problem, NAME)
     out: list[Solution] = []
     while len(out) < k:
         solver = make_solver(deadline.remaining(), num_workers, random_seed, False)
