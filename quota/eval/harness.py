@@ -55,6 +55,24 @@ def bootstrap_ci(correct: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: in
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def task_scores(by_task: dict[str, list[bool]]) -> tuple[dict[str, TaskScore], float, tuple[float, float]]:
+    """``(per-task scores, mean over tasks, its 95% interval)`` of per-task correctness lists (in their order): each
+    task with its own bootstrap interval; the mean's interval bootstraps each task independently and averages the
+    resampled means (seeded, deterministic)."""
+    tasks = {}
+    for task, oks in by_task.items():
+        c = np.asarray(oks, dtype=np.float64)
+        lo, hi = bootstrap_ci(c)
+        tasks[task] = TaskScore(float(c.mean()), lo, hi, len(c))
+    rng = np.random.default_rng(1)
+    resampled = np.mean([
+        np.asarray(oks, dtype=np.float64)[rng.integers(0, len(oks), (BOOTSTRAP_SAMPLES, len(oks)))].mean(1)
+        for oks in by_task.values()
+    ], axis=0)
+    average = float(np.mean([s.accuracy for s in tasks.values()]))
+    return tasks, average, (float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5)))
+
+
 def summarize(questions: Sequence[Question], predictions: Sequence[str], meta: dict | None = None) -> EvalResult:
     """Score ``predictions`` against ``questions`` (same order)."""
     rows, by_task, by_form = [], {}, {}
@@ -63,19 +81,7 @@ def summarize(questions: Sequence[Question], predictions: Sequence[str], meta: d
         rows.append({"qid": q.qid, "task": q.task, "answer": q.answer, "prediction": pred, "correct": ok})
         by_task.setdefault(q.task, []).append(ok)
         by_form.setdefault(q.task, {}).setdefault(question_form(q), []).append(ok)
-    tasks = {}
-    for task in [t for t in TASKS if t in by_task]:
-        c = np.asarray(by_task[task], dtype=np.float64)
-        lo, hi = bootstrap_ci(c)
-        tasks[task] = TaskScore(float(c.mean()), lo, hi, len(c))
-    # interval of the task-mean: bootstrap each task independently, average the resampled means
-    rng = np.random.default_rng(1)
-    resampled = np.mean([
-        np.asarray(by_task[t], dtype=np.float64)[rng.integers(0, len(by_task[t]), (BOOTSTRAP_SAMPLES, len(by_task[t])))].mean(1)
-        for t in tasks
-    ], axis=0)
-    average = float(np.mean([s.accuracy for s in tasks.values()]))
-    ci = (float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5)))
+    tasks, average, ci = task_scores({t: by_task[t] for t in TASKS if t in by_task})
     forms = {
         task: {form: {"accuracy": float(np.mean(oks)), "n": len(oks)} for form, oks in sorted(by_form[task].items())}
         for task in tasks

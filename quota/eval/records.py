@@ -17,7 +17,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from quota.atomic import runtime_record, write_json_atomic
@@ -27,7 +26,7 @@ from quota.data.prompts import answer_ids, encode_batch
 from quota.data.records import Record
 from quota.data.scoring import is_correct
 from quota.device import placement
-from quota.eval.harness import BOOTSTRAP_SAMPLES, EvalResult, TaskScore, bootstrap_ci, retention
+from quota.eval.harness import EvalResult, retention, task_scores
 from quota.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from quota.quant.config import QuantConfig
 from quota.quantize.model import ProgressBar, needs_calibration, quantize_model, wants_progress
@@ -84,18 +83,7 @@ def score_records(records: Sequence[Record], predictions: Sequence[str], meta: d
         by_task.setdefault(r.task, []).append(ok)
         rows.append({"qid": r.id or f"line{r.line}", "task": r.task, "answer": r.answer, "prediction": pred,
                      "correct": ok, "line": r.line})
-    tasks = {}
-    for task, oks in by_task.items():
-        c = np.asarray(oks, dtype=np.float64)
-        lo, hi = bootstrap_ci(c)
-        tasks[task] = TaskScore(float(c.mean()), lo, hi, len(c))
-    rng = np.random.default_rng(1)
-    resampled = np.mean([
-        np.asarray(oks, dtype=np.float64)[rng.integers(0, len(oks), (BOOTSTRAP_SAMPLES, len(oks)))].mean(1)
-        for oks in by_task.values()
-    ], axis=0)
-    average = float(np.mean([s.accuracy for s in tasks.values()]))
-    ci = (float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5)))
+    tasks, average, ci = task_scores(by_task)
     return EvalResult(tasks, average, ci, data_version=version, meta=meta or {}, predictions=rows)
 
 
