@@ -104,18 +104,13 @@ def run(args: argparse.Namespace) -> int:
 def _profile_saved(folder: str, args: argparse.Namespace, settings):
     """Profile a checkpoint saved by ``quota quantize`` as it is (no calibration again; ``--quant`` must be left
     out), under the source model's id and hash so that its recipes fit the source checkpoint too."""
-    import torch
-
     from quota.data.profile import data_version, load_records, profile_on_records
-    from quota.profiling.sharding import init_from_env, world
+    from quota.profiling.sharding import init_from_env, rank_placement
     from quota.saved import load
 
     init_from_env()
     records = load_records(args.data, args.limit)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and world()[1] > 1:
-        device = f"cuda:{torch.cuda.current_device()}"
-    saved = load(folder, device)
+    saved = load(folder, rank_placement(args.device)[0])
     source = saved.manifest["source"]
     if source.get("kind") == "testbed":
         raise ValueError(f"{folder} holds the quantized testbed: profile the testbed with `quota profile` (its "

@@ -17,15 +17,13 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 
 from quota.data.calibration import calibration_batches, calibration_inputs
 from quota.data.records import Record, read_records
-from quota.device import placement
 from quota.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from quota.profiling.measure import ProfileSettings, profile_model
 from quota.profiling.profile import Profile
-from quota.profiling.sharding import init_from_env, world
+from quota.profiling.sharding import init_from_env, rank_placement
 from quota.quant.config import QuantConfig
 from quota.quantize.disk_cache import quantize_cached
 
@@ -94,9 +92,7 @@ def profile_checkpoint(
     quant = quant or QuantConfig(impl="auto")
     records = load_records(data, limit)
     version = data_version(data, records)
-    device, dtype = placement(device)
-    if device == "cuda" and world()[1] > 1:
-        device = f"cuda:{torch.cuda.current_device()}"
+    device, dtype = rank_placement(device)
     loaded = load_checkpoint(folder, device, dtype)
     model = quantize_on_records(loaded, records, quant, version, settings.batch_size, inplace=True)
     return profile_on_records(model, loaded.processor, records, quant, model_id=loaded.model_id,

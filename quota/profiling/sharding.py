@@ -24,6 +24,8 @@ from typing import Any, Callable, Hashable, Sequence
 
 import torch.distributed as dist
 
+from quota.device import placement
+
 from quota.atomic import first_difference, mismatch_error, resume_mode, unrecorded_error, write_json_atomic
 
 PARTIAL_TYPE, PARTIAL_VERSION = "quota.partial", 2
@@ -35,6 +37,17 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def rank_placement(device: str | None = None):
+    """``(device, dtype)`` of this process as :func:`quota.device.placement` gives them, except that under torchrun
+    a plain ``"cuda"`` becomes this rank's own GPU (``cuda:<current device>``, set by :func:`init_from_env`)."""
+    import torch
+
+    device, dtype = placement(device)
+    if device == "cuda" and world()[1] > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
+    return device, dtype
 
 
 def init_from_env(backend: str | None = None) -> bool:

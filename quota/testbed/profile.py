@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from quota.device import placement
 from quota.models.registry import check_model_name
@@ -14,7 +13,7 @@ from quota.profiling.additivity import check_additivity
 from quota.profiling.measure import ProfileSettings, profile_model, progress_reporter, settings_record
 from quota.profiling.profile import Profile
 from quota.profiling.sensitivity import DamageMeter
-from quota.profiling.sharding import check_partials, init_from_env, world
+from quota.profiling.sharding import check_partials, init_from_env, rank_placement
 from quota.quant.config import QuantConfig
 from quota.recipe import ScoringSpec
 from quota.testbed import model as testbed
@@ -39,9 +38,7 @@ def profile_testbed(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"--limit must be a number of calibration questions >= 1, got {limit!r}")
     quant = quant or QuantConfig(impl="auto")
-    device, dtype = placement(device)
-    if device == "cuda" and world()[1] > 1:
-        device = f"cuda:{torch.cuda.current_device()}"
+    device, dtype = rank_placement(device)
     questions = calibration_split()[:limit] if limit else calibration_split()
     identity = dict(model_id=testbed.MODEL_ID, model_hash=testbed.model_hash(), data_version=DATA_VERSION)
     extra = {"calibration_questions": len(questions)}  # the quantization's calibration set
