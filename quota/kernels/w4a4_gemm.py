@@ -13,6 +13,13 @@ interleave), and the int32 sum is ``256 *`` the true one, exact while ``K <= 131
 (``|16 a * 16 w| <= 2^14``). The epilogue divides by 256 (exact in float32 while ``K < 2^18``).
 
 Packing is :func:`quota.quant.int4.pack_int4`'s: element ``2i`` in the low nibble of byte ``i``.
+
+Split-K (configurations with ``SPLIT_K > 1``, offered for 64 <= M <= 1024, where a prefill's tiles fill less
+than a wave): program ``(tile, s)`` sums the ``s``-th share of K's blocks, adds its int32 tile into a zeroed
+int32 workspace with integer atomics (order-free, so exact and deterministic) and counts itself on the tile's
+counter; the last program of a tile reads the sum, applies the epilogue and zeroes the workspace tile and the
+counter again, so the cached buffers are ready for the next launch without a memset (:func:`splitk_reduce`).
+Launches that share a workspace must run in one stream.
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ USE_ASM_UNPACK = True
 """Unpack 4 bytes per 32-bit PTX instruction on CUDA (plain Triton ops in the interpreter)."""
 
 
-def _config(bm, bn, bkb, group_m, warps, stages):
+def _config(bm, bn, bkb, group_m, warps, stages, split_k=1):
     return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KB": bkb, "GROUP_M": group_m}, num_warps=warps, num_stages=stages
-    )
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KB": bkb, "GROUP_M": group_m, "SPLIT_K": split_k},
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
 
 
 # Block sizes: BLOCK_KB counts bytes of K (two int4 codes per byte, one int8 code per byte).
@@ -49,6 +57,15 @@ _MID = [  # 16 < M < 256
     _config(64, 128, 128, 8, 4, 4),
     _config(128, 128, 128, 8, 8, 3),
     _config(64, 64, 256, 8, 4, 4),
+]
+_SPLIT = [  # 64 <= M <= 1024: split-K and smaller tiles, so that a prefill's tiles make more than one wave
+    _config(128, 128, 128, 8, 8, 3, split_k=2),
+    _config(128, 256, 128, 8, 8, 3, split_k=2),
+    _config(64, 256, 128, 8, 4, 4, split_k=2),
+    _config(128, 128, 128, 8, 8, 3, split_k=4),
+    _config(64, 128, 128, 8, 4, 4, split_k=4),
+    _config(64, 128, 256, 8, 4, 3),
+    _config(64, 64, 256, 4, 4, 4, split_k=2),
 ]
 _DECODE = [  # M <= 16: bandwidth-bound on the weights: narrow tiles for enough programs, deep pipelines
     _config(16, 32, 512, 1, 4, 4),
@@ -69,14 +86,27 @@ def _prune(configs, named_args, **kwargs):
     if INTERPRET:
         return configs
     m = named_args["M_BUCKET"]
-    if m <= 16:
-        want = _DECODE
-    elif m < 256:
-        want = _MID
-    else:  # up to 1024 rows the large tiles alone fill under a wave of a 132-SM GPU (640 x 4096: 80 tiles)
-        want = _PREFILL if m > 1024 else _PREFILL + _MID
+    want = configs_for_bucket(m)
     keep = [c for c in configs if any(c.kwargs == w.kwargs and c.num_warps == w.num_warps for w in want)]
     return keep or configs[:1]
+
+
+def configs_for_bucket(m_bucket: int) -> list:
+    """The autotune candidates for an M bucket (:func:`_m_bucket`)."""
+    if m_bucket <= 16:
+        return _DECODE
+    if m_bucket < 64:
+        return _MID
+    if m_bucket < 256:
+        return _MID + _SPLIT
+    if m_bucket <= 1024:  # the large tiles alone fill under a wave of a 132-SM GPU (640 x 4096: 80 tiles)
+        return _PREFILL + _MID + _SPLIT
+    return _PREFILL
+
+
+def uses_split_k(m_bucket: int) -> bool:
+    """Whether some candidate of this bucket splits K (the launcher then provides the workspace)."""
+    return any(c.kwargs["SPLIT_K"] > 1 for c in configs_for_bucket(m_bucket)) and not INTERPRET
 
 
 @triton.jit
@@ -97,8 +127,50 @@ def _unpack_x16(packed, USE_ASM: tl.constexpr):
     return lo, hi
 
 
+@triton.jit
+def epilogue_store(acc, offs_m, offs_n, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, c_ptr, stride_cm, store_ok,
+                   HAS_BIAS: tl.constexpr, INV_SCALE: tl.constexpr):  # fmt: skip
+    """``c[m, n] = acc * INV_SCALE * a_scale[m] * w_scale[n] (+ bias[n])`` in float32, cast to ``c``'s dtype.
+
+    ``acc``: ``[BM, BN]`` int32; ``INV_SCALE`` a power of two undoing the x16 unpacks; ``store_ok``: a scalar
+    (or tile) mask ANDed with the bounds."""
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    a_s = tl.load(a_scale_ptr + offs_m, mask=m_ok, other=0.0)  # [BM] fp32
+    w_s = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)  # [BN] fp32
+    out = acc.to(tl.float32)  # exact: |acc| < 2^24 * 256 and a multiple of 256 (int4)
+    if INV_SCALE != 1.0:
+        out = out * INV_SCALE  # a power of two: exact
+    out = out * a_s[:, None] * w_s[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :] & store_ok)
+
+
+@triton.jit
+def splitk_reduce(acc, ws_ptr, lock_ptr, tile_id, offs_m, offs_n, M, N, SPLIT_K: tl.constexpr):
+    """Sum the ``SPLIT_K`` int32 partial tiles of tile ``tile_id``; returns ``(total, last)``.
+
+    ``ws_ptr``: int32 ``[M, N]`` workspace, zero outside a launch; ``lock_ptr``: int32 counters, zero outside a
+    launch. Every program adds its tile with integer atomics, then counts itself; the last one (``last`` true)
+    gets the full sum and restores zeros in both buffers. Other programs get a zero tile. ``last`` is an
+    ``[BM, BN]`` boolean tile, all true in the last program, all false elsewhere."""
+    ok = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]  # [BM, BN]
+    tl.atomic_add(ptrs, acc, mask=ok, sem="relaxed")
+    tl.debug_barrier()  # every thread's adds are issued before the counter's release
+    count = tl.atomic_add(lock_ptr + tile_id, 1, sem="acq_rel")
+    tl.debug_barrier()
+    last = (count + tl.zeros_like(acc)) == SPLIT_K - 1  # [BM, BN] (a tile: the interpreter wants one as a mask)
+    total = tl.load(ptrs, mask=ok & last, other=0, cache_modifier=".cg")  # from L2: the other SMs' adds
+    tl.store(ptrs, tl.zeros_like(total), mask=ok & last)
+    tl.atomic_add(lock_ptr + tile_id, tl.where(count == SPLIT_K - 1, -SPLIT_K, 0), sem="relaxed")  # back to 0
+    return total, last
+
+
 @triton.autotune(
-    configs=pick_configs(_PREFILL + _MID + _DECODE, _INTERPRET_CONFIG),
+    configs=pick_configs(_PREFILL + _MID + _SPLIT + _DECODE, _INTERPRET_CONFIG),
     key=["M_BUCKET", "N", "KB", "INT4"],
     prune_configs_by={"early_config_prune": _prune},
     use_cuda_graph=not INTERPRET,  # time candidates without launch gaps (decode kernels take microseconds)
@@ -106,11 +178,12 @@ def _unpack_x16(packed, USE_ASM: tl.constexpr):
 @triton.heuristics({"EVEN_K": lambda args: args["KB"] % args["BLOCK_KB"] == 0})
 @triton.jit
 def _gemm_kernel(
-    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, c_ptr,
+    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, c_ptr, ws_ptr, lock_ptr,
     M, N, KB, M_BUCKET,
     stride_am, stride_wn, stride_cm,
     HAS_BIAS: tl.constexpr, INT4: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):  # fmt: skip
     # grouped program order: GROUP_M row tiles share each weight tile while it is in L2
     pid = tl.program_id(0)
@@ -127,12 +200,17 @@ def _gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     rm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)  # rows past M re-read row < M
     rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    # split s sums K blocks [s * per, min((s + 1) * per, blocks)) (all of them when SPLIT_K == 1)
+    blocks = tl.cdiv(KB, BLOCK_KB)
+    per = tl.cdiv(blocks, SPLIT_K)
+    kb0 = tl.program_id(1) * per
+    kb1 = tl.minimum(kb0 + per, blocks)
     offs_k = tl.arange(0, BLOCK_KB)  # [BKB] bytes
-    a_ptrs = a_ptr + rm[:, None] * stride_am + offs_k[None, :]  # [BM, BKB]
-    w_ptrs = w_ptr + rn[:, None] * stride_wn + offs_k[None, :]  # [BN, BKB]
+    a_ptrs = a_ptr + rm[:, None] * stride_am + kb0 * BLOCK_KB + offs_k[None, :]  # [BM, BKB]
+    w_ptrs = w_ptr + rn[:, None] * stride_wn + kb0 * BLOCK_KB + offs_k[None, :]  # [BN, BKB]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for kb in range(0, tl.cdiv(KB, BLOCK_KB)):
+    for kb in range(kb0, kb1):
         if EVEN_K:
             a = tl.load(a_ptrs)
             w = tl.load(w_ptrs)
@@ -150,21 +228,34 @@ def _gemm_kernel(
         a_ptrs += BLOCK_KB
         w_ptrs += BLOCK_KB
 
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    a_s = tl.load(a_scale_ptr + offs_m, mask=m_ok, other=0.0)  # [BM] fp32
-    w_s = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)  # [BN] fp32
-    out = acc.to(tl.float32)  # exact: |acc| < 2^24 * 256 and a multiple of 256 (int4)
-    if INT4:
-        out = out * 0.00390625  # 1 / 256, exact
-    out = out * a_s[:, None] * w_s[None, :]
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
-    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    inv: tl.constexpr = 0.00390625 if INT4 else 1.0  # 1 / 256 undoes the two x16 unpacks
+    if SPLIT_K == 1:
+        epilogue_store(acc, offs_m, offs_n, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, c_ptr, stride_cm, True,
+                       HAS_BIAS, inv)  # fmt: skip
+    else:
+        total, last = splitk_reduce(acc, ws_ptr, lock_ptr, pid, offs_m, offs_n, M, N, SPLIT_K)
+        epilogue_store(total, offs_m, offs_n, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, c_ptr, stride_cm, last,
+                       HAS_BIAS, inv)  # fmt: skip
 
 
-def _launch(a, a_scale, w, w_scale, bias, out_dtype, out, int4: bool, name: str) -> torch.Tensor:
+_WORKSPACES: dict = {}
+
+
+def splitk_workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached zeroed int32 buffers of at least ``numel`` (the ``[M, N]`` sums) and ``tiles`` (counters) elements
+    on ``device``; the split-K kernels leave them zeroed. Grown (never shrunk) in powers of two: a first call
+    of a larger shape must come before any CUDA graph capture (as the autotuning must)."""
+    key = (device.type, device.index)
+    ws, locks = _WORKSPACES.get(key, (None, None))
+    if ws is None or ws.numel() < numel:
+        ws = torch.zeros(next_power_of_2(max(numel, 1)), dtype=torch.int32, device=device)
+    if locks is None or locks.numel() < tiles:
+        locks = torch.zeros(next_power_of_2(max(tiles, 1)), dtype=torch.int32, device=device)
+    _WORKSPACES[key] = (ws, locks)
+    return ws, locks
+
+
+def _launch(a, a_scale, w, w_scale, bias, out_dtype, out, int4: bool, name: str, config=None) -> torch.Tensor:
     if a.dtype != torch.int8 or w.dtype != torch.int8:
         raise ValueError(f"{name}: operands must be int8, got {a.dtype} and {w.dtype}")
     if a.dim() != 2 or w.dim() != 2 or a.shape[1] != w.shape[1]:
@@ -195,14 +286,23 @@ def _launch(a, a_scale, w, w_scale, bias, out_dtype, out, int4: bool, name: str)
     elif out.shape != (m, n) or out.dtype != out_dtype or out.device != device or out.stride(1) != 1:
         raise ValueError(f"{name}: out must be {out_dtype} [{m}, {n}] on {device} with unit column stride")
 
-    def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+    bucket = _m_bucket(m)
+    if uses_split_k(bucket) or (config is not None and config.kwargs["SPLIT_K"] > 1):
+        ws, locks = splitk_workspace(device, m * n, triton.cdiv(m, 16) * triton.cdiv(n, 32))
+    else:
+        ws = locks = a_scale  # never read
 
-    _gemm_kernel[grid](
-        a, a_scale, w, w_scale, bias if bias is not None else a_scale, out,
-        m, n, kb, _m_bucket(m),
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+
+    kernel, extra = _gemm_kernel, {}
+    if config is not None:  # a fixed configuration (tests), past the autotuner
+        kernel, extra = _gemm_kernel.fn, {**config.all_kwargs()}
+    kernel[grid](
+        a, a_scale, w, w_scale, bias if bias is not None else a_scale, out, ws, locks,
+        m, n, kb, bucket,
         a.stride(0), w.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, INT4=int4, USE_ASM=USE_ASM_UNPACK and not INTERPRET,
+        HAS_BIAS=bias is not None, INT4=int4, USE_ASM=USE_ASM_UNPACK and not INTERPRET, **extra,
     )  # fmt: skip
     return out
 
@@ -215,6 +315,7 @@ def w4a4_matmul(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
     out: torch.Tensor | None = None,
+    config: triton.Config | None = None,
 ) -> torch.Tensor:
     """``[M, N] = (a_scale * w_scale) * (A_int4 @ W_int4^T) (+ bias)``.
 
@@ -224,11 +325,12 @@ def w4a4_matmul(
     - ``w_scale``: float32 ``[N]`` (or ``[N, 1]``), one scale per output channel;
     - ``bias``: ``[N]`` float or None;
     - ``out``: optional preallocated ``[M, N]`` ``out_dtype`` result;
+    - ``config``: a fixed ``triton.Config`` instead of the autotuner's choice (tests, benchmarks);
     - returns ``[M, N]`` in ``out_dtype`` (bfloat16, float16 or float32).
 
-    The integer part is exact (int32 accumulation); the epilogue is float32.
+    The integer part is exact (int32 accumulation, split-K included); the epilogue is float32.
     """
-    return _launch(a_packed, a_scale, w_packed, w_scale, bias, out_dtype, out, True, "w4a4_matmul")
+    return _launch(a_packed, a_scale, w_packed, w_scale, bias, out_dtype, out, True, "w4a4_matmul", config)
 
 
 def w8a8_matmul(
@@ -239,9 +341,10 @@ def w8a8_matmul(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
     out: torch.Tensor | None = None,
+    config: triton.Config | None = None,
 ) -> torch.Tensor:
     """Same contract as :func:`w4a4_matmul` with plain int8 codes: ``a`` ``[M, K]``, ``w`` ``[N, K]``."""
-    return _launch(a, a_scale, w, w_scale, bias, out_dtype, out, False, "w8a8_matmul")
+    return _launch(a, a_scale, w, w_scale, bias, out_dtype, out, False, "w8a8_matmul", config)
 
 
 def w4a4_matmul_reference(

@@ -115,3 +115,49 @@ def test_gpu_large(m, k, n):
 @pytest.mark.parametrize("m", [1, 300])
 def test_gpu_large_w8a8(m):
     _check_exact_integer_part(m, 4096, 4096, 8, seed=m)
+
+
+@pytest.mark.parametrize("split_k", [2, 3])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_split_k_is_exact_and_leaves_the_workspace_zeroed(split_k, bits):
+    """Split-K configurations (offered for 64 <= M <= 1024) sum their int32 partial tiles exactly; the cached
+    workspace and counters are zero again after each launch, so a second launch gives the same result."""
+    from quota.kernels.w4a4_gemm import _config, splitk_workspace
+
+    m, k, n = 19, 448, 72  # K blocks of 32 bytes: 7 (int4) or 14 (int8), not a multiple of the split count
+    kernel, reference = _matmul(bits)
+    a, a_s, w, w_s, bias = _operands(m, k, n, seed=split_k + bits, bits=bits)
+    cfg = _config(16, 32, 32, 2, 4, 1, split_k=split_k)
+    for _ in range(2):
+        out = poison_like(torch.empty((m, n), dtype=torch.float32, device=DEVICE))
+        kernel(*_on(DEVICE, a, torch.ones(m, 1), w, torch.ones(n)), out_dtype=torch.float32, out=out, config=cfg)
+        assert torch.equal(out.cpu().double(), reference(a, torch.ones(m, 1), w, torch.ones(n), out_dtype=torch.float64))
+        ws, locks = splitk_workspace(torch.device(DEVICE), 0, 0)
+        assert not ws.any() and not locks.any()
+    out = kernel(*_on(DEVICE, a, a_s, w, w_s, bias), out_dtype=torch.bfloat16, config=cfg)
+    no_split = kernel(*_on(DEVICE, a, a_s, w, w_s, bias), out_dtype=torch.bfloat16, config=_config(16, 32, 32, 2, 4, 1))
+    assert torch.equal(out, no_split)  # same integer sums, same epilogue
+
+
+def test_mid_m_buckets_offer_split_k_configs():
+    from quota.kernels.w4a4_gemm import configs_for_bucket
+
+    for bucket in (64, 128, 256, 512, 1024):
+        assert any(c.kwargs["SPLIT_K"] > 1 for c in configs_for_bucket(bucket)), bucket
+    for bucket in (1, 16, 32, 2048, 4096):
+        assert all(c.kwargs["SPLIT_K"] == 1 for c in configs_for_bucket(bucket)), bucket
+
+
+@gpu
+@requires_cuda
+@pytest.mark.parametrize("m", [64, 300, 1024])
+def test_gpu_every_mid_m_config_is_exact(m):
+    """Each candidate of the mid-M buckets (split-K included), forced in turn, on a 7B shape."""
+    from quota.kernels.w4a4_gemm import _m_bucket, configs_for_bucket
+
+    k, n = 4096, 4096
+    a, _, w, _, _ = _operands(m, k, n, seed=m)
+    ref = w4a4_matmul_reference(a, torch.ones(m, 1), w, torch.ones(n), out_dtype=torch.float64)
+    for cfg in configs_for_bucket(_m_bucket(m)):
+        out = w4a4_matmul(*_on(DEVICE, a, torch.ones(m, 1), w, torch.ones(n)), out_dtype=torch.float32, config=cfg)
+        assert torch.equal(out.cpu().double(), ref), str(cfg)
