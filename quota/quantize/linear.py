@@ -22,9 +22,14 @@ from quota.quant.config import FULL_PRECISION
 from quota.quant.hadamard import apply_block_hadamard
 from quota.quant.int4 import pack_int4, unpack_int4
 from quota.quant.quantizers import QuantizedWeight, expand_group_scale, quantize_activation
-from quota.kernels import act_quant, w4a4_gemm
+from quota.kernels import act_quant, w4_gemv, w4a4_gemm
 
 IMPLS = ("reference", "triton", "auto")
+GEMV_MAX_M = w4_gemv.MAX_M
+"""Up to this many rows the Triton path runs the split-K decode GEMV (:mod:`quota.kernels.w4_gemv`)."""
+GEMV_QUANT_IN_MAX_M = w4_gemv.QUANT_IN_MAX_M
+"""Up to this many rows (and without an online Hadamard) the GEMV quantizes the input itself; above, the
+activation codes come from ``act_quant`` (shared by the linears that read one input)."""
 
 
 def triton_available() -> bool:
@@ -170,9 +175,20 @@ class QuantLinear(nn.Module):
         return y.to(x.dtype)
 
     def _forward_triton(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[M, K]``, a view of the module's input ``source`` (whose identity the activation memo keys on)."""
+        """``x``: ``[M, K]``, a view of the module's input ``source`` (whose identity the activation memo keys on).
+
+        Decode-sized inputs (``M <= GEMV_MAX_M``) take the split-K GEMV, quantizing in the kernel when ``M`` is
+        at most ``GEMV_QUANT_IN_MAX_M`` and no Hadamard applies; larger ones the W4A4 GEMM. All paths give the
+        same codes and the same float32 epilogue."""
+        m = x.shape[0]
+        w_scale = self.weight_scale.view(-1)
+        if 0 < m <= GEMV_MAX_M and self.hadamard_block is None and m <= GEMV_QUANT_IN_MAX_M:
+            x = x if x.stride(-1) == 1 else x.contiguous()
+            return w4_gemv.w4_gemv(x, self.weight, w_scale, self.bias, self.a_clip_ratio, out_dtype=x.dtype)
         codes, scale = _quantized_input(x, source, self.a_clip_ratio, self.hadamard_block)
-        return w4a4_gemm.w4a4_matmul(codes, scale, self.weight, self.weight_scale.view(-1), self.bias, out_dtype=x.dtype)
+        if 0 < m <= GEMV_MAX_M:
+            return w4_gemv.w4_gemv_codes(codes, scale, self.weight, w_scale, self.bias, out_dtype=x.dtype)
+        return w4a4_gemm.w4a4_matmul(codes, scale, self.weight, w_scale, self.bias, out_dtype=x.dtype)
 
     def extra_repr(self) -> str:
         return (

@@ -10,7 +10,7 @@ from quota.quant.quantizers import quantize_weight_rtn
 from tests.kernels.kernel_checks import DEVICE
 
 
-@pytest.mark.parametrize("m,k,n,block", [(3, 96, 40, None), (17, 160, 72, 32)])
+@pytest.mark.parametrize("m,k,n,block", [(3, 96, 40, None), (17, 160, 72, 32), (2, 96, 40, 32), (9, 96, 40, None)])
 def test_triton_path_matches_reference(m, k, n, block):
     g = torch.Generator().manual_seed(m)
     w = torch.randn(n, k, generator=g)
@@ -47,7 +47,9 @@ def test_linears_reading_one_input_quantize_it_once(monkeypatch):
     agree; another clipping ratio, an in-place change or another tensor with equal values recomputes. The
     outputs equal each module's own quantization."""
     import quota.kernels.act_quant as act_quant
+    import quota.quantize.linear as linear
 
+    monkeypatch.setattr(linear, "GEMV_QUANT_IN_MAX_M", 0)  # every size goes through act_quant here
     calls = []
     real = act_quant.quantize_activation_triton
     monkeypatch.setattr(act_quant, "quantize_activation_triton", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
@@ -72,3 +74,29 @@ def test_linears_reading_one_input_quantize_it_once(monkeypatch):
         for m in mods[:2]:
             m(z)
     assert len(calls) == 7
+
+
+@pytest.mark.parametrize("m,block", [(1, None), (4, None), (7, None), (3, 32)])
+def test_decode_rows_take_the_gemv_and_equal_the_reference(monkeypatch, m, block):
+    """M <= 16 runs quota.kernels.w4_gemv (in-kernel quantization up to GEMV_QUANT_IN_MAX_M rows without a
+    Hadamard, act_quant codes otherwise); without a Hadamard its float32 result equals the reference path's."""
+    import quota.kernels.w4_gemv as w4_gemv
+    import quota.kernels.w4a4_gemm as w4a4_gemm
+
+    used = []
+    for mod, name in ((w4_gemv, "w4_gemv"), (w4_gemv, "w4_gemv_codes"), (w4a4_gemm, "w4a4_matmul")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name, **k: used.append(_n) or _r(*a, **k))
+    g = torch.Generator().manual_seed(m)
+    w = torch.randn(40, 96, generator=g)
+    q = quantize_weight_rtn(apply_block_hadamard(w, block) if block else w, 4)
+    bias = torch.randn(40, generator=g)
+    ref, kern = (QuantLinear.from_quantized(q, bias, a_bits=4, a_clip_ratio=0.9, hadamard_block=block, impl=impl)
+                 .to(DEVICE) for impl in ("reference", "triton"))  # fmt: skip
+    x = torch.randn(m, 96, generator=g).to(DEVICE)
+    out_ref, out_kern = ref(x), kern(x)
+    assert used == ["w4_gemv" if block is None and m <= 4 else "w4_gemv_codes"]
+    if block is None:
+        assert torch.equal(out_kern, out_ref)
+    else:
+        assert ((out_kern - out_ref).norm() / out_ref.norm()) < 1e-2
