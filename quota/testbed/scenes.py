@@ -359,8 +359,9 @@ def _random_text(rng: np.random.Generator, used: set[str]) -> tuple[str, str]:
             return s, kind
 
 
-def _texts(rng: np.random.Generator, occ: _Occupancy) -> tuple[TextItem, ...]:
-    cells = _permutation(rng, 9)[: _int(rng, 4, 6)]
+def _texts(rng: np.random.Generator, occ: _Occupancy, count: tuple[int, int] = (4, 6)) -> tuple[TextItem, ...]:
+    """``count`` (inclusive range) text items, one per cell of a random subset of the 3 x 3 grid."""
+    cells = _permutation(rng, 9)[: _int(rng, *count)]
     used: set[str] = set()
     items = []
     for cell in sorted(cells):
@@ -390,20 +391,29 @@ def _texts(rng: np.random.Generator, occ: _Occupancy) -> tuple[TextItem, ...]:
     return tuple(items)
 
 
-def _objects(rng: np.random.Generator, occ: _Occupancy) -> tuple[SceneObject, ...]:
+def _objects(
+    rng: np.random.Generator, occ: _Occupancy, count: tuple[int, int] = (16, 26),
+    size_w: tuple[int, int, int] = (3, 2, 1), area: Box | None = None,
+) -> tuple[SceneObject, ...]:
+    """``count`` (inclusive range) objects tried, sizes drawn with weights ``size_w`` (small, medium, large),
+    each placed at up to 40 random spots inside ``area`` (default: the whole image less a 1 px border)."""
     colour_names, size_names = list(COLOURS), list(SIZES)
     colour_w, shape_w = _skewed_weights(rng, len(COLOURS)), _skewed_weights(rng, len(SHAPES))
-    size_w, texture_w = [3, 2, 1], [2, 1, 1]
+    size_w, texture_w = list(size_w), [2, 1, 1]
     lows = [0, 0, 0, 0, -10, -10, -10]
     highs = [sum(shape_w), sum(colour_w), sum(size_w), sum(texture_w), 11, 11, 11]
     objects = []
-    for _ in range(_int(rng, 16, 26)):
+    for _ in range(_int(rng, *count)):
         r = [int(v) for v in rng.integers(lows, highs)]  # one draw per attribute and colour channel
         shape, colour = SHAPES[_weighted(r[0], shape_w)], colour_names[_weighted(r[1], colour_w)]
         size, texture = size_names[_weighted(r[2], size_w)], TEXTURES[_weighted(r[3], texture_w)]
         rgb = tuple(min(max(c + j, 0), 255) for c, j in zip(COLOURS[colour], r[4:]))
         s = SIZES[size]
-        for x0, y0 in rng.integers(1, IMAGE_SIZE - s, size=(40, 2)).tolist():  # up to 40 placements
+        if area is None:
+            spots = rng.integers(1, IMAGE_SIZE - s, size=(40, 2))  # [40, 2] up to 40 placements
+        else:
+            spots = rng.integers(area[:2], [max(area[2] - s, area[0] + 1), max(area[3] - s, area[1] + 1)], size=(40, 2))
+        for x0, y0 in spots.tolist():
             box = (x0, y0, x0 + s, y0 + s)
             if occ.free(box, gap=3):
                 occ.take(box)
@@ -416,9 +426,12 @@ def _objects(rng: np.random.Generator, occ: _Occupancy) -> tuple[SceneObject, ..
 _STEPS = ((1, 0), (0, 1), (1, 1), (1, -1))
 
 
-def _clutter(rng: np.random.Generator, occ: _Occupancy, bg: tuple[Background, ...]) -> tuple[Mark, ...]:
+def _clutter(
+    rng: np.random.Generator, occ: _Occupancy, bg: tuple[Background, ...], count: tuple[int, int] = (16, 40)
+) -> tuple[Mark, ...]:
+    """Up to ``count`` (inclusive range, drawn) clutter marks; those touching content or the border are dropped."""
     base = sum(bg[0].colour0) // 3
-    n = _int(rng, 16, 40)
+    n = _int(rng, *count)
     # per mark: light?, contrast, rgb jitter x3, line?, step, length, x, y, speck w, speck h
     lows = [0, 30, -12, -12, -12, 0, 0, 5, 0, 0, 1, 1]
     highs = [2, 61, 13, 13, 13, 3, 4, 17, IMAGE_SIZE, IMAGE_SIZE, 4, 4]
