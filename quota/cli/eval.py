@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--by-form", action="store_true",
                    help="also print accuracy per question form within each task (the JSON always holds it)")
+    p.add_argument("--data-version", default="stress",
+                   choices=("stress", "natural", "synthvqa-v1", "natural-v1"),
+                   help="testbed suite: stress (synthvqa-v1, dense scenes; default) or natural (natural-v1, "
+                        "density calibrated to FastV's published curve; docs/natural_suite.md)")
     p.add_argument("--suite", default=None, metavar="DIR",
                    help="comparison suite into DIR: all-token references and every --plans x --budgets row, "
                         "in bf16 and on the low-bit model (loaded and quantized once)")
@@ -100,13 +104,15 @@ def run(args: argparse.Namespace) -> int:
         results = run_suite(args.suite, args.plans, args.budgets, parse_quant(args.quant), args.limit, args.tasks,
                             args.batch_size, args.device, precisions=args.precisions, resume=args.resume or False,
                             weights_dir=args.weights, report_only=args.report_only,
-                            calibration_limit=args.calibration, paired_against=args.paired_against)
+                            calibration_limit=args.calibration, paired_against=args.paired_against,
+                            version=args.data_version)
         print(markdown(results))
         return 0
     refs = {k: v for k, v in (("bf16_all_tokens", args.ref_bf16), ("lowbit_all_tokens", args.ref_lowbit)) if v}
     result = evaluate(args.model, args.tasks, args.limit, args.device, None, args.batch_size, args.weights,
                       args.output, quant=parse_quant(args.quant), recipe=args.recipe, baseline=args.baseline,
-                      tokens=args.tokens, references=refs, calibration_limit=args.calibration)
+                      tokens=args.tokens, references=refs, calibration_limit=args.calibration,
+                      version=args.data_version)
     return print_result(result, args)
 
 

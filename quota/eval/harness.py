@@ -11,7 +11,7 @@ import torch
 
 from quota.quantize.model import ProgressBar, wants_progress
 from quota.testbed.model import encode_batch, pixel_values
-from quota.testbed.splits import DATA_VERSION, load_scene
+from quota.testbed.splits import DATA_VERSION, load_scene, question_version
 from quota.testbed.tasks import TASKS, Question, normalize_answer
 
 BOOTSTRAP_SAMPLES = 1000
@@ -86,7 +86,8 @@ def summarize(questions: Sequence[Question], predictions: Sequence[str], meta: d
         task: {form: {"accuracy": float(np.mean(oks)), "n": len(oks)} for form, oks in sorted(by_form[task].items())}
         for task in tasks
     }
-    return EvalResult(tasks, average, ci, meta=meta or {}, predictions=rows, forms=forms)
+    versions = sorted({question_version(q) for q in questions}) or [DATA_VERSION]
+    return EvalResult(tasks, average, ci, "+".join(versions), meta=meta or {}, predictions=rows, forms=forms)
 
 
 def question_form(question: Question) -> str:

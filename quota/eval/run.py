@@ -107,6 +107,7 @@ def evaluate(
     tokens: float | None = None,
     references: dict[str, str | Path | EvalResult] | None = None,
     calibration_limit: int | None = None,
+    version: str | None = None,
 ) -> EvalResult:
     """Accuracy on the test split (``limit`` questions per task) with 95% intervals; with ``references``
     (name -> result or result file), the retention against each."""
@@ -122,7 +123,7 @@ def evaluate(
         warn_if_recipe_for_other_weights(rec, recipe, testbed.model_hash(weights_dir))
     tb = testbed.load(device, dtype, weights_dir)
     model = prepare_model(tb.model, tb.tokenizer, quant, rec, baseline, tokens, calibration_limit)
-    questions = [q for t in tasks for q in test_split(t, limit)]
+    questions = [q for t in tasks for q in test_split(t, limit, version)]  # version: data version (default stress)
     start = time.time()
     answers = answer_questions(model, tb.tokenizer, questions, batch_size, progress=progress)
     runner = getattr(model, "runner", None)

@@ -55,7 +55,7 @@ from quota.schedule import equivalent_tokens
 from quota.testbed import model as testbed
 from quota.testbed.batches import calibration_inputs
 from quota.testbed.quantized import quantize_testbed
-from quota.testbed.splits import DATA_VERSION, calibration_split, test_split
+from quota.testbed.splits import calibration_split, data_version, test_split
 from quota.testbed.tasks import TASKS, check_task
 from quota.versioned import VersionError, stamp, type_of, unstamp
 
@@ -133,13 +133,15 @@ def plan_of(row: SuiteRow, model, model_hash: str | None = None) -> PruningPlan 
     return baseline_plan_for(model, name, row.tokens, **options)
 
 
-def suite_settings(model_hash: str, questions: Sequence, device, quant: QuantConfig, calibration: int) -> dict:
-    """The settings every row of one suite run shares (``common``), and those only low-bit rows depend on
-    (``lowbit``: the quantization config and the calibration question count)."""
+def suite_settings(model_hash: str, questions: Sequence, device, quant: QuantConfig, calibration: int,
+                   version: str | None = None) -> dict:
+    """The settings every row of one suite run shares (``common``, with the data version of the questions,
+    default the stress suite's), and those only low-bit rows depend on (``lowbit``: the quantization config and
+    the calibration question count)."""
     per_task: dict[str, int] = {}
     for q in questions:
         per_task[q.task] = per_task.get(q.task, 0) + 1
-    common = {"model_hash": model_hash, "data_version": DATA_VERSION, "questions_per_task": per_task,
+    common = {"model_hash": model_hash, "data_version": data_version(version), "questions_per_task": per_task,
               **runtime_record(device)}
     return {"common": common, "lowbit": {"quant": quant.to_dict(), "calibration_questions": calibration}}
 
@@ -232,7 +234,7 @@ def run_suite(
     limit: int | None = None, tasks: Sequence[str] | None = None, batch_size: int = 64, device: str | None = None,
     precisions: Sequence[str] = ("bf16", "lowbit"), resume: bool | str = False, model=None, tokenizer=None,
     weights_dir: str | Path | None = None, report_only: bool = False, calibration_limit: int | None = None,
-    model_hash: str | None = None, paired_against: str | None = None,
+    model_hash: str | None = None, paired_against: str | None = None, version: str | None = None,
 ) -> dict[str, EvalResult]:
     """Evaluate every row; returns ``{row name: result}`` and writes ``<row>.json`` files and ``suite.md``.
     Without ``model``, the testbed is loaded from ``weights_dir`` (default: the shipped weights); a model given
@@ -248,7 +250,11 @@ def run_suite(
 
     ``paired_against``: the row (one of this run's, by name) every other row's paired difference is taken
     against in the report; by default each pruned row's is the best stage-wise row at its budget
-    (:func:`paired_column`)."""
+    (:func:`paired_column`).
+
+    ``version``: the suite's data version (``stress`` or ``natural``, or ``synthvqa-v1``/``natural-v1``; default
+    stress); every row records it, so a resumed run never mixes rows of two data versions. The low-bit model is
+    calibrated on the stress calibration split in either case (the model, not the suite, is quantized)."""
     out = Path(out_dir)
     rows = suite_rows(plans, budgets, precisions)
     if paired_against is not None and paired_against not in [r.name for r in rows]:
@@ -265,11 +271,11 @@ def run_suite(
     device, dtype = placement(device)
     loads_testbed = model is None  # then its quantized form comes from the cache (quota.quantize.disk_cache)
     quant = quant or QuantConfig(impl="auto")
-    questions = [q for t in tasks for q in test_split(t, limit)]
+    questions = [q for t in tasks for q in test_split(t, limit, version)]
     calib_questions = calibration_split()[:calibration_limit] if needs_calibration(quant) else []
     if model_hash is None:
         model_hash = testbed.model_hash(weights_dir) if loads_testbed else state_digest(model)
-    settings = suite_settings(model_hash, questions, device, quant, len(calib_questions))
+    settings = suite_settings(model_hash, questions, device, quant, len(calib_questions), version)
     reuse = reusable_rows(out, rows, settings, mode) if mode else {}
     if loads_testbed:
         tb = testbed.load(device, dtype, weights_dir)
