@@ -24,6 +24,7 @@ from quota.quantize.gptq import HessianAccumulator, gptq_quantize, one_cpu_threa
 from quota.quant.hadamard import apply_block_hadamard, hadamard_block_size
 from quota.quantize.attention import KVQuantizer, install_kv_quantizer, use_quota_attention
 from quota.quantize.linear import QuantLinear
+from quota.quantize.precision import build_linear, layer_config
 from quota.quant.quantizers import (
     QuantizedWeight,
     fake_quantize_activation,
@@ -181,8 +182,12 @@ def _search_act_clips(modules: list[QuantLinear], weights: list[torch.Tensor], s
     w_qs = [m.dequantized_weight() for m in modules]  # each [N, K]
     targets = [samples @ w.float().T for w in weights]  # each [n, N]
     best, best_err = [1.0] * len(modules), [float("inf")] * len(modules)
+    fake_quantize = getattr(modules[0], "fake_quantize_input", None)  # FP8 activations (W4A8, FP8 linears)
     for ratio in ACT_CLIP_GRID:
-        x_q = fake_quantize_activation(samples, modules[0].a_bits, ratio)  # [n, K]
+        if fake_quantize is not None:
+            x_q = fake_quantize(samples, ratio)  # [n, K]
+        else:
+            x_q = fake_quantize_activation(samples, modules[0].a_bits, ratio)  # [n, K]
         for j, (w_q, target) in enumerate(zip(w_qs, targets)):
             err = (x_q @ w_q.T - target).pow(2).mean().item()
             if err < best_err[j]:
@@ -199,17 +204,27 @@ def _input_basis_weight(linear: nn.Linear, hadamard_block: int | None) -> torch.
 
 
 def _build_group(
-    linears: list[nn.Linear], config: QuantConfig, stats: _InputStats | None, hadamard_block: int | None
+    linears: list[nn.Linear], config: QuantConfig, stats: _InputStats | None, hadamard_block: int | None,
+    precision: str | None = None,
 ) -> list[QuantLinear]:
     """:class:`QuantLinear` replacements of ``linears``, which all saw the inputs summarized by ``stats`` (one
-    linear, or e.g. q/k/v of one layer): weights by GPTQ or RTN, then the activation clipping search."""
+    linear, or e.g. q/k/v of one layer): weights by GPTQ or RTN, then the activation clipping search.
+    ``precision`` (a name of :data:`quota.quant.precision.PRECISIONS`, not ``bf16``) builds that option's module
+    (``config`` then being :func:`~quota.quantize.precision.layer_config`'s); ``None``: a QuantLinear of
+    ``config``'s bits."""
     ws = [_input_basis_weight(lin, hadamard_block) for lin in linears]
+    fp8 = precision == "fp8"
+    qws = ws if fp8 else _quantize_weights(ws, stats, config)  # FP8 weights are rounded by the module
     modules = []
-    for linear, qw in zip(linears, _quantize_weights(ws, stats, config)):
+    for linear, qw in zip(linears, qws):
         bias = linear.bias.detach() if linear.bias is not None else None
-        modules.append(QuantLinear.from_quantized(
-            qw, bias, config.a_bits, config.a_clip_ratio, hadamard_block, config.impl, dtype=linear.weight.dtype
-        ).to(linear.weight.device))
+        if precision is None:
+            module = QuantLinear.from_quantized(
+                qw, bias, config.a_bits, config.a_clip_ratio, hadamard_block, config.impl, dtype=linear.weight.dtype)
+        else:
+            module = build_linear(precision, qw, bias, config.a_clip_ratio, hadamard_block, config.impl,
+                                  linear.weight.dtype)
+        modules.append(module.to(linear.weight.device))
     if config.quantizes_activations and config.a_clip_search and stats is not None and stats.samples:
         samples = torch.cat(stats.samples).to(linears[0].weight.device)  # [n, K], transformed basis
         for module, ratio in zip(modules, _search_act_clips(modules, ws, samples)):
@@ -265,12 +280,18 @@ def _linear_targets(spec: ArchSpec, config: QuantConfig, layer: nn.Module) -> di
 @torch.no_grad()
 def _quantize_layer(
     layer: nn.Module, spec: ArchSpec, config: QuantConfig, inputs: LayerInputs | None, report: QuantReport, index: int,
-    on_linear: Callable[[str], None] | None = None,
+    on_linear: Callable[[str], None] | None = None, precision: str | None = None,
 ) -> None:
     """Quantize the linears of decoder layer ``index`` in place, calibrated on ``inputs`` (GPTQ and the clipping
     searches; linears that read the same input, such as q/k/v, are quantized together); ``on_linear(path)``
-    after each linear."""
+    after each linear. ``precision``: the layer's option of a per-layer config (``config`` then being its
+    :func:`~quota.quantize.precision.layer_config`); ``bf16`` leaves the layer's ``nn.Linear`` modules as they are."""
     targets = _linear_targets(spec, config, layer)
+    if precision == "bf16":
+        for path in targets:
+            if on_linear is not None:
+                on_linear(path)
+        return
     stats: dict[str, _InputStats] = {}
     if inputs is not None:
         handles = []
@@ -291,7 +312,8 @@ def _quantize_layer(
                 h.remove()
     for group in _input_groups(targets, stats):
         linears = [get_submodule(layer, path) for path in group]
-        for path, module in zip(group, _build_group(linears, config, stats.get(group[0]), targets[group[0]])):
+        built = _build_group(linears, config, stats.get(group[0]), targets[group[0]], precision)
+        for path, module in zip(group, built):
             set_submodule(layer, path, module)
             report.act_clip[f"layers.{index}.{path}"] = module.a_clip_ratio
             if on_linear is not None:
@@ -318,7 +340,10 @@ def _work_of(config: QuantConfig, calibrated: bool) -> str:
 
 
 def needs_calibration(config: QuantConfig) -> bool:
-    """Whether ``config`` needs calibration data (GPTQ, or the activation clipping search)."""
+    """Whether ``config`` needs calibration data (GPTQ, or the activation clipping search); a per-layer config
+    when one of its layers' options does."""
+    if config.layer_precision is not None:
+        return any(needs_calibration(layer_config(config, p)) for p in set(config.layer_precision) if p != "bf16")
     return (config.quantizes_weights and config.weight_method == "gptq") or (
         config.quantizes_activations and config.a_clip_search
     )
@@ -341,6 +366,12 @@ def quantize_model(
     rotation is on: it is exact in full precision). Unless ``inplace``, the caller's model is not
     modified: a copy is returned. The choices made are in ``model.quota_report``.
 
+    With ``config.layer_precision``, decoder layer ``i``'s linears are built for its option (``w4a4``:
+    QuantLinear; ``w4a8``/``w4a8_int8``: W4A8Linear; ``fp8``: Fp8Linear; ``bf16``: the ``nn.Linear`` kept), each
+    quantized with :func:`~quota.quantize.precision.layer_config` (GPTQ or RTN for 4-bit weights, the clipping
+    search for quantized activations); the rotation stays global. ``config.layer_kv_bits`` gives each layer's KV
+    quantizer its bits. A per-layer list whose length is not the model's layer count raises QuantConfigError.
+
     ``progress``: a callable is called as ``progress(layers done, layers)`` after each layer; ``True`` shows a
     :class:`ProgressBar` over the linears (GPTQ and the clipping searches, with the time left), ``None`` shows it
     only when stderr is a terminal, ``False`` never.
@@ -362,24 +393,29 @@ def quantize_model(
         return model
 
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    config.check_layers(len(spec.layers_of(model)))
     if config.rotate:
         rotate_language_model(
             model, spec, seed=config.rotation_seed, mix_blocks=config.rotation_mix_blocks, value_head_hadamard=True
         )
         report.rotated = True
     use_quota_attention(text_config)
-    kv = KVQuantizer(config.kv_bits, config.kv_group_size, config.kv_clip_ratio, config.kv_hadamard)
 
     layers = spec.layers_of(model)
     inputs = capture_first_layer_inputs(model, spec, batches) if batches is not None else None
     on_layer = progress if callable(progress) else None
     show = False if on_layer is not None else wants_progress(progress)
     steps = len(layers) * len(spec.layer.linear_paths)
-    title = f"quantize {len(layers)} layers, {steps} linears: {_work_of(config, inputs is not None)}"
+    work = _work_of(config, inputs is not None) if config.layer_precision is None else "per-layer precision"
+    title = f"quantize {len(layers)} layers, {steps} linears: {work}"
     with ProgressBar(steps, "quantize", show, title=title) as bar:
         for i, layer in enumerate(layers):
-            _quantize_layer(layer, spec, config, inputs, report, i,
-                            on_linear=lambda path, i=i: bar.advance(f"layer {i + 1}/{len(layers)} {path.rsplit('.', 1)[-1]}"))
+            name = config.precision_of_layer(i)
+            lconfig = config if name is None else layer_config(config, name)
+            _quantize_layer(layer, spec, lconfig, inputs, report, i,
+                            on_linear=lambda path, i=i: bar.advance(f"layer {i + 1}/{len(layers)} {path.rsplit('.', 1)[-1]}"),
+                            precision=name)
+            kv = KVQuantizer(config.kv_bits_of_layer(i), config.kv_group_size, config.kv_clip_ratio, config.kv_hadamard)
             install_kv_quantizer(get_submodule(layer, spec.layer.attention), kv, head_dim)
             if inputs is not None:
                 inputs.hidden = run_layer(layer, inputs)

@@ -4,7 +4,8 @@ records plus a flat dict of tensors, and rebuilt from them without calibrating a
 Three things are recorded:
 
 - **modules** (:func:`module_record`, :func:`build_module`): each :class:`QuantLinear` (its bits, group size,
-  clipping ratio, online Hadamard block, bias, kernel choice, float dtype) and each
+  clipping ratio, online Hadamard block, bias, kernel choice, float dtype), each :class:`W4A8Linear` (the same
+  plus its activation format) and :class:`Fp8Linear` (a per-layer precision's modules), and each
   :class:`~quota.quantize.rotation.RotatedOutput` wrapper (the rotated projector). A record rebuilds an *empty*
   module of the same shapes (zeros; build it under ``torch.device("meta")`` to allocate nothing), which the
   stored tensors then fill;
@@ -35,6 +36,8 @@ from quota.models.spec import get_submodule
 from quota.quant.config import FULL_PRECISION
 from quota.quantize.attention import ATTENTION_NAME, KVQuantizer, install_kv_quantizer, use_quota_attention
 from quota.quantize.linear import IMPLS, QuantLinear
+from quota.quantize.linear_fp8 import Fp8Linear
+from quota.quantize.linear_w4a8 import ACT_FORMATS, W4A8Linear
 from quota.quantize.model import QuantReport
 from quota.quantize.rotation import RotatedOutput
 
@@ -103,9 +106,37 @@ def empty_linear(record: dict[str, Any], where: str = "linear", impl: str | None
     )
 
 
+def _precision_linear_record(module: QuantLinear) -> dict[str, Any]:
+    """The record of a :class:`W4A8Linear` (kind ``W4A8Linear``, with ``act_format``) or an :class:`Fp8Linear`
+    (kind ``Fp8Linear``): :func:`linear_record`'s fields without the bits and group size, which the kind fixes."""
+    record = linear_record(module)
+    for name in ("w_bits", "a_bits", "group_size"):
+        del record[name]
+    if isinstance(module, W4A8Linear):
+        return {**record, "kind": "W4A8Linear", "act_format": module.act_format}
+    return {**record, "kind": "Fp8Linear"}
+
+
+def _empty_precision_linear(record: dict[str, Any], where: str, impl: str | None) -> QuantLinear:
+    """The empty :class:`W4A8Linear` or :class:`Fp8Linear` of :func:`_precision_linear_record`'s record."""
+    base = empty_linear({**record, "w_bits": 8, "a_bits": 8, "group_size": None}, where, impl)  # checks the fields
+    args = dict(a_clip_ratio=base.a_clip_ratio, hadamard_block=base.hadamard_block, bias=base.bias is not None,
+                impl=base.impl, dtype=dtype_of(record.get("dtype"), f"{where}.dtype"))
+    if record["kind"] == "Fp8Linear":
+        return Fp8Linear(base.in_features, base.out_features, **args)
+    fmt = record.get("act_format")
+    if fmt not in ACT_FORMATS:
+        raise SerializeError(f"{where}.act_format = {fmt!r} must be one of {list(ACT_FORMATS)}")
+    if base.in_features % 2:
+        raise SerializeError(f"{where}.in_features = {base.in_features} must be even (packed int4 weights)")
+    return W4A8Linear(base.in_features, base.out_features, fmt, **args)
+
+
 def module_record(module: nn.Module) -> dict[str, Any] | None:
-    """The record of a module quantization puts into a model (:class:`QuantLinear`, :class:`RotatedOutput`), or
-    ``None`` for any other module."""
+    """The record of a module quantization puts into a model (:class:`QuantLinear` and its per-layer precision
+    kinds :class:`W4A8Linear` and :class:`Fp8Linear`, :class:`RotatedOutput`), or ``None`` for any other module."""
+    if isinstance(module, (W4A8Linear, Fp8Linear)):
+        return _precision_linear_record(module)
     if isinstance(module, QuantLinear):
         return linear_record(module)
     if isinstance(module, RotatedOutput):
@@ -123,12 +154,14 @@ def build_module(record: dict[str, Any], current: nn.Module | None, where: str =
     kind = record.get("kind")
     if kind == "QuantLinear":
         return empty_linear(record, where, impl)
+    if kind in ("W4A8Linear", "Fp8Linear"):
+        return _empty_precision_linear(record, where, impl)
     if kind == "RotatedOutput":
         if current is None:
             raise SerializeError(f"{where}: a RotatedOutput needs the module it wraps, and there is none")
         size = _integer(record, "size", where)
         return RotatedOutput(current, torch.zeros(size, size))
-    raise SerializeError(f"{where}.kind = {kind!r} is not QuantLinear or RotatedOutput")
+    raise SerializeError(f"{where}.kind = {kind!r} is not QuantLinear, W4A8Linear, Fp8Linear or RotatedOutput")
 
 
 def float32_tensors(model: nn.Module) -> set[str]:
