@@ -4,9 +4,13 @@ Programs loop over tokens (rows). A program reads a row of ``x``, rotates it by 
 (``hadamard_block``, in registers: two small tensor-core dots per block, see ``_hadamard_tl``),
 takes ``scale = clip * absmax / qmax``, rounds half to even, clamps, and writes int4 codes packed two
 per byte (``quota.quant.int4.pack_int4``: element ``2i`` in the low nibble) or int8 codes, plus one
-float32 scale. A row that fits one tile (:data:`TILE_PLAIN` / :data:`TILE_HADAMARD` elements) is read
-once, with the next row's loads in flight during this row's math; a longer row is read twice, the
-second pass from L2, and written once.
+float32 scale. A row that fits one tile (``TILE`` elements) is read once, with the next row's loads in
+flight during this row's math; a longer row is read twice, the second pass from L2, and written once.
+On the GPU the tile size, the programs per SM and the warps are autotuned per (K, Hadamard block, bits,
+row-count bucket) among :data:`_ACT_CONFIGS` (tiles up to 32768 elements, so a 7B row is read once); the
+interpreter runs one configuration (tiles of :data:`TILE_PLAIN`, which exercises both paths).
+
+The same kernel optionally RMS-normalizes each row first (``NORM``, used by :mod:`quota.kernels.rmsnorm_quant`).
 
 Without a Hadamard the codes and scales are bit-identical to the reference (float32 true division,
 ``torch.round``). With one, the transform matches the reference's float32 butterfly to float32
@@ -15,22 +19,42 @@ accuracy but not bit for bit, so a value within rounding of a half-integer may r
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from quota.kernels._env import INTERPRET, check_device, next_power_of_2
+from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs
 from quota.kernels._hadamard_tl import dot_split_left, dot_split_right, factor_block, hadamard_pm1, split_parts
 from quota.quant.hadamard import apply_block_hadamard, is_power_of_two
 from quota.quant.int4 import pack_int4
 from quota.quant.quantizers import quantize_activation
 
-TILE_PLAIN = 2048  # elements of one row held at once without a Hadamard
-TILE_HADAMARD = 2048  # with a Hadamard
-PROGRAMS_PER_SM = 16  # persistent grid: rows are shared out among this many programs per SM
-ACT_WARPS = 4  # warps per program for tiles of up to 4096 elements
+TILE_PLAIN = 2048  # the interpreter's tile (elements of one row held at once); the GPU autotunes TILE
+TILE_HADAMARD = 2048
+PROGRAMS_PER_SM = 16  # the interpreter's persistent grid: programs per SM; the GPU autotunes PPS
+ACT_WARPS = 4
+
+
+def _act_config(tile: int, pps: int, warps: int) -> triton.Config:
+    return triton.Config({"TILE": tile, "PPS": pps}, num_warps=warps)
+
+
+# Candidates (tile elements, programs per SM, warps). The largest tiles hold a 7B row (4096, 11008 padded to
+# 16384, 18944 to 32768) at once: one read of x instead of two, and the next row's loads in flight.
+_ACT_CONFIGS = [
+    _act_config(2048, 16, 4),
+    _act_config(4096, 8, 4),
+    _act_config(4096, 8, 8),
+    _act_config(8192, 4, 8),
+    _act_config(8192, 8, 8),
+    _act_config(16384, 2, 16),
+    _act_config(16384, 4, 8),
+    _act_config(32768, 2, 16),
+]
+_ACT_INTERPRET = _act_config(TILE_PLAIN, PROGRAMS_PER_SM, ACT_WARPS)
 
 
 @triton.jit
@@ -114,14 +138,45 @@ def _scale_of(amax, clip, BITS: tl.constexpr):
 
 
 @triton.jit
+def _prepare(x, w, NORM: tl.constexpr, HAS_W: tl.constexpr):
+    """The tile the transform reads: ``x`` itself, or ``w * x`` in float32 when a norm weight applies."""
+    if NORM and HAS_W:
+        return x.to(tl.float32) * w
+    else:
+        return x
+
+
+@triton.jit
+def _sumsq(x, NORM: tl.constexpr):
+    if NORM:
+        xf = x.to(tl.float32)
+        return tl.sum(tl.sum(tl.sum(xf * xf, axis=2), axis=1), axis=0)
+    else:
+        return 0.0
+
+
+@triton.jit
+def _rstd(ss, K, eps, NORM: tl.constexpr):
+    """``1 / sqrt(ss / K + eps)`` with IEEE float32 ops (1 without a norm)."""
+    if NORM:
+        return tl.math.div_rn(1.0, tl.math.sqrt_rn(tl.math.div_rn(ss, K.to(tl.float32)) + eps))
+    else:
+        return 1.0
+
+
+@triton.jit
 def _act_quant_kernel(
-    x_ptr, codes_ptr, scale_ptr,
-    M, K, stride_xm, clip, inv_sqrt,
-    BITS: tl.constexpr, HAD: tl.constexpr, HBLOCK: tl.constexpr,
+    x_ptr, codes_ptr, scale_ptr, nw_ptr,
+    M, K, stride_xm, clip, inv_sqrt, eps, M_BUCKET,
+    BITS: tl.constexpr, HAD: tl.constexpr, HBLOCK: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr,
     BLK: tl.constexpr, B1: tl.constexpr, NBI: tl.constexpr, B2: tl.constexpr, NUM_ITERS: tl.constexpr,
-    X_PARTS: tl.constexpr, DOT_F32: tl.constexpr,
+    X_PARTS: tl.constexpr, DOT_F32: tl.constexpr, TILE: tl.constexpr, PPS: tl.constexpr,
 ):  # fmt: skip
-    """Persistent over rows: program ``p`` handles rows ``p, p + P, ...``."""
+    """Persistent over rows: program ``p`` handles rows ``p, p + P, ...``.
+
+    ``NORM``: the row is first RMS-normalized, ``y = rstd * T(w * x)`` with ``rstd = 1 / sqrt(mean(x^2) + eps)``
+    (``w``: ``nw_ptr``, float32 ``[K]``, when ``HAS_W``), computed as written, in float32. Since rounding is
+    monotone, ``max|y| = rstd * max|T(w * x)|`` exactly, so a long row still needs only two passes."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     if HAD:
@@ -132,35 +187,61 @@ def _act_quant_kernel(
         h2 = 0.0
     if NUM_ITERS == 1:
         # the row fits one tile: read it once, and issue the next row's loads before this row's math
+        if NORM and HAS_W:
+            kk, kok = _cols(0, K, BLK, B1, NBI, B2)
+            w = tl.load(nw_ptr + kk, mask=kok, other=0.0)  # [B1, NBI, B2] fp32, once per program
+        else:
+            w = 1.0
         x_next = _row_tile(x_ptr, pid.to(tl.int64) * stride_xm, 0, tl.where(pid < M, K, 0), BLK, B1, NBI, B2)
         for i in range(0, tl.cdiv(M - pid, nprog)):
             row = (pid + i * nprog).to(tl.int64)
             x = x_next
             nxt = row + nprog
             x_next = _row_tile(x_ptr, nxt * stride_xm, 0, tl.where(nxt < M, K, 0), BLK, B1, NBI, B2)
-            y = _transform(x, h1, h2, inv_sqrt, HAD, B1, NBI, B2, X_PARTS, DOT_F32)  # [B1, NBI, B2] fp32
+            y = _transform(_prepare(x, w, NORM, HAS_W), h1, h2, inv_sqrt, HAD, B1, NBI, B2, X_PARTS, DOT_F32)
+            if NORM:
+                y = y * _rstd(_sumsq(x, NORM), K, eps, NORM)  # [B1, NBI, B2] fp32
             scale, inv = _scale_of(_absmax(y), clip, BITS)
             tl.store(scale_ptr + row, scale)
             _quantize_store(y, 0, scale, inv, codes_ptr, row, K, BITS, BLK, B1, NBI, B2)
     else:
-        # a long row: pass 1 finds the absmax, pass 2 re-reads the row (from L2) and quantizes it
+        # a long row: pass 1 finds the absmax (and the sum of squares), pass 2 re-reads the row (from L2)
         for i in range(0, tl.cdiv(M - pid, nprog)):
             row = (pid + i * nprog).to(tl.int64)
             off = row * stride_xm
             amax = 0.0
+            ss = 0.0
             for it in range(0, NUM_ITERS):
                 x = _row_tile(x_ptr, off, it * NBI, K, BLK, B1, NBI, B2)
-                amax = tl.maximum(amax, _absmax(_transform(x, h1, h2, inv_sqrt, HAD, B1, NBI, B2, X_PARTS, DOT_F32)))
+                if NORM and HAS_W:
+                    kk, kok = _cols(it * NBI, K, BLK, B1, NBI, B2)
+                    w = tl.load(nw_ptr + kk, mask=kok, other=0.0)
+                else:
+                    w = 1.0
+                z = _transform(_prepare(x, w, NORM, HAS_W), h1, h2, inv_sqrt, HAD, B1, NBI, B2, X_PARTS, DOT_F32)
+                amax = tl.maximum(amax, _absmax(z))
+                ss += _sumsq(x, NORM)
+            r = _rstd(ss, K, eps, NORM)
+            if NORM:
+                amax = amax * r
             scale, inv = _scale_of(amax, clip, BITS)
             tl.store(scale_ptr + row, scale)
             for it in range(0, NUM_ITERS):
                 x = _row_tile(x_ptr, off, it * NBI, K, BLK, B1, NBI, B2)
-                y = _transform(x, h1, h2, inv_sqrt, HAD, B1, NBI, B2, X_PARTS, DOT_F32)
+                if NORM and HAS_W:
+                    kk, kok = _cols(it * NBI, K, BLK, B1, NBI, B2)
+                    w = tl.load(nw_ptr + kk, mask=kok, other=0.0)
+                else:
+                    w = 1.0
+                y = _transform(_prepare(x, w, NORM, HAS_W), h1, h2, inv_sqrt, HAD, B1, NBI, B2, X_PARTS, DOT_F32)
+                if NORM:
+                    y = y * r
                 _quantize_store(y, it * NBI, scale, inv, codes_ptr, row, K, BITS, BLK, B1, NBI, B2)
 
 
-def _plan(k: int, block: int | None) -> dict:
-    """Tile shape ``[B1, NBI, B2]`` and the pass count for a row of ``k`` columns.
+@functools.lru_cache(maxsize=1024)
+def _plan(k: int, block: int | None, tile: int = TILE_PLAIN) -> dict:
+    """Tile shape ``[B1, NBI, B2]`` and the pass count for a row of ``k`` columns and tiles of ``tile`` elements.
 
     A row of up to one tile is held at once; a longer one is cut into ``NUM_ITERS`` tiles of ``NBI`` blocks,
     ``NBI`` as small as the power-of-two tiling allows (so little of the last tile is masked).
@@ -168,18 +249,77 @@ def _plan(k: int, block: int | None) -> dict:
     if block is None:
         b2 = min(next_power_of_2(k), 256)
         b1, blk = 1, b2
-        tile = TILE_PLAIN
         min_nbi = 1
     else:
         b1, b2 = factor_block(block)
         blk = b1 * b2
-        tile = TILE_HADAMARD
         min_nbi = 16 // b1 if b1 < 16 else 1  # tl.dot needs 16 rows
     blocks = triton.cdiv(k, blk)
     max_nbi = max(tile // blk, 1)
     iters = triton.cdiv(blocks, max_nbi)
     nbi = max(next_power_of_2(triton.cdiv(blocks, iters)), min_nbi)
     return {"BLK": blk, "B1": b1, "NBI": nbi, "B2": b2, "NUM_ITERS": triton.cdiv(blocks, nbi)}
+
+
+def _plan_of(args: dict) -> dict:
+    return _plan(args["K"], args["HBLOCK"] if args["HAD"] else None, args["TILE"])
+
+
+def act_candidates(configs: list, k: int, block: int | None) -> list:
+    """The configurations worth timing for rows of ``k`` (Hadamard ``block``): tiles no larger than twice the
+    row needs, with 4 to 64 elements per thread."""
+    keep = []
+    for c in configs:
+        plan = _plan(k, block, c.kwargs["TILE"])
+        per_thread = plan["B1"] * plan["NBI"] * plan["B2"] // (32 * c.num_warps)
+        if c.kwargs["TILE"] <= max(2048, 2 * next_power_of_2(k)) and 4 <= per_thread <= 64:
+            keep.append(c)
+    return keep or configs[:1]
+
+
+def _act_prune(configs, named_args, **kwargs):
+    if INTERPRET:
+        return configs
+    args = {**named_args, **kwargs}  # the constexprs (HAD, HBLOCK) arrive as keyword arguments
+    return act_candidates(configs, args["K"], args["HBLOCK"] if args["HAD"] else None)
+
+
+def _rows_bucket(m: int) -> int:
+    """Autotune key for the row count: decode, short, medium and long inputs."""
+    return 16 if m <= 16 else 256 if m <= 256 else 2048 if m <= 2048 else 8192
+
+
+_act_quant_tuned = triton.autotune(
+    configs=pick_configs(_ACT_CONFIGS, _ACT_INTERPRET),
+    key=["K", "HAD", "HBLOCK", "BITS", "NORM", "HAS_W", "M_BUCKET", "X_PARTS"],
+    prune_configs_by={"early_config_prune": _act_prune},
+)(triton.heuristics({name: (lambda args, _n=name: _plan_of(args)[_n]) for name in ("BLK", "B1", "NBI", "B2", "NUM_ITERS")})(
+    _act_quant_kernel))  # fmt: skip
+
+
+def launch_act_quant(x2, codes, scale, bits, clip_ratio, hadamard_block, norm_weight=None, eps=None, config=None):
+    """Run the kernel on ``x2`` ``[M, K]`` (unit stride along K) into ``codes`` and ``scale`` (checked by the
+    callers). ``eps`` not None turns on the RMSNorm (``norm_weight``: float ``[K]`` or None); ``config``: a fixed
+    ``triton.Config`` instead of the autotuner's choice."""
+    m, k = x2.shape
+    had = hadamard_block is not None
+    has_w = eps is not None and norm_weight is not None
+    sms = torch.cuda.get_device_properties(x2.device).multi_processor_count if x2.device.type == "cuda" else 2
+
+    def grid(meta):
+        return (min(m, meta["PPS"] * sms),)
+
+    kernel, extra = _act_quant_tuned, {}
+    if config is not None:
+        kernel, extra = _act_quant_tuned.fn, {**config.all_kwargs()}
+    nw = norm_weight.float().contiguous() if has_w else scale
+    kernel[grid](
+        x2, codes, scale, nw,
+        m, k, x2.stride(0), float(clip_ratio), 1.0 / math.sqrt(hadamard_block) if had else 1.0,
+        float(eps) if eps is not None else 0.0, _rows_bucket(m),
+        BITS=bits, HAD=had, HBLOCK=hadamard_block or 1, NORM=eps is not None, HAS_W=has_w,
+        X_PARTS=3 if has_w else split_parts(x2.dtype), DOT_F32=INTERPRET, enable_fp_fusion=False, **extra,
+    )  # fmt: skip
 
 
 def _check(x: torch.Tensor, bits: int, clip_ratio: float, hadamard_block: int | None, name: str) -> int:
@@ -236,18 +376,8 @@ def quantize_activation_triton(
         for t, shape, dtype in ((codes, shapes[0], torch.int8), (scale, shapes[1], torch.float32)):
             if tuple(t.shape) != shape or t.dtype != dtype or t.device != device or not t.is_contiguous():
                 raise ValueError(f"{name}: out tensors must be contiguous int8 {shapes[0]} and float32 {shapes[1]}")
-    if m == 0:
-        return codes.reshape(*lead, -1), scale.reshape(*lead, 1)
-    plan = _plan(k, hadamard_block)
-    had = hadamard_block is not None
-    elems = plan["B1"] * plan["NBI"] * plan["B2"]
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-    _act_quant_kernel[(min(m, PROGRAMS_PER_SM * sms),)](
-        x2, codes, scale,
-        m, k, x2.stride(0), float(clip_ratio), 1.0 / math.sqrt(hadamard_block) if had else 1.0,
-        BITS=bits, HAD=had, HBLOCK=hadamard_block or 1, X_PARTS=split_parts(x.dtype), DOT_F32=INTERPRET,
-        num_warps=ACT_WARPS if elems <= 4096 else 8, enable_fp_fusion=False, **plan,
-    )  # fmt: skip
+    if m > 0:
+        launch_act_quant(x2, codes, scale, bits, clip_ratio, hadamard_block)
     return codes.reshape(*lead, -1), scale.reshape(*lead, 1)
 
 

@@ -117,3 +117,27 @@ def test_gpu_large(m, k, block):
         assert torch.equal(codes, ref_codes) and torch.equal(scale, ref_scale)
     else:
         _check_hadamard(x, 4, 0.9, block)
+
+
+@pytest.mark.parametrize("k,block", [(4096, None), (11008, None), (18944, 512), (4096, 4096), (96, None)])
+def test_autotune_candidates_hold_a_7b_row_in_few_passes(k, block):
+    """The GPU's candidates for a row: at least one holds the whole row (one read), none is absurdly large."""
+    from quota.kernels.act_quant import _ACT_CONFIGS, _plan, act_candidates
+
+    cands = act_candidates(_ACT_CONFIGS, k, block)
+    assert cands
+    assert any(_plan(k, block, c.kwargs["TILE"])["NUM_ITERS"] == 1 for c in cands)
+    assert all(c.kwargs["TILE"] <= max(2048, 2 * 32768) for c in cands)
+
+
+@pytest.mark.parametrize("tile", [4096, 8192])
+def test_fixed_larger_tiles_are_bit_exact(tile):
+    """A configuration the GPU may pick, forced under the interpreter: the row of 5120 in one tile."""
+    from quota.kernels.act_quant import _act_config, launch_act_quant
+
+    x = _x((7, 5120), torch.bfloat16, seed=tile)
+    codes = torch.empty((7, 2560), dtype=torch.int8, device=DEVICE)
+    scale = torch.empty((7, 1), dtype=torch.float32, device=DEVICE)
+    launch_act_quant(x.to(DEVICE), codes, scale, 4, 0.9, None, config=_act_config(tile, 2, 8))
+    ref_codes, ref_scale = quantize_activation_reference(x, 4, 0.9)
+    assert torch.equal(codes.cpu(), ref_codes) and torch.equal(scale.cpu(), ref_scale)
