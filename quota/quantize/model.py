@@ -379,6 +379,7 @@ def quantize_model(
     spec = spec_for(model)
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
+    config.check_layers(len(spec.layers_of(model)))
     vocab = getattr(spec.text_config_of(model), "vocab_size", None)
     batches = validate_batches(calibration_batches, vocab) if (
         needs_calibration(config) or calibration_batches is not None
@@ -393,7 +394,6 @@ def quantize_model(
         return model
 
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    config.check_layers(len(spec.layers_of(model)))
     if config.rotate:
         rotate_language_model(
             model, spec, seed=config.rotation_seed, mix_blocks=config.rotation_mix_blocks, value_head_hadamard=True
