@@ -19,13 +19,17 @@ import torch
 
 from quota.kernels import w4a4_gemm
 from quota.kernels.act_quant import quantize_activation_triton
+from quota.kernels.rmsnorm_quant import rmsnorm_quantize_triton
+from quota.kernels.w4_gemv import w4_gemv, w4_gemv_codes
 from quota.kernels import kv_decode_splitk
 from quota.kernels.kv_attention import kv_attention_decode
 from quota.kernels.kv_write import allocate_kv_cache
 from quota.kernels.w4a4_gemm import _gemm_kernel, w4a4_matmul, w8a8_matmul
 
 GEMM_SHAPES = ((4096, 4096), (4096, 11008), (11008, 4096), (3584, 18944), (18944, 3584))  # (K, N)
-GEMM_MS = (1, 16, 576, 2048, 4096)
+GEMM_MS = (1, 16, 64, 256, 576, 1024, 2048, 4096)
+GEMV_SHAPES = ((4096, 11008), (11008, 4096), (4096, 3 * 4096))  # (K, N) of LLaMA-7B: up/gate, down, fused qkv
+GEMV_MS = (1, 16)
 ACT_SHAPES = ((4096, 4096, 4096), (4096, 11008, 256), (2048, 18944, 512))  # (M, K, Hadamard block)
 ATTN_CONTEXTS = (1024, 4096, 16384, 32768)
 ATTN_BATCHES = (1, 16)
@@ -37,7 +41,8 @@ TARGETS = {
     "gemm_prefill_vs_bf16": 1.6,  # M >= 2048: W4A4 time at most bf16 / 1.6
     "gemm_prefill_vs_int_mm": 0.85,  # M >= 2048: W4A4 throughput at least 85% of torch._int_mm
     "gemm_decode_vs_bf16": 2.5,  # M <= 16
-    "act_quant_bandwidth": 0.70,  # of a bf16 copy's bandwidth
+    "act_quant_bandwidth": 0.70,  # of a bf16 copy's bandwidth, without a Hadamard (issue 19)
+    "act_quant_bandwidth_hadamard": 0.50,  # with the online Hadamard (issue 19)
     "decode_attention_vs_sdpa": 2.0,  # 16k context, batch 16 (issue 19)
 }
 
@@ -119,10 +124,41 @@ def _gemm_case(m: int, k: int, n: int, quick: bool, device) -> list[dict]:
         row("int8_int_mm", lambda i: torch._int_mm(a8[i], w8[i].t()))
     else:
         row("int8_int_mm", note="n/a: torch._int_mm needs M > 16")
-    af = [x.to(torch.float8_e4m3fn) for x in xb]
-    wf = [x.to(torch.float8_e4m3fn) for x in wb]
-    sa, sb = torch.ones((m, 1), device=device), torch.ones((1, n), device=device)
-    row("fp8_scaled_mm", lambda i: torch._scaled_mm(af[i], wf[i].t(), sa, sb, out_dtype=torch.bfloat16))
+    fp8 = _fp8_operands(xb, wb)
+    row("fp8_scaled_mm", lambda i: _fp8_mm(*fp8[i]))
+    return add_ratios(rows)
+
+
+def _fp8_operands(xs, ws):
+    """Per ``(x, w)`` pair: e4m3 codes of ``x`` ``[M, K]`` and ``w`` ``[N, K]`` with float32 per-token ``[M, 1]``
+    and per-channel ``[1, N]`` scales (absmax / 448), as a Hopper FP8 W8A8 deployment stores them."""
+    out = []
+    for x, w in zip(xs, ws):
+        xa, wa = _fp8_quantize(x), _fp8_quantize(w)
+        out.append((xa[0], xa[1], wa[0], wa[1].reshape(1, -1)))
+    return out
+
+
+def _fp8_quantize(x):
+    scale = (x.float().abs().amax(dim=-1, keepdim=True) / 448.0).clamp_min(1e-12)  # [R, 1]
+    return (x.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+def _fp8_mm(a, sa, w, sw):
+    """``torch._scaled_mm`` with row-wise scales and fast accumulation (what vLLM-style FP8 runs on Hopper)."""
+    return torch._scaled_mm(a, w.t(), sa, sw, out_dtype=torch.bfloat16, use_fast_accum=True)
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Each GEMM/GEMV row gets ``vs_bf16`` and ``vs_fp8``: the baseline's time over its own (above 1: faster),
+    against the ``bf16_linear`` and ``fp8_scaled_mm`` rows of the same shape."""
+    for r in rows:
+        if r["bench"] not in ("gemm", "gemv"):
+            continue
+        same = dict(bench=r["bench"], K=r["K"], N=r["N"], M=r["M"])
+        for key, method in (("vs_bf16", "bf16_linear"), ("vs_fp8", "fp8_scaled_mm")):
+            base = _get(rows, method=method, **same)
+            r[key] = base["ms"] / r["ms"] if base and base.get("ms") and r.get("ms") else None
     return rows
 
 
@@ -142,7 +178,8 @@ def check_wgmma_s8(m: int = 4096, n: int = 4096, k: int = 4096, device="cuda") -
     cfg = w4a4_gemm._gemm_kernel.best_config
     out = torch.empty((m, n), dtype=torch.bfloat16, device=device)
     compiled = jit.warmup(
-        a, s_a, w, s_w, s_a, out, m, n, k // 2, w4a4_gemm._m_bucket(m), a.stride(0), w.stride(0), out.stride(0),
+        a, s_a, w, s_w, s_a, out, s_a, s_a, m, n, k // 2, w4a4_gemm._m_bucket(m), a.stride(0), w.stride(0),
+        out.stride(0),
         HAS_BIAS=False, INT4=True, USE_ASM=w4a4_gemm.USE_ASM_UNPACK, EVEN_K=(k // 2) % cfg.kwargs["BLOCK_KB"] == 0,
         grid=(1,), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs,
     )  # fmt: skip
@@ -154,11 +191,67 @@ def check_wgmma_s8(m: int = 4096, n: int = 4096, k: int = 4096, device="cuda") -
             "line": re.sub(r"\{[^}]*\}", "{...}", first), "ok": bool(s8)}  # fmt: skip
 
 
+# ----------------------------------------------------------------------------- decode GEMV
+
+
+def bench_gemv(shapes=GEMV_SHAPES, ms=GEMV_MS, quick: bool = False, device="cuda") -> list[dict]:
+    """Decode GEMV at LLaMA-7B shapes: bf16 ``F.linear``, FP8 ``torch._scaled_mm`` (codes ready, and with the
+    per-token quantization of the input in PyTorch), and ours from the bf16 input: the split-K GEMV quantizing
+    inside (``w4_gemv``), act_quant + the GEMV on codes, and act_quant + the W4A4 GEMM. GB/s counts the
+    weight bytes (bf16, e4m3 or int4)."""
+    rows = []
+    for k, n in shapes:
+        for m in ms:
+            rows += _gemv_case(m, k, n, quick, device)
+            torch.cuda.empty_cache()
+    return add_ratios(rows)
+
+
+def _gemv_case(m: int, k: int, n: int, quick: bool, device) -> list[dict]:
+    gen = torch.Generator(device=device).manual_seed(m + k + n)
+    copies = _copies(n * k * 2, device)
+    xb = [torch.randn((m, k), generator=gen, device=device, dtype=torch.bfloat16) for _ in range(copies)]
+    wb = [torch.randn((n, k), generator=gen, device=device, dtype=torch.bfloat16) for _ in range(copies)]
+    w4 = [torch.randint(-128, 128, (n, k // 2), generator=gen, device=device, dtype=torch.int8) for _ in range(copies)]
+    w_s = torch.rand((n,), generator=gen, device=device) + 0.5
+    fp8 = _fp8_operands(xb, wb)
+    rows = []
+
+    def row(method, fn, weight_bytes, note=""):
+        ms_ = None
+        try:
+            ms_ = time_ms(fn, copies, quick)
+        except Exception as err:  # a baseline that cannot run this shape
+            note = f"n/a: {_short(err)}"
+        rows.append({"bench": "gemv", "K": k, "N": n, "M": m, "method": method, "ms": ms_,
+                     "gbs": weight_bytes / ms_ / 1e6 if ms_ else None, "note": note})  # fmt: skip
+
+    def fp8_dynamic(i):
+        xq, sx = _fp8_quantize(xb[i])
+        return _fp8_mm(xq, sx, fp8[i][2], fp8[i][3])
+
+    def act_then(fn):
+        def call(i):
+            codes, scale = quantize_activation_triton(xb[i], 4, 1.0)
+            return fn(codes, scale, w4[i], w_s)
+        return call
+
+    row("bf16_linear", lambda i: torch.nn.functional.linear(xb[i], wb[i]), n * k * 2)
+    row("fp8_scaled_mm", lambda i: _fp8_mm(*fp8[i]), n * k, "input already e4m3")
+    row("fp8_dynamic", fp8_dynamic, n * k, "per-token e4m3 quantization in PyTorch, then _scaled_mm")
+    row("w4_gemv", lambda i: w4_gemv(xb[i], w4[i], w_s), n * k // 2, "scale pass + GEMV quantizing inside")
+    row("act_quant+w4_gemv_codes", act_then(w4_gemv_codes), n * k // 2)
+    row("act_quant+w4a4_gemm", act_then(w4a4_matmul), n * k // 2)
+    return rows
+
+
 # ----------------------------------------------------------------------------- activation quantize
 
 
 def bench_act_quant(shapes=ACT_SHAPES, quick: bool = False, device="cuda") -> list[dict]:
-    """Fused quantize (with and without the Hadamard) against a bf16 copy of the same tensor."""
+    """Fused quantize and fused RMSNorm + quantize (with and without the Hadamard) against a bf16 copy of the
+    same tensor; ``of_copy`` is the share of the copy's bandwidth (bytes moved: bf16 read, int4 codes and
+    scales written)."""
     rows = []
     for m, k, block in shapes:
         rows += _act_case(m, k, block, quick, device)
@@ -173,10 +266,14 @@ def _act_case(m: int, k: int, block: int, quick: bool, device) -> list[dict]:
     copy_gbs = 2 * m * k * 2 / copy_ms / 1e6
     rows = [{"bench": "act_quant", "M": m, "K": k, "method": "bf16_copy", "hadamard": None,
              "ms": copy_ms, "gbs": copy_gbs, "of_copy": 1.0}]  # fmt: skip
+    moved = m * k * 2 + m * k // 2 + m * 4  # read bf16, write int4 codes and a scale
     for had in (None, block):
-        moved = m * k * 2 + m * k // 2 + m * 4  # read bf16, write int4 codes and a scale
         t = time_ms(lambda i: quantize_activation_triton(xs[i], 4, 1.0, had), copies, quick)
         rows.append({"bench": "act_quant", "M": m, "K": k, "method": "act_quant_int4", "hadamard": had,
+                     "ms": t, "gbs": moved / t / 1e6, "of_copy": moved / t / 1e6 / copy_gbs})  # fmt: skip
+    for had in (None, block):  # the norm weight folded (QuaRot), as the rotated models run it
+        t = time_ms(lambda i: rmsnorm_quantize_triton(xs[i], None, 1e-6, 4, 1.0, had), copies, quick)
+        rows.append({"bench": "act_quant", "M": m, "K": k, "method": "rmsnorm_quant_int4", "hadamard": had,
                      "ms": t, "gbs": moved / t / 1e6, "of_copy": moved / t / 1e6 / copy_gbs})  # fmt: skip
     return rows
 
@@ -281,9 +378,12 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
             elif m <= 16:
                 out.append(_target("gemm_decode_vs_bf16", shape, bf16["ms"] / ours["ms"], "x bf16"))
     for r in rows:
-        if r["bench"] == "act_quant" and r["method"] == "act_quant_int4":
+        if r["bench"] == "act_quant" and r["method"] in ("act_quant_int4", "rmsnorm_quant_int4"):
             shape = f"M={r['M']} K={r['K']} hadamard={r['hadamard']}"
-            out.append(_target("act_quant_bandwidth", shape, r["of_copy"], "of copy bandwidth"))
+            if r["method"] != "act_quant_int4":
+                shape += f" {r['method']}"
+            name = "act_quant_bandwidth" if r["hadamard"] is None else "act_quant_bandwidth_hadamard"
+            out.append(_target(name, shape, r["of_copy"], "of copy bandwidth"))
         if r["bench"] == "decode_attention" and r["method"] == "kv4_triton" and r["ctx"] == 16384 and r["B"] == 16:
             shape = f"B=16 ctx=16k H_q={r['H_q']} H_kv={r['H_kv']}"
             out.append(_target("decode_attention_vs_sdpa", shape, r["speedup"], "x SDPA bf16"))
@@ -303,18 +403,30 @@ def device_info(device="cuda") -> dict:
             "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version()}  # fmt: skip
 
 
-def run_all(quick: bool = False, device="cuda") -> dict:
-    """Every benchmark, the PTX check and the target evaluation, as one JSON-ready dict."""
+PARTS = ("gemm", "gemv", "act_quant", "attention")
+
+
+def run_all(quick: bool = False, device="cuda", parts=PARTS) -> dict:
+    """The benchmarks of ``parts`` (default: every one), the PTX check (with ``gemm``) and the target
+    evaluation, as one JSON-ready dict."""
     if not torch.cuda.is_available():
         raise ValueError("kernel benchmarks need a CUDA device")
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown benchmark parts {sorted(unknown)}; choose among {PARTS}")
     gemm_shapes = GEMM_SHAPES[:2] if quick else GEMM_SHAPES
-    gemm_ms = (1, 16, 2048, 4096) if quick else GEMM_MS
+    gemm_ms = (1, 16, 576, 2048, 4096) if quick else GEMM_MS
     contexts = (4096, 16384) if quick else ATTN_CONTEXTS
     rows = []
-    rows += bench_gemm(gemm_shapes, gemm_ms, quick, device)
-    rows += bench_act_quant(ACT_SHAPES[:1] if quick else ACT_SHAPES, quick, device)
-    rows += bench_decode_attention(contexts, ATTN_BATCHES, ATTN_HEADS, quick, device)
-    ptx = check_wgmma_s8(device=device)
+    if "gemm" in parts:
+        rows += bench_gemm(gemm_shapes, gemm_ms, quick, device)
+    if "gemv" in parts:
+        rows += bench_gemv(GEMV_SHAPES, GEMV_MS, quick, device)
+    if "act_quant" in parts:
+        rows += bench_act_quant(ACT_SHAPES[:1] if quick else ACT_SHAPES, quick, device)
+    if "attention" in parts:
+        rows += bench_decode_attention(contexts, ATTN_BATCHES, ATTN_HEADS, quick, device)
+    ptx = check_wgmma_s8(device=device) if "gemm" in parts else None
     return {"info": device_info(device), "quick": quick, "rows": rows, "ptx": ptx,
             "gemm_configs": gemm_config_report(), "targets": evaluate_targets(rows)}  # fmt: skip
 
@@ -335,11 +447,27 @@ def render_markdown(result: dict) -> str:
              f"triton {info['triton']}, Python {info['python']}. Medians of `triton.testing.do_bench_cudagraph` "
              "(calls captured in a CUDA graph; inputs rotated over more than twice the L2 size).", ""]  # fmt: skip
     rows = result["rows"]
-    lines += ["## W4A4 GEMM", "", "| K | N | M | method | ms | TOPS | note |", "|---|---|---|---|---|---|---|"]
+    lines += ["## W4A4 GEMM", "", "Codes and scales ready for every method (FP8: e4m3 with per-token x per-channel "
+              "scales, `use_fast_accum=True`). `x bf16` and `x fp8`: that baseline's time over the row's (above 1: "
+              "the row is faster).", "",
+              "| K | N | M | method | ms | TOPS | x bf16 | x fp8 | note |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in (r for r in rows if r["bench"] == "gemm"):
         lines.append(f"| {r['K']} | {r['N']} | {r['M']} | {r['method']} | {_f(r['ms'], '{:.4f}')} | "
-                     f"{_f(r['tops'], '{:.1f}')} | {r['note']} |")  # fmt: skip
-    lines += ["", "## Activation quantize (int4)", "", "| M | K | method | Hadamard block | ms | GB/s | of copy |",
+                     f"{_f(r['tops'], '{:.1f}')} | {_f(r.get('vs_bf16'), '{:.2f}')} | {_f(r.get('vs_fp8'), '{:.2f}')} | "
+                     f"{r['note']} |")  # fmt: skip
+    gemv = [r for r in rows if r["bench"] == "gemv"]
+    if gemv:
+        lines += ["", "## Decode GEMV (LLaMA-7B shapes)", "",
+                  "From a bf16 input except `fp8_scaled_mm` (input already e4m3). GB/s counts weight bytes.", "",
+                  "| K | N | M | method | ms | weight GB/s | x bf16 | x fp8 | note |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in gemv:
+            lines.append(f"| {r['K']} | {r['N']} | {r['M']} | {r['method']} | {_f(r['ms'], '{:.4f}')} | "
+                         f"{_f(r['gbs'], '{:.0f}')} | {_f(r.get('vs_bf16'), '{:.2f}')} | "
+                         f"{_f(r.get('vs_fp8'), '{:.2f}')} | {r['note']} |")  # fmt: skip
+    lines += ["", "## Activation quantize (int4)", "", "`of copy`: share of a bf16 copy's bandwidth (target 0.70 "
+              "without the Hadamard, 0.50 with it). `rmsnorm_quant_int4`: RMSNorm (weight folded) fused with it.", "",
+              "| M | K | method | Hadamard block | ms | GB/s | of copy |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in (r for r in rows if r["bench"] == "act_quant"):
         lines.append(f"| {r['M']} | {r['K']} | {r['method']} | {r['hadamard']} | {_f(r['ms'], '{:.4f}')} | "
@@ -352,11 +480,41 @@ def render_markdown(result: dict) -> str:
     for r in (r for r in rows if r["bench"] == "decode_attention"):
         lines.append(f"| {r['B']} | {r['H_q']} | {r['H_kv']} | {r['ctx']} | {r['method']} | {_f(r['ms'], '{:.4f}')} | "
                      f"{_f(r['gbs'], '{:.0f}')} | {_f(r['speedup'], '{:.2f}')} | {r.get('note', '')} |")  # fmt: skip
-    ptx = result["ptx"]
-    lines += ["", "## int8 wgmma check", "", f"W4A4 kernel config `{ptx['config']}`: {ptx['wgmma_s8_lines']} of "
-              f"{ptx['wgmma_lines']} wgmma lines are s8; first: `{ptx['line']}`", ""]  # fmt: skip
+    ptx = result.get("ptx")
+    if ptx:
+        lines += ["", "## int8 wgmma check", "", f"W4A4 kernel config `{ptx['config']}`: {ptx['wgmma_s8_lines']} of "
+                  f"{ptx['wgmma_lines']} wgmma lines are s8; first: `{ptx['line']}`", ""]  # fmt: skip
+    else:
+        lines.append("")
     lines += ["## Targets", "", "| target | shape | measured | needed | met |", "|---|---|---|---|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {t['shape']} | {t['value']:.2f} {t['unit']} | {t['need']} | "
                      f"{'met' if t['met'] else 'MISSED'} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m quota.bench.kernels [--quick] [--out DIR] [PART ...]``: some benchmarks only (``quota bench
+    kernels`` runs them all); prints the Markdown report, and with ``--out`` writes JSON and Markdown there."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m quota.bench.kernels")
+    parser.add_argument("parts", nargs="*", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    result = run_all(args.quick, parts=tuple(args.parts))
+    text = render_markdown(result)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        name = "bench_kernels_" + "_".join(args.parts)
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        (args.out / f"{name}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
