@@ -28,11 +28,13 @@
 #            processes spread over the GPUs (CUDA_VISIBLE_DEVICES); with one GPU they all share it, as before.
 #            Finished pieces already in OUT_DIR (profiles, suite rows) are kept, so seeding it resumes the run.
 #   joint    issue 17's table: the W4A4+KV4 profile with per-stage weights and interaction terms (GRID_STEPS,
-#            default 32; INTERACTIONS, default 8; RANKS ranks, default 4), its additivity check before and after the
-#            interaction terms on 30 schedules, recipes at 64/128/192 tokens and budget 0.3 refined by measuring the
-#            REFINE_K (default 8) best predicted schedules on held-out calibration questions, then every stage-wise
-#            preset and those recipes at the recipes' own tokens on one low-bit model, LIMIT (default 500) test
-#            questions per task, with the paired difference; run detached (well over 10 minutes), resumable
+#            default 18, so that 64/128/192 are grid points; INTERACTIONS, default 4; RANKS ranks, default 8), its
+#            additivity check before and after the interaction terms on 30 schedules, recipes at 64/128/192 tokens
+#            and budget 0.3 refined by measuring the REFINE_K (default 8) best predicted schedules on held-out
+#            calibration questions, then every stage-wise preset and those recipes at the recipes' own tokens on
+#            one low-bit model, LIMIT (default 500) test questions per task, with the paired difference. Several
+#            processes share the GPU; run detached (well over 10 minutes), resumable; OUT_DIR/joint.log has the
+#            phases' times and OUT_DIR/joint.done marks the end
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
@@ -179,25 +181,71 @@ case "$section" in
       --precisions lowbit --limit 200 --resume > "$out/table.log" 2>&1 || true
     date +"%T done" >> "$out/pipeline.log" && touch "$out/pipeline.done" ;;
   joint)
-    ranks="${RANKS:-4}" limit="${LIMIT:-500}" refine_k="${REFINE_K:-8}"
-    prof="$out/testbed_joint.json"
-    date +"%T joint profile on $ranks ranks" >> "$out/joint.log"
-    [ -f "$prof" ] || timeout 3600 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main profile -o "$prof" \
-      --grid-steps "${GRID_STEPS:-32}" --interactions "${INTERACTIONS:-8}" --resume > "$out/joint_profile.log" 2>&1 || true
-    timeout 1800 $q profile -o "$prof" --validate 30 --validate-only > "$out/joint_validate.log" 2>&1 || true
-    plans=() budgets=()
-    for k in 64 128 192; do
-      $q solve --profile "$prof" --solver dp --keep-tokens "$k" --refine "$refine_k" -o "$out/recipe_joint_k$k.json" \
-        > "$out/refine_k$k.log" 2>&1
-      plans+=("recipe:$out/recipe_joint_k$k.json") budgets+=("$(recipe_tokens "$out/recipe_joint_k$k.json")")
+    # Concurrent processes share the GPU (the testbed's forward is launch-bound): the profile's ranks, and the
+    # stage-wise presets at 64/128/192 tokens meanwhile; then validation and the refined solves; then the recipes
+    # and the presets at the 0.3 recipe's tokens. Every suite process writes its own rows into one folder; the
+    # report is written last from all of them. JOINT_PROFILE_ARGS / JOINT_SUITE_ARGS / JOINT_SOLVE_ARGS add
+    # options (a CPU dry run: "--device cpu --limit 8", "--device cpu --calibration 8", "--device cpu").
+    ranks="${RANKS:-8}" limit="${LIMIT:-500}" refine_k="${REFINE_K:-8}"
+    prof="$out/testbed_joint.json" suite="$out/joint_suite"
+    presets=(fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner)
+    groups=("fastv pyramiddrop" "sparsevlm visionzip" "visionzip_nomerge divprune" "cdpruner")
+    suite_args=(--suite "$suite" --precisions lowbit --limit "$limit" --resume ${JOINT_SUITE_ARGS:-})
+    stamp() { date +"%T $*" >> "$out/joint.log"; }
+    stamp "profile on $ranks ranks; the all-token rows, then the presets at 64/128/192 tokens"
+    if [ -f "$prof" ]; then :; elif [ "$ranks" -gt 1 ]; then
+      timeout 3600 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main profile -o "$prof" \
+        --grid-steps "${GRID_STEPS:-18}" --interactions "${INTERACTIONS:-4}" --resume ${JOINT_PROFILE_ARGS:-} \
+        > "$out/joint_profile.log" 2>&1 &
+    else
+      timeout 3600 $q profile -o "$prof" --grid-steps "${GRID_STEPS:-18}" --interactions "${INTERACTIONS:-4}" \
+        --resume ${JOINT_PROFILE_ARGS:-} > "$out/joint_profile.log" 2>&1 &
+    fi
+    profiling=$!
+    (
+      timeout 1800 $q eval "${suite_args[@]}" --plans > "$out/joint_suite_all.log" 2>&1
+      i=0
+      for group in "${groups[@]}"; do
+        timeout 3600 $q eval "${suite_args[@]}" --plans $group --budgets 64 128 192 \
+          > "$out/joint_suite_k_$i.log" 2>&1 &
+        i=$((i + 1))
+      done
+      wait
+    ) &
+    wait "$profiling" || true
+    stamp "validation before and after the interaction terms; refined solves"
+    timeout 1800 $q profile -o "$prof" --validate 30 --validate-only ${JOINT_PROFILE_ARGS:-} \
+      > "$out/joint_validate.log" 2>&1 &
+    solving=($!)
+    for k in 64 128 192 b0.3; do
+      case "$k" in b*) target=(--budget "${k#b}") ;; *) target=(--keep-tokens "$k") ;; esac
+      timeout 1800 $q solve --profile "$prof" --solver dp "${target[@]}" --refine "$refine_k" ${JOINT_SOLVE_ARGS:-} \
+        -o "$out/recipe_joint_$k.json" > "$out/refine_$k.log" 2>&1 &
+      solving+=($!)
     done
-    $q solve --profile "$prof" --solver dp --budget 0.3 --refine "$refine_k" -o "$out/recipe_joint_b0.3.json" \
-      > "$out/refine_b0.3.log" 2>&1
-    plans+=("recipe:$out/recipe_joint_b0.3.json") budgets+=("$(recipe_tokens "$out/recipe_joint_b0.3.json")")
-    date +"%T suite at ${budgets[*]} tokens" >> "$out/joint.log"
-    timeout 7200 $q eval --suite "$out/joint_suite" --precisions lowbit --limit "$limit" --budgets "${budgets[@]}" \
-      --plans fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner random "${plans[@]}" --resume \
-      > "$out/joint_suite.log" 2>&1 || true
-    date +"%T done" >> "$out/joint.log" && touch "$out/joint.done" ;;
+    wait "${solving[@]}" || true
+    plans=() tokens=()
+    for k in 64 128 192 b0.3; do
+      if [ -f "$out/recipe_joint_$k.json" ]; then
+        plans+=("recipe:$out/recipe_joint_$k.json") tokens+=("$(recipe_tokens "$out/recipe_joint_$k.json")")
+      fi
+    done
+    stamp "recipes at ${tokens[*]:-none} tokens; the presets at the 0.3 recipe's tokens"
+    t30="$(recipe_tokens "$out/recipe_joint_b0.3.json" 2>/dev/null || true)"
+    if [ ${#plans[@]} -gt 0 ]; then
+      timeout 3600 $q eval "${suite_args[@]}" --plans "${plans[@]}" > "$out/joint_suite_recipes.log" 2>&1 &
+    fi
+    if [ -n "$t30" ]; then
+      i=0
+      for group in "${groups[@]}"; do
+        timeout 3600 $q eval "${suite_args[@]}" --plans $group --budgets "$t30" > "$out/joint_suite_b03_$i.log" 2>&1 &
+        i=$((i + 1))
+      done
+    fi
+    wait
+    stamp "report"
+    timeout 600 $q eval "${suite_args[@]}" --plans "${presets[@]}" "${plans[@]}" --budgets 64 128 192 $t30 \
+      --report-only > "$out/joint_suite.log" 2>&1 || true
+    stamp "done" && touch "$out/joint.done" ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
 esac
