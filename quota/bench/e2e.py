@@ -1,6 +1,8 @@
 """End-to-end speed and memory of a VLM under the runtime: time to first token, decode tokens per second
-and peak memory with the KV cache, for bf16 with all tokens, W4A4 + KV4 with all tokens, and W4A4 + KV4
-with a pruning schedule. Weights are random (speed does not depend on trained weights); the architectures
+and peak memory with the KV cache, for bf16 with all tokens, W4A4 + KV4 with all tokens, W4A4 + KV4
+with a pruning schedule, and (on GPUs with FP8 tensor cores, or when asked) the FP8 W8A8 baseline with all tokens
+(every decoder linear an :class:`~quota.quantize.linear_fp8.Fp8Linear`, bf16 KV cache), each row's TTFT and
+decode rate also given as a ratio to the FP8 row of its batch. Weights are random (speed does not depend on trained weights); the architectures
 are written from published configuration numbers (:data:`ARCHITECTURES`), so nothing is downloaded; a checkpoint
 folder (LLaVA-1.5 or Qwen2-VL) gives its own ``config.json``, its weights left unread.
 
@@ -29,6 +31,7 @@ import torch
 from quota.device import placement
 from quota.models.registry import checkpoint_class
 from quota.models.visual_tokens import visual_tokens_of
+from quota.kernels.fp8_gemm import has_fp8
 from quota.quant.config import QuantConfig
 from quota.quantize.model import quantize_model
 from quota.runtime.baselines import baseline_plan
@@ -112,6 +115,10 @@ class SpeedRow:
     kv_cache_mib: float
     kv_prompt_mib: float = float("nan")
     """The KV cache right after the prefill (the prompt's tokens only); ``kv_cache_mib`` is after decoding."""
+    ttft_vs_fp8: float = float("nan")
+    """``ttft_ms`` / the FP8 W8A8 row's of the same batch (below 1: faster); NaN without an FP8 row."""
+    decode_vs_fp8: float = float("nan")
+    """``decode_tokens_per_s`` / the FP8 W8A8 row's of the same batch (above 1: faster)."""
 
     def to_dict(self) -> dict:
         """The row as JSON-ready values: a measurement that does not exist (peak memory off CUDA) is ``None``."""
@@ -268,16 +275,38 @@ def resample_schedule(schedule: Sequence[int], layers: int, n_visual: int, sourc
     return [round(schedule[i * src // layers] / source_visual * n_visual) for i in range(layers)]
 
 
+FP8_VARIANT = "FP8 W8A8, all tokens"
+
+
+def fp8_config(layers: int, impl: str) -> QuantConfig:
+    """The FP8 W8A8 baseline: every decoder layer ``fp8`` (per-channel e4m3 weights, per-token e4m3 activations,
+    ``torch._scaled_mm``), bf16 KV cache, no rotation (FP8 needs none), nothing calibrated."""
+    return QuantConfig(layer_precision=("fp8",) * layers, kv_bits=16, rotate=False, online_hadamard=False,
+                       kv_hadamard=False, weight_method="rtn", w_clip_search=False, a_clip_search=False, impl=impl)
+
+
+def add_fp8_ratios(rows: list[SpeedRow]) -> None:
+    """Set each row's ``ttft_vs_fp8`` and ``decode_vs_fp8`` against the FP8 row of its batch, where there is one."""
+    fp8 = {r.batch: r for r in rows if r.variant == FP8_VARIANT}
+    for r in rows:
+        base = fp8.get(r.batch)
+        if base is not None:
+            r.ttft_vs_fp8 = r.ttft_ms / base.ttft_ms
+            r.decode_vs_fp8 = r.decode_tokens_per_s / base.decode_tokens_per_s
+
+
 def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prompt_tokens: int = 64,
               new_tokens: int = 512, budget: float = 0.3, repeats: int = 3, device: str | None = None,
               schedule: Sequence[int] | None = None, source_visual: int | None = None,
-              static: bool = True) -> list[SpeedRow]:
+              static: bool = True, fp8: bool | None = None) -> list[SpeedRow]:
     """bf16 all tokens, W4A4 + KV4 all tokens, W4A4 + KV4 with ``schedule`` (default: the PyramidDrop-shaped
-    schedule at ``budget`` of the visual tokens), each at every batch size, in one process. A ``schedule`` of
-    another layer count (a recipe solved for the testbed) is resampled by relative depth
-    (:func:`resample_schedule`; ``source_visual``: its visual-token count, default this model's).
+    schedule at ``budget`` of the visual tokens), then the FP8 W8A8 baseline with all tokens, each at every batch
+    size, in one process. A ``schedule`` of another layer count (a recipe solved for the testbed) is resampled by
+    relative depth (:func:`resample_schedule`; ``source_visual``: its visual-token count, default this model's).
     ``static``: prefill and decode through :class:`~quota.runtime.graphs.StaticPrefill` and
-    :class:`~quota.runtime.graphs.StaticDecoder` (CUDA graphs on CUDA)."""
+    :class:`~quota.runtime.graphs.StaticDecoder` (CUDA graphs on CUDA). ``fp8``: measure the FP8 row (``None``: on a
+    GPU with FP8 tensor cores only; elsewhere its timings would say nothing). The FP8 model is built afresh (same
+    seed) after the W4A4 rows, so that no other model's weights sit in memory during its peak-memory reading."""
     device, dtype = placement(device)
     impl = "triton" if device.startswith("cuda") else "reference"
     model = build_random(arch, device, dtype)
@@ -305,6 +334,21 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
             rows.append(SpeedRow(name, b, sum(sched) / layers,
                                  *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
             _report(rows[-1])
+    if fp8 if fp8 is not None else has_fp8(torch.device(device)):
+        model = qmodel = r = None  # the bf16/W4A4 model's memory goes back before the FP8 model is built
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        fmodel = quantize_model(build_random(arch, device, dtype), fp8_config(layers, impl), None, inplace=True)
+        for b in batches:
+            ids, mask, pixels, extra = inputs(fmodel, b, prompt_tokens, n, device, dtype)
+            r = PrunedRunner(fmodel, full, weights, impl=impl)
+            rows.append(SpeedRow(FP8_VARIANT, b, float(n),
+                                 *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
+            _report(rows[-1])
+        add_fp8_ratios(rows)
+        for row in rows:
+            print(f"[quota bench e2e] {row.variant}, batch {row.batch}: TTFT {row.ttft_vs_fp8:.2f}x FP8 W8A8, "
+                  f"decode {row.decode_vs_fp8:.2f}x", file=sys.stderr, flush=True)
     return rows
 
 

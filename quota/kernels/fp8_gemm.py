@@ -12,10 +12,24 @@ unit scales into float32 and applies the scales in a float32 epilogue (one extra
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 ALIGN = 16
 """``torch._scaled_mm`` on CUDA needs K and N multiples of 16."""
+
+
+def has_fp8(device: torch.device) -> bool:
+    """Whether ``device`` has FP8 tensor cores (a CUDA GPU of compute capability >= 8.9; cached per device)."""
+    device = torch.device(device)
+    return device.type == "cuda" and _capability(device.index if device.index is not None else
+                                                 torch.cuda.current_device()) >= (8, 9)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def fp8_shapes_supported(k: int, n: int) -> bool:
@@ -46,7 +60,7 @@ def _check(a, a_scale, w, w_scale, bias, out_dtype, name: str) -> tuple[int, int
     if a.is_cuda:
         if not fp8_shapes_supported(k, n):
             raise ValueError(f"{name}: torch._scaled_mm needs K and N multiples of {ALIGN}, got K={k}, N={n}")
-        if torch.cuda.get_device_capability(a.device) < (8, 9):
+        if not has_fp8(a.device):
             raise ValueError(f"{name}: FP8 GEMMs need compute capability 8.9 or newer, this GPU has "
                              f"{torch.cuda.get_device_capability(a.device)}")
     return m, k, n

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs
+from quota.kernels.fp8_gemm import has_fp8
 from quota.quant.int4 import unpack_int4
 
 MAX_K_INT8 = 1 << 21  # |a * w| <= 2^10: int32 accumulation stays exact below this K
@@ -169,7 +170,7 @@ def _check(a, a_scale, w, w_scale, bias, out_dtype, a_dtype: torch.dtype, name: 
 def _launch(a, a_scale, w, w_scale, bias, out_dtype, fp8: bool, name: str) -> torch.Tensor:
     m, k, n = _check(a, a_scale, w, w_scale, bias, out_dtype, torch.float8_e4m3fn if fp8 else torch.int8, name)
     device = check_device(name, a, a_scale, w, w_scale, *([bias] if bias is not None else []))
-    if fp8 and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+    if fp8 and device.type == "cuda" and not has_fp8(device):
         raise ValueError(f"{name}: FP8 tensor cores need compute capability 8.9 or newer, this GPU has "
                          f"{torch.cuda.get_device_capability(device)}; use w4a8_int8_matmul (precision w4a8_int8)")
     a_scale = a_scale.reshape(m).contiguous()

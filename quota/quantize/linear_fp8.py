@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from quota.kernels.fp8_gemm import fp8_matmul, fp8_shapes_supported
+from quota.kernels.fp8_gemm import fp8_matmul, fp8_shapes_supported, has_fp8
 from quota.kernels.fp8_quant import dequantize_fp8, quantize_fp8_reference, quantize_fp8_triton, quantize_weight_fp8
 from quota.quant.hadamard import apply_block_hadamard
 from quota.quantize.linear import QuantLinear
@@ -77,8 +77,7 @@ class Fp8Linear(QuantLinear):
         if self.impl == "reference":
             return False
         if self.impl == "auto":
-            return (x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 9)
-                    and fp8_shapes_supported(self.in_features, self.out_features))
+            return x.is_cuda and has_fp8(x.device) and fp8_shapes_supported(self.in_features, self.out_features)
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from quota.kernels import act_quant, w4a8_gemm
+from quota.kernels.fp8_gemm import has_fp8
 from quota.kernels.fp8_quant import dequantize_fp8, quantize_fp8_reference, quantize_fp8_triton
 from quota.quant.hadamard import apply_block_hadamard
 from quota.quant.int4 import pack_int4
@@ -81,7 +82,7 @@ class W4A8Linear(QuantLinear):
         if self.impl == "reference":
             return False
         if self.impl == "auto":
-            return x.is_cuda and (self.act_format == "int8" or torch.cuda.get_device_capability(x.device) >= (8, 9))
+            return x.is_cuda and (self.act_format == "int8" or has_fp8(x.device))
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
