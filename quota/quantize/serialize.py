@@ -161,7 +161,8 @@ def build_module(record: dict[str, Any], current: nn.Module | None, where: str =
             raise SerializeError(f"{where}: a RotatedOutput needs the module it wraps, and there is none")
         size = _integer(record, "size", where)
         return RotatedOutput(current, torch.zeros(size, size))
-    raise SerializeError(f"{where}.kind = {kind!r} is not QuantLinear, W4A8Linear, Fp8Linear or RotatedOutput")
+    raise SerializeError(f"{where}.kind = {kind!r} is not QuantLinear or RotatedOutput (nor a per-layer "
+                         f"precision's W4A8Linear or Fp8Linear)")
 
 
 def float32_tensors(model: nn.Module) -> set[str]:
