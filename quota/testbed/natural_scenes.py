@@ -43,6 +43,8 @@ class NaturalParams:
     - ``clutter_max``: clutter marks tried in a sparse scene (``0..clutter_max``).
     - ``plain_permille``: share of sparse scenes with a plain background (the rest get one textured region).
     - ``dense_after``: attempts at or above it are dense (see the module contract); 64 turns it off.
+    - ``object_scale_permille``: a sparse scene's objects are drawn this many thousandths of their stress-suite
+      side (10/14/20 px for small/medium/large); 1000 keeps the stress sizes the testbed was trained on.
     """
 
     dense_permille: int = 250
@@ -55,6 +57,7 @@ class NaturalParams:
     clutter_max: int = 6
     plain_permille: int = 800
     dense_after: int = 40
+    object_scale_permille: int = 1000
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -67,6 +70,7 @@ class NaturalParams:
             (1 <= self.texts_min <= self.texts_max <= 6, "need 1 <= texts_min <= texts_max <= 6"),
             (40 <= self.area_min <= 190, "area_min must be in [40, 190] px"),
             (self.large_weight >= 1 and self.clutter_max <= 40, "need large_weight >= 1 and clutter_max <= 40"),
+            (500 <= self.object_scale_permille <= 3000, "object_scale_permille must be in [500, 3000]"),
         ]
         for ok, why in checks:
             if not ok:
@@ -88,10 +92,12 @@ NATURAL_V1 = NaturalParams()
 """The density parameters of data version ``natural-v1`` (frozen: any change is a new data version)."""
 
 
-def density_family(level: int) -> NaturalParams:
-    """The 1-D family calibration searches: ``NATURAL_V1`` with ``dense_permille = level`` (0..1000); the
-    sparse scenes stay as they are, only the share of dense, stress-like scenes moves."""
-    return NaturalParams(**{**NATURAL_V1.to_dict(), "dense_permille": int(level)})
+def density_family(level: int, scale_permille: int | None = None) -> NaturalParams:
+    """The family calibration searches: ``NATURAL_V1`` with ``dense_permille = level`` (0..1000), and with
+    ``object_scale_permille = scale_permille`` when given. Along ``level`` the sparse scenes stay as they are;
+    only the share of dense, stress-like scenes moves."""
+    scale = NATURAL_V1.object_scale_permille if scale_permille is None else int(scale_permille)
+    return NaturalParams(**{**NATURAL_V1.to_dict(), "dense_permille": int(level), "object_scale_permille": scale})
 
 
 def _plain_background(rng: np.random.Generator) -> tuple[Background, ...]:
@@ -127,7 +133,8 @@ def make_natural_layout(seed: int, params: NaturalParams = NATURAL_V1) -> Layout
     background = _plain_background(rng) if plain else (_background_region(rng, (0, 0, IMAGE_SIZE, IMAGE_SIZE)),)
     texts = _texts(rng, occ, (params.texts_min, params.texts_max))
     area = _subject_area(rng, params)
-    objects = _objects(rng, occ, (params.objects_min, params.objects_max), (1, 2, params.large_weight), area)
+    objects = _objects(rng, occ, (params.objects_min, params.objects_max), (1, 2, params.large_weight), area,
+                       params.object_scale_permille)
     clutter = _clutter(rng, occ, background, (0, params.clutter_max))
     return Layout(int(seed), background, objects, texts, clutter)
 

@@ -393,10 +393,11 @@ def _texts(rng: np.random.Generator, occ: _Occupancy, count: tuple[int, int] = (
 
 def _objects(
     rng: np.random.Generator, occ: _Occupancy, count: tuple[int, int] = (16, 26),
-    size_w: tuple[int, int, int] = (3, 2, 1), area: Box | None = None,
+    size_w: tuple[int, int, int] = (3, 2, 1), area: Box | None = None, scale_permille: int = 1000,
 ) -> tuple[SceneObject, ...]:
-    """``count`` (inclusive range) objects tried, sizes drawn with weights ``size_w`` (small, medium, large),
-    each placed at up to 40 random spots inside ``area`` (default: the whole image less a 1 px border)."""
+    """``count`` (inclusive range) objects tried, sizes drawn with weights ``size_w`` (small, medium, large) and
+    drawn ``scale_permille / 1000`` times their ``SIZES`` side, each placed at up to 40 random spots inside
+    ``area`` (default: the whole image less a 1 px border)."""
     colour_names, size_names = list(COLOURS), list(SIZES)
     colour_w, shape_w = _skewed_weights(rng, len(COLOURS)), _skewed_weights(rng, len(SHAPES))
     size_w, texture_w = list(size_w), [2, 1, 1]
@@ -408,7 +409,7 @@ def _objects(
         shape, colour = SHAPES[_weighted(r[0], shape_w)], colour_names[_weighted(r[1], colour_w)]
         size, texture = size_names[_weighted(r[2], size_w)], TEXTURES[_weighted(r[3], texture_w)]
         rgb = tuple(min(max(c + j, 0), 255) for c, j in zip(COLOURS[colour], r[4:]))
-        s = SIZES[size]
+        s = SIZES[size] * scale_permille // 1000
         if area is None:
             spots = rng.integers(1, IMAGE_SIZE - s, size=(40, 2))  # [40, 2] up to 40 placements
         else:
@@ -506,8 +507,8 @@ def _paint_mark(img: np.ndarray, m: Mark) -> None:
 
 
 def object_pixels(obj: SceneObject) -> np.ndarray:
-    """``bool [s, s]`` silhouette of ``obj`` inside its bbox."""
-    return shape_mask(obj.shape, SIZES[obj.size])
+    """``bool [s, s]`` silhouette of ``obj`` inside its (square) bbox of side ``s``."""
+    return shape_mask(obj.shape, obj.bbox[2] - obj.bbox[0])
 
 
 def _patch_cover(mask: np.ndarray, x0: int, y0: int) -> tuple[np.ndarray, int, int]:
