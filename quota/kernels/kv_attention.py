@@ -8,9 +8,9 @@ layer has its own), and optionally ``kv_start`` int32 ``[B]``: positions before 
 - :func:`kv_attention_prefill`: ``q`` ``[B, H_q, T, D]`` whose ``T`` queries sit at cache positions
   ``L - T .. L - 1``, causal. One program per (query block, batch, query head).
 - :func:`kv_attention_decode`: ``q`` ``[B, H_q, 1, D]`` at position ``L - 1``. A 4-bit cache goes to
-  :func:`quota.kernels.kv_decode_splitk.kv_decode_splitk` (bound by bandwidth: int32 words, no dequantized
-  element, tensor cores or CUDA cores by autotuning). The first decode kernel, below, stays for 8-bit caches
-  and by name (``kernel="v1"``): split-K (flash-decoding), programs own (batch, kv head, chunk of positions)
+  :func:`quota.kernels.kv_decode_splitk.kv_decode_splitk` by default (bound by bandwidth: int32 words, no
+  dequantized element, tensor cores or CUDA cores by autotuning). The first decode kernel, below, stays for the
+  caches that one does not read (8 bits, groups under 8) and by name (``kernel="v1"``): split-K (flash-decoding), programs own (batch, kv head, chunk of positions)
   and handle all ``G = H_q / H_kv`` query heads of their kv head at once, so the cache is read once; a second
   kernel merges the chunks.
 
@@ -387,6 +387,14 @@ def decode_splits(batch: int, kv_heads: int, length: int, block_n: int, num_sms:
     return triton.cdiv(max(length, 1), chunk), chunk
 
 
+def _splitk_applies(q: torch.Tensor, k_cache: tuple, bits: int, group_size: int) -> bool:
+    """Whether ``kernel="auto"`` takes the split-K kernel: its cache layout (4 bits, whole 32-bit words per group,
+    codes on a 4-byte boundary) and a power-of-two group size."""
+    codes = k_cache[0] if len(k_cache) == 3 else None
+    return (codes is not None and codes.dim() == 4 and splitk.supports(bits, q.shape[-1], group_size)
+            and group_size & (group_size - 1) == 0 and codes.data_ptr() % 4 == 0)
+
+
 def kv_attention_decode(
     q: torch.Tensor,
     k_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -408,10 +416,11 @@ def kv_attention_decode(
     new kernel's :data:`~quota.kernels.kv_decode_splitk.USE_ASM_UNPACK`). Returns ``[B, H_q, 1, D]`` in q's dtype.
 
     ``kernel``: ``"splitk"`` runs :func:`~quota.kernels.kv_decode_splitk.kv_decode_splitk` (4 bits, ``D % 8 ==
-    0``, groups of at least 8), ``"v1"`` the first decode kernel (this module's); ``"auto"`` is ``"v1"``: on an
-    H100 at ctx 16k, batch 16, head_dim 128 (``examples/bench_kv_decode.py``), v1 ran 1.45x (MHA) and 1.29x
-    (GQA 32/8) SDPA bf16 and splitk 0.94x and 0.52x, although splitk's main kernel alone timed 0.52 and 0.15 ms in
-    its autotuning (2.7x and 2.4x): the cost is outside it (its merge or per-call set-up) and is not found yet.
+    0``, power-of-two groups of at least 8 dividing ``D``, codes on a 4-byte boundary), ``"v1"`` the first decode
+    kernel (this module's); ``"auto"`` (default) is ``"splitk"`` wherever it applies and ``"v1"`` elsewhere (8-bit
+    caches, odd head dims). On an NVIDIA H100 80GB HBM3 at ctx 16k, batch 16, head_dim 128, groups of 64
+    (``examples/bench_kv_decode.py``, docs/results/kv_decode_splitk_h100), splitk ran 2.80x (MHA 32/32) and 2.02x
+    (GQA 32/8) SDPA bf16, v1 1.46x and 1.22x, in the same run.
 
     ``length`` may be an int32 tensor of one element on the cache's device: the kernel then reads it when it
     runs (a captured CUDA graph replays with the length the tensor holds at each replay), splits the whole
@@ -421,6 +430,8 @@ def kv_attention_decode(
     name = "kv_attention_decode"
     if kernel not in ("auto", "splitk", "v1"):
         raise ValueError(f"{name}: kernel must be 'auto', 'splitk' or 'v1', got {kernel!r}")
+    if kernel == "auto":
+        kernel = "splitk" if _splitk_applies(q, k_cache, bits, group_size) else "v1"
     if kernel == "splitk":
         if bits != 4:
             raise ValueError(f"{name}: kernel='splitk' reads 4-bit caches only, got bits={bits}")

@@ -155,7 +155,7 @@ def test_layers_with_different_lengths_share_nothing():
 
 def test_fully_padded_sample_gives_zero():
     q, kc, vc, _ = _case(2, 2, 2, 1, 16, 16, 64, 4, 32, torch.float32, False, seed=2)
-    ks = torch.tensor([16, 3], dtype=torch.int32)  # sample 0: every position is padding
+    ks = torch.tensor([16, 3], dtype=torch.int32, device=q.device)  # sample 0: every position is padding
     out, _ = _check(q, kc, vc, 16, 4, 32, ks)
     assert not out[0].any() and out[1].abs().sum() > 0
 
@@ -213,7 +213,7 @@ def _splitk_check(case, config, num_splits, seed):
     if padded and b > 2:
         ks[2] = length  # a row whose every position is padding
     out = kv_decode_splitk(q, kc, vc, length, gs, kv_start=ks, num_splits=num_splits, config=config,
-                           out=poison_like(torch.empty(q.shape, dtype=dtype)))  # fmt: skip
+                           out=poison_like(torch.empty(q.shape, dtype=dtype, device=q.device)))  # fmt: skip
     k, v = dequantize_cache(kc, length, 4), dequantize_cache(vc, length, 4)
     ref = attention_reference(q, k, v, None, ks, torch.float64)
     assert_twice_torch_error(out, ref, attention_reference(q, k, v, None, ks, dtype))
@@ -254,7 +254,7 @@ def test_splitk_length_read_from_device_memory(config, length):
     are the same (3 splits of 16 over the capacity of 48), and reads nothing back to the host."""
     q, kc, vc, ks = _case(3, 4, 2, 1, length, 48, 64, 4, 32, torch.float16, True, seed=length)
     want = kv_decode_splitk(q, kc, vc, length, 32, kv_start=ks, num_splits=3, config=config)
-    length_t = torch.tensor([length], dtype=torch.int32)
+    length_t = torch.tensor([length], dtype=torch.int32, device=q.device)
     with forbid_host_sync():
         got = kv_decode_splitk(q, kc, vc, length_t, 32, kv_start=ks, num_splits=3, config=config)
     assert torch.equal(got, want)
@@ -278,12 +278,17 @@ def test_splitk_hadamard_keys():
 
 
 def test_splitk_dispatch_and_arguments():
-    """``kv_attention_decode`` runs the first kernel by default (``auto``: faster on an H100 so far) and the
-    split-K one by name, both within float32 rounding of each other; bad arguments are one-line errors."""
+    """``kv_attention_decode`` runs the split-K kernel by default (``auto``) on the caches it reads and the first
+    kernel on the others (8 bits, groups of 4), both within float32 rounding of each other; bad arguments are
+    one-line errors."""
     q, kc, vc, _ = _case(1, 2, 1, 1, 20, 24, 64, 4, 32, torch.float32, False, seed=2)
     new = kv_attention_decode(q, kc, vc, 20, 4, 32, kernel="splitk")
     assert torch.equal(new, kv_decode_splitk(q, kc, vc, 20, 32))
-    assert torch.equal(kv_attention_decode(q, kc, vc, 20, 4, 32), kv_attention_decode(q, kc, vc, 20, 4, 32, kernel="v1"))
+    assert torch.equal(kv_attention_decode(q, kc, vc, 20, 4, 32), new)
+    q8, kc8, vc8, _ = _case(1, 2, 1, 1, 20, 24, 64, 8, 32, torch.float32, False, seed=2)
+    assert torch.equal(kv_attention_decode(q8, kc8, vc8, 20, 8, 32), kv_attention_decode(q8, kc8, vc8, 20, 8, 32, kernel="v1"))
+    q4, kc4, vc4, _ = _case(1, 2, 1, 1, 20, 24, 64, 4, 4, torch.float32, False, seed=2)
+    assert torch.equal(kv_attention_decode(q4, kc4, vc4, 20, 4, 4), kv_attention_decode(q4, kc4, vc4, 20, 4, 4, kernel="v1"))
     torch.testing.assert_close(kv_attention_decode(q, kc, vc, 20, 4, 32, kernel="v1"), new, rtol=1e-5, atol=1e-5)
     assert not splitk.supports(8, 64, 32) and not splitk.supports(4, 64, 4) and splitk.supports(4, 64, 8)
     with pytest.raises(ValueError, match="kernel must be"):
@@ -294,7 +299,7 @@ def test_splitk_dispatch_and_arguments():
         kv_decode_splitk(q, kc, vc, 25, 32)
     with pytest.raises(ValueError, match="one query"):
         kv_decode_splitk(q.expand(1, 2, 2, 64), kc, vc, 20, 32)
-    shifted = torch.zeros(kc[0].numel() + 1, dtype=torch.uint8)[1:].view(kc[0].shape)  # codes read as int32 words
+    shifted = torch.zeros(kc[0].numel() + 1, dtype=torch.uint8, device=q.device)[1:].view(kc[0].shape)  # codes read as int32 words
     with pytest.raises(ValueError, match="4-byte"):
         kv_decode_splitk(q, (shifted, *kc[1:]), (shifted, *vc[1:]), 20, 32)
 
