@@ -18,6 +18,8 @@ from quota.testbed.splits import (
 
 # sha256 of the stress suite's first questions and scenes, computed on the tree before the natural suite was added
 STRESS_PIN = "f49965296a644adde2cf26fea5d40da7fb6d54c3a239a6c33869ee3ef92cd042"
+# the same digest of natural-v1's first questions and scenes, computed when NATURAL_V1 was frozen
+NATURAL_PIN = "1c08cf09a8282174df83e3f2af7562d780e1393b2f876b078ab581e0c0c0d550"
 
 
 def _digest(questions, extra_seeds=()) -> str:
@@ -50,6 +52,11 @@ def _fresh_state() -> None:
 def test_the_stress_suite_is_byte_identical_to_before():
     assert _stress_digest() == STRESS_PIN
     assert data_version() == data_version("stress") == STRESS == "synthvqa-v1"
+
+
+def test_natural_v1_is_frozen():
+    assert _digest(_natural_questions()) == NATURAL_PIN  # a change here is a new data version (natural-v2)
+    assert (NATURAL_V1.dense_permille, NATURAL_V1.object_scale_permille) == (250, 1000)
 
 
 def test_natural_scenes_and_questions_are_deterministic_byte_for_byte():
