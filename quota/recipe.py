@@ -7,6 +7,11 @@ gap, time) and what it was measured on (model id and hash, data version, library
 field and names the one that is wrong (``schedule[29]``, ``scoring.weights.attn_last``); it refuses an
 unknown version, a tampered file (hash mismatch) and, when a model is given, a recipe made for another model.
 
+Version 3 adds per-layer precision (``layer_precision``: one option name of :data:`quota.quant.precision.PRECISIONS`
+per decoder layer; ``layer_kv_bits``: KV bits per layer) and the joint budgets (``budgets``: cost kind -> fraction of
+the all-bf16, all-tokens cost) of a recipe solved over (precision x keep count), each written only when set; version
+2 files (without them) still load. :attr:`Recipe.quant_config` builds the QuantConfig with the recipe's per-layer
+precision, so everything that applies a recipe's config honours it.
 Version 1 files (``schema``/``schema_version`` keys, a flat ``score_weights`` field) still load.
 :class:`PruningPlan` is the part of a recipe the runtime executes (a schedule and its scoring); the
 stage-wise baselines are plans too, and :meth:`Recipe.from_plan` makes a recipe of one.
@@ -31,8 +36,11 @@ from quota.signals import NORMALIZATIONS, SELECTIONS, SIGNALS, available_signals
 from quota.versioned import VersionError, read_json, stamp, type_of, unstamp
 
 RECIPE_TYPE = "quota.recipe"
-RECIPE_VERSION = 2
-READ_VERSIONS = (1, 2)  # 1: a flat ``score_weights`` field instead of ``scoring``
+RECIPE_VERSION = 3
+READ_VERSIONS = (1, 2, 3)  # 1: a flat ``score_weights`` field instead of ``scoring``; 3: per-layer precision
+V3_FIELDS = ("layer_precision", "layer_kv_bits", "budgets")
+JOINT_BUDGET_KINDS = ("tokens", "ttft", "decode", "weight_bytes", "kv_bytes", "flops")
+"""Cost kinds of a joint recipe's ``budgets`` (those of :data:`quota.solvers.JOINT_COST_KINDS`)."""
 
 
 class RecipeError(ValueError):
@@ -240,6 +248,9 @@ class Recipe:
     data_version: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     quota_version: str = ""
+    layer_precision: tuple[str, ...] | None = None
+    layer_kv_bits: tuple[int, ...] | None = None
+    budgets: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("model_id", "model_hash", "data_version", "quota_version"):
@@ -269,13 +280,66 @@ class Recipe:
         for name in ("solver", "versions"):
             if not isinstance(getattr(self, name), dict):
                 raise RecipeError(f"{name} must be an object, got {getattr(self, name)!r}")
+        self._check_precision()
+
+    def _check_precision(self) -> None:
+        """Validate ``layer_precision``, ``layer_kv_bits`` and ``budgets`` (the version 3 fields)."""
+        for name in ("layer_precision", "layer_kv_bits"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise RecipeError(f"{name} must be a list with one entry per decoder layer, got {value!r}")
+            if len(value) != self.n_layers:
+                raise RecipeError(f"{name} has {len(value)} entries for {self.n_layers} decoder layers")
+            object.__setattr__(self, name, tuple(value))
+        if self.layer_precision is not None or self.layer_kv_bits is not None:
+            if self.quant is None:
+                raise RecipeError("layer_precision/layer_kv_bits need a base quant config (quant is null)")
+            try:
+                config = QuantConfig.from_dict(self.quant)
+                mine = config.replace(layer_precision=self.layer_precision or config.layer_precision,
+                                      layer_kv_bits=self.layer_kv_bits or config.layer_kv_bits)
+            except (TypeError, ValueError) as err:
+                raise RecipeError(str(err)) from None
+            for name in ("layer_precision", "layer_kv_bits"):
+                theirs = getattr(config, name)
+                if getattr(self, name) is not None and theirs is not None and tuple(theirs) != getattr(mine, name):
+                    raise RecipeError(f"{name} differs from quant.{name}: {list(getattr(mine, name))} against "
+                                      f"{list(theirs)}")
+        if self.budgets is not None:
+            if not isinstance(self.budgets, Mapping) or not self.budgets:
+                raise RecipeError(f"budgets must be an object of cost kind -> fraction, got {self.budgets!r}")
+            for kind, value in self.budgets.items():
+                if kind not in JOINT_BUDGET_KINDS:
+                    raise RecipeError(f"budgets.{kind}: unknown cost kind; choose among {list(JOINT_BUDGET_KINDS)}")
+                if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                        or value <= 0:
+                    raise RecipeError(f"budgets.{kind} = {value!r} must be a positive fraction")
+            object.__setattr__(self, "budgets", {k: float(v) for k, v in self.budgets.items()})
 
     # -- what the runtime reads
 
     @property
     def quant_config(self) -> QuantConfig | None:
-        """The quantization config, or ``None`` for full precision."""
-        return None if self.quant is None else QuantConfig.from_dict(self.quant)
+        """The quantization config, or ``None`` for full precision; with ``layer_precision``/``layer_kv_bits`` they
+        are the config's per-layer fields (:meth:`with_precision`)."""
+        return None if self.quant is None else self.with_precision(QuantConfig.from_dict(self.quant))
+
+    def with_precision(self, config: QuantConfig) -> QuantConfig:
+        """``config`` with this recipe's per-layer precision and KV bits, where the recipe has them and ``config``
+        has none of its own (a config given on the command line keeps its own per-layer fields)."""
+        changes = {}
+        if self.layer_precision is not None and config.layer_precision is None:
+            changes["layer_precision"] = self.layer_precision
+        if self.layer_kv_bits is not None and config.layer_kv_bits is None:
+            changes["layer_kv_bits"] = self.layer_kv_bits
+        return config.replace(**changes) if changes else config
+
+    @property
+    def is_joint(self) -> bool:
+        """Whether the recipe records per-layer precision (a version 3 recipe)."""
+        return self.layer_precision is not None or self.layer_kv_bits is not None or self.budgets is not None
 
     @property
     def equivalent_tokens(self) -> float:
@@ -310,6 +374,11 @@ class Recipe:
         body = {f.name: getattr(self, f.name) for f in fields(self)}
         body["schedule"] = list(self.schedule)
         body["scoring"] = self.scoring.to_dict()
+        for name in V3_FIELDS:  # written only when set, so a token-only recipe has the fields of version 2
+            if body[name] is None:
+                del body[name]
+            elif name != "budgets":
+                body[name] = list(body[name])
         return stamp(RECIPE_TYPE, RECIPE_VERSION, body)
 
     def content_hash(self) -> str:
@@ -334,7 +403,7 @@ class Recipe:
             raise RecipeError(f"{source}: content_hash does not match the contents (edited or corrupted file)")
         if version == 1 and "score_weights" in body:
             body["scoring"] = {"weights": body.pop("score_weights")}
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - (set() if version >= 3 else set(V3_FIELDS))
         unknown = sorted(set(body) - known)
         if unknown:
             raise RecipeError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(known)}")

@@ -53,7 +53,8 @@ def spread_questions(count: int):
 def quant_config_for(recipe, choice: str, calibration: int | None):
     """The :class:`~quota.quant.config.QuantConfig` to apply (``None``: full precision) for ``--quant choice``:
     ``recipe`` (the recipe's), ``rtn`` (the recipe's bits, round-to-nearest weights, fixed activation clip: no
-    calibration) or a QuantConfig JSON file. ``ValueError`` names ``--quant`` or ``--calibration`` when the
+    calibration) or a QuantConfig JSON file (given the recipe's per-layer precision and KV bits when it has none of its
+    own). ``ValueError`` names ``--quant`` or ``--calibration`` when the
     choice cannot apply."""
     from quota.quant.config import QuantConfig
 
@@ -68,7 +69,7 @@ def quant_config_for(recipe, choice: str, calibration: int | None):
         return config.replace(weight_method="rtn", a_clip_search=False)
     try:
         with open(choice) as f:
-            return QuantConfig.from_dict(json.load(f))
+            return recipe.with_precision(QuantConfig.from_dict(json.load(f)))  # the recipe's per-layer precision
     except FileNotFoundError:
         raise ValueError(f"--quant must be one of {list(QUANT_CHOICES)} or a QuantConfig JSON file, got {choice!r}")
 

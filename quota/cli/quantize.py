@@ -44,6 +44,8 @@ def quant_config(recipe, choice: str | None):
     else:
         try:
             config = QuantConfig.from_dict(json.loads(Path(choice).read_text()))
+            if recipe is not None:  # the recipe's per-layer precision and KV bits, unless the file has its own
+                config = recipe.with_precision(config)
         except FileNotFoundError:
             raise ValueError(f"--quant must be 'rtn' or a QuantConfig JSON file, got {choice!r}") from None
         except json.JSONDecodeError as err:
