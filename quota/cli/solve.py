@@ -10,6 +10,8 @@ from pathlib import Path
 BUDGET_KINDS = ("tokens", "flops", "kv", "latency")  # quota.schedule.BUDGET_KINDS (checked by a test; kept
 # literal here so that `quota --help` loads nothing but the standard library)
 SOLVER_NAMES = ("auto", "dp", "cpsat", "mip", "relax", "greedy")  # quota.solvers.SOLVERS (checked by a test)
+JOINT_ONLY_KINDS = ("ttft", "decode", "weight_bytes", "kv_bytes")  # budget kinds of a precision profile only
+JOINT_SOLVER_NAMES = ("auto", "dp", "cpsat")  # quota.solvers.joint_solve.JOINT_SOLVERS
 
 DAMAGE_LINE = (
     "predicted damage: the profile's estimate of the mean KL divergence (nats, summed over the answer tokens) "
@@ -54,6 +56,18 @@ def task_weight_pairs(text: str) -> dict[str, float]:
     return out
 
 
+def kind_value_pair(text: str) -> tuple[str, float]:
+    """``--add-budget decode=0.6`` / ``--cap weight_bytes=5e7`` -> ``("decode", 0.6)``."""
+    name, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes KIND=NUMBER, got {text!r}") from None
+    if not sep or not name.strip() or not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(f"takes KIND=NUMBER with a positive number, got {text!r}")
+    return name.strip(), number
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "solve", help="choose per-layer visual-token counts under a budget and write a recipe",
@@ -65,9 +79,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fraction in (0, 1] of the all-tokens cost of --budget-kind (default 0.3)")
     p.add_argument("--keep-tokens", type=float, default=None,
                    help="the budget as equivalent visual tokens per layer (mean over layers of the tokens kept)")
-    p.add_argument("--budget-kind", choices=BUDGET_KINDS, default="tokens",
+    p.add_argument("--budget-kind", choices=BUDGET_KINDS + JOINT_ONLY_KINDS, default="tokens",
                    help="what the budget bounds: tokens (equivalent visual tokens), flops (prefill FLOPs of the "
-                        "visual tokens), kv (KV-cache bytes), latency (measured on the profiled GPU); default tokens")
+                        "visual tokens), kv (KV-cache bytes), latency (measured on the profiled GPU; with a precision "
+                        "profile: TTFT); with a precision profile also ttft, decode (time per token), weight_bytes, "
+                        "kv_bytes, as fractions of the all-bf16 all-tokens cost; default tokens")
+    p.add_argument("--precisions", default=None, metavar="P1,P2,...",
+                   help="solve each layer's precision with its keep count (the joint program), among these options "
+                        "(e.g. w4a4,w4a8,fp8,bf16); needs a precision profile (quota profile --precisions); default "
+                        "with a precision profile: every profiled option")
+    p.add_argument("--add-budget", type=kind_value_pair, action="append", default=[], metavar="KIND=FRACTION",
+                   help="joint program: one more budget (e.g. decode=0.6), repeatable")
+    p.add_argument("--cap", type=kind_value_pair, action="append", default=[], metavar="KIND=VALUE",
+                   help="joint program: an absolute cap in the kind's units (seconds, bytes, tokens), repeatable")
+    p.add_argument("--token-budget", type=float, default=0.3,
+                   help="joint --sweep: the equivalent-token budget of the uniform + token-recipe points (default 0.3)")
     p.add_argument("--profile", default=None, help="profile JSON file (default: the shipped testbed profile)")
     p.add_argument("--solver", choices=SOLVER_NAMES, default="auto",
                    help="auto (default: exact DP when the problem fits it, else CP-SAT), dp, cpsat, mip (exact); "
@@ -122,6 +148,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give --budget or --keep-tokens, not both")
     if args.profile is not None and Path(args.profile).is_dir():
         raise ValueError(f"--profile {args.profile} is a directory; give a profile JSON file")
+    if args.profile is not None:
+        from quota.profiling.precision_profile import PrecisionProfile, load_any
+
+        loaded = load_any(args.profile)
+        if isinstance(loaded, PrecisionProfile):
+            from quota.cli.solve_joint import run_joint
+
+            return run_joint(args, loaded)
+    joint_flags = [f for f, on in (("--precisions", args.precisions), ("--add-budget", args.add_budget),
+                                   ("--cap", args.cap), ("--budget-kind " + args.budget_kind,
+                                                         args.budget_kind in JOINT_ONLY_KINDS)) if on]
+    if joint_flags:
+        where = f"{args.profile} is a token profile" if args.profile else "the shipped profile is a token profile"
+        raise ValueError(f"{', '.join(joint_flags)}: the joint program needs a precision profile, and {where} "
+                         f"without a precision table; measure one with quota profile --precisions w4a4,w4a8,fp8,bf16 "
+                         f"-o pp.json and pass --profile pp.json")
     profile_path = args.profile or shipped_profile_path()
     profile = Profile.load(profile_path)
     options = dict(solver=args.solver, damage=args.damage, time_limit=args.time_limit, accept_gap=args.accept_gap,
