@@ -44,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "measured with exactly these settings and refuses otherwise, --resume=recompute discards "
                         "those of other settings and measures them again")
     p.add_argument("--no-latency", action="store_true", help="skip the latency curve")
+    p.add_argument("--precisions", default=None, metavar="P1,P2,...",
+                   help="also profile per-layer precision (testbed, one process): the damage of each layer alone at "
+                        "each option against bf16, the token curves under the lowest option and bf16, each option's "
+                        "prefill and decode latency on this device; writes a precision profile for quota solve "
+                        "(e.g. w4a4,w4a8,fp8,bf16)")
+    p.add_argument("--precision-additivity", type=int, default=8, metavar="N",
+                   help="with --precisions: random mixed configurations measured to check the precision table's "
+                        "additivity (Spearman; default 8, 0: none)")
     p.add_argument("--validate", type=int, default=0, metavar="N",
                    help="then check the additive damage model on N random schedules (Spearman, held-out questions)")
     p.add_argument("--validate-only", action="store_true", help="only run --validate on the existing --output profile")
@@ -82,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     quant = QuantConfig.from_dict(json.loads(open(args.quant).read())) if args.quant else QuantConfig(impl="auto")
     settings = ProfileSettings(grid_steps=args.grid_steps, batch_size=args.batch_size, latency=not args.no_latency,
                                interaction_steps=args.interactions)
+    if args.precisions is not None:
+        return _profile_precisions(args, folder, quant, settings)
     if folder and Path(model, "quota_checkpoint.json").is_file():
         prof = _profile_saved(model, args, settings)
     elif folder:
@@ -98,6 +108,29 @@ def run(args: argparse.Namespace) -> int:
               + f", {prof.timing['total_s']}s -> {args.output}")
         if args.validate:
             return _validate(args)
+    return 0
+
+
+def _profile_precisions(args: argparse.Namespace, folder: bool, quant, settings) -> int:
+    """``quota profile --precisions``: the testbed's precision profile (:mod:`quota.testbed.precision_profile`)."""
+    from quota.testbed.precision_profile import profile_testbed_precisions
+
+    if folder:
+        raise ValueError("--precisions profiles the testbed; for a checkpoint folder call "
+                         "quota.profiling.precision_run.profile_precisions with one quantized model per option")
+    for flag, on in (("--resume", args.resume), ("--interactions", args.interactions is not None),
+                     ("--validate", args.validate)):
+        if on:
+            raise ValueError(f"{flag} is not available with --precisions")
+    if args.precision_additivity < 0:
+        raise ValueError(f"--precision-additivity must be >= 0, got {args.precision_additivity}")
+    prof = profile_testbed_precisions(args.precisions, quant, settings, args.output, args.device, args.limit,
+                                      additivity=args.precision_additivity)
+    rho = prof.additivity.get("spearman")
+    print(f"precision profile of {prof.profile.model_id}: {prof.n_layers} layers x {len(prof.precisions)} options "
+          f"({', '.join(prof.precisions)}) x {len(prof.grid)} keep counts, latency {prof.latency['method']} on "
+          f"{prof.device}; additivity Spearman {'n/a' if rho is None else f'{rho:.3f}'}; {prof.timing['total_s']}s "
+          f"-> {args.output}")
     return 0
 
 
