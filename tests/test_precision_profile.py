@@ -19,11 +19,11 @@ from tests.synthetic_profile import synthetic_profile
 NAMES = ("w4a4", "fp8", "bf16")
 
 
-def synthetic_precision_profile(n_layers: int = 4, seed: int = 0, names=NAMES) -> PrecisionProfile:
+def synthetic_precision_profile(n_layers: int = 4, seed: int = 0, names=NAMES, n_tokens: int = 64,
+                                steps: int = 8) -> PrecisionProfile:
     """A precision profile with no model behind it: damage grows as precision drops, times from bits."""
     rng = np.random.default_rng(seed)
-    token = synthetic_profile(n_layers=n_layers, n_tokens=64, steps=8, seed=seed)
-    n_g = len(token.grid)
+    token = synthetic_profile(n_layers=n_layers, n_tokens=n_tokens, steps=steps, seed=seed)
     bits = np.array([{"w4a4": 8, "w4a8": 12, "fp8": 16, "bf16": 32}[n] for n in names], dtype=float)
     table = rng.uniform(0.5, 1.5, (n_layers, 1)) * (32 - bits)[None, :] / 24  # [L, P], 0 at bf16
     hi = token.damage["kl"]
