@@ -24,10 +24,12 @@ from quota.profiling.profile import Profile
 from quota.models.registry import spec_for
 from quota.profiling.sensitivity import (
     CalibrationBatch, DamageMeter, batch_image_inputs, batch_visual_tokens, interaction_subgrid, interaction_terms,
-    measure_grid, measure_pairs, per_layer_contributions, prune_from_schedule,
+    measure_grid, measure_pairs, per_layer_contributions, prune_from_schedule, reference_digest,
 )
 from quota.runtime.vision import vision_attention_unsupported
-from quota.profiling.sharding import check_partials, clear_partials, item_key, run_shared, run_sharded, world
+from quota.profiling.sharding import (
+    check_partials, check_ranks_agree, clear_partials, item_key, run_shared, run_sharded, world,
+)
 from quota.quant.config import QuantConfig
 from quota.recipe import ScoringSpec
 from quota.solvers import default_grid
@@ -267,6 +269,8 @@ def profile_model(
                                                             sum(len(b.tasks) for b in batches))
     meter.scoring = ScoringSpec(weights, stage_weights={"pre_llm": pre_llm} if pre_llm else None)
     t_weights = time.time() - t0
+    check_ranks_agree(reference_digest(meter.reference(n_visual, n_layers), meter.batches),
+                      "the all-token reference (its answers' total log-likelihood)")
 
     record["score_weights"] = dict(weights)
     if pre_llm is not None:
@@ -319,6 +323,7 @@ def profile_model(
                 **peak_memory(device)},
         extra={"kl_prune_from_layer": kl_from.tolist(), "task_loss_prune_from_layer": loss_from.tolist(),
                "text_tokens_mean": text_tokens, "additive_model": "h_l(k) = d_from(l, k) - d_from(l + 1, k)",
+               "reference_check": meter.reference_check,
                **(pairs["extra"] if pairs else {})},
     )
     if output is not None:

@@ -202,6 +202,25 @@ def run_shared(items: Sequence[Hashable], compute: Callable[[Hashable], Any]) ->
     return {item_key(it): mine[item_key(it)] for it in items}
 
 
+class RanksDisagreeError(RuntimeError):
+    """Ranks measured different values of what must be one value (the same model on the same data)."""
+
+
+def check_ranks_agree(value: float, what: str, rtol: float = 1e-3) -> None:
+    """Raise :class:`RanksDisagreeError` unless every rank's ``value`` lies within ``rtol`` (relative to the largest
+    magnitude) of every other's; a no-op in one process. Each rank's value is named in the message."""
+    rank, size = world()
+    if size == 1:
+        return
+    values: list[float | None] = [None] * size
+    dist.all_gather_object(values, float(value))
+    scale = max(max(abs(v) for v in values), 1e-12)
+    if max(values) - min(values) > rtol * scale:
+        listed = ", ".join(f"rank {r}: {v:.6g}" for r, v in enumerate(values))
+        raise RanksDisagreeError(f"ranks disagree on {what} ({listed}; tolerance {rtol:g} relative): a rank's model or "
+                                 f"kernels differ from the others', so nothing measured by these ranks is written")
+
+
 def clear_partials(checkpoint_stem: str | Path) -> None:
     """Remove every partial file of ``checkpoint_stem`` (once the whole result is written)."""
     for path in partial_files(Path(checkpoint_stem)):

@@ -34,3 +34,6 @@ def test_profile_curves_are_consistent(small_testbed, tmp_path):
         {"attn_last": 0.9, "magnitude": 0.1}, {"magnitude": 1.0})
     assert {"tokens", "flops", "kv"} <= set(prof.costs)
     assert not list(tmp_path.glob("*.partial.json"))  # partial files are removed once the profile is written
+    # the all-token reference was checked: a second pass repeated the first (deterministic on the CPU)
+    assert prof.extra["reference_check"] == {"passes": 2, "first_pass_max_abs_diff": 0.0}
+    assert again.extra["reference_check"]["passes"] == 2

@@ -121,8 +121,15 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     import torch.distributed as dist
-    from quota.profiling.sharding import init_from_env, run_shared, run_sharded, world
+    from quota.profiling.sharding import RanksDisagreeError, check_ranks_agree, init_from_env, run_shared, run_sharded, world
     assert init_from_env("gloo")
+    check_ranks_agree(100.0 + 1e-5 * world()[0], "a shared value")  # within the relative tolerance
+    try:
+        check_ranks_agree(1.0 + world()[0], "a per-rank value")
+        message = ""
+    except RanksDisagreeError as err:
+        message = str(err)
+    json.dump({"message": message}, open(sys.argv[2] + f".agree{world()[0]}", "w"))
     items = [(layer, k) for layer in range(3) for k in (0, 4, 8, 16)]
     out = run_sharded(items, lambda it: {"damage": (it[0] + 1) * (16 - it[1]) ** 2 / 256, "rank": world()[0]},
                       sys.argv[1])
@@ -157,6 +164,10 @@ def test_two_gloo_processes_gather_on_rank0(tmp_path):
     assert shared[0] == shared[1] and len(shared[0]) == 5
     assert {v["rank"] for v in shared[0].values()} == {0, 1}
     assert [v["value"] for v in shared[0].values()] == [layer * 100 + k for layer, k in ITEMS[:5]]
+    # check_ranks_agree: values within the tolerance pass; different ones raise on every rank, naming each value
+    for r in (0, 1):
+        message = json.loads(Path(f"{result}.agree{r}").read_text())["message"]
+        assert "a per-rank value" in message and "rank 0: 1," in message and "rank 1: 2;" in message
 
 
 def test_recompute_removes_a_ranks_own_stale_file_even_when_it_has_nothing_left_to_compute(tmp_path):
