@@ -112,12 +112,18 @@ def answer_questions(
     max_new_tokens: int = 6,
     progress: bool | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    warm_up: bool = True,
 ) -> list[str]:
     """Greedy answers of a testbed-style VLM (prompt format of :mod:`quota.testbed.model`), in the order of
     ``questions``. ``progress``: show a progress bar with the time left (:class:`~quota.quantize.model.ProgressBar`)
-    when ``True``, or when ``None`` and stderr is a terminal; ``on_batch(done, total)`` after each batch."""
+    when ``True``, or when ``None`` and stderr is a terminal; ``on_batch(done, total)`` after each batch.
+    ``warm_up`` (CUDA only): answer the first batch once and discard it first, so that kernels compile and autotune
+    outside the answers kept (a process's first forward on an H100 was seen to differ from the next ones; see
+    :func:`quota.profiling.sensitivity.stable_reference`)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    if warm_up and device.type == "cuda" and questions:
+        _answer_batch(model, tokenizer, questions[:batch_size], device, dtype, max_new_tokens)
     answers: list[str] = []
     with ProgressBar(len(questions), "answer questions", wants_progress(progress)) as bar:
         for i in range(0, len(questions), batch_size):
