@@ -27,18 +27,20 @@
 #            On a machine with several GPUs the profile's ranks take one GPU each (NCCL) and the concurrent
 #            processes spread over the GPUs (CUDA_VISIBLE_DEVICES); with one GPU they all share it, as before.
 #            Finished pieces already in OUT_DIR (profiles, suite rows) are kept, so seeding it resumes the run.
-#   joint    issue 17's table: the W4A4+KV4 profile with per-stage weights and interaction terms (GRID_STEPS,
-#            default 18, so that 64/128/192 are grid points; INTERACTIONS, default 4; RANKS ranks, default 8), its
-#            additivity check before and after the interaction terms on 30 schedules, recipes at 64/128/192 tokens
-#            and budget 0.3 refined by measuring the REFINE_K (default 8) best predicted schedules on held-out
-#            calibration questions, then every stage-wise preset and those recipes at the recipes' own tokens on
-#            one low-bit model, LIMIT (default 500) test questions per task, with the paired difference. Several
-#            processes share the GPU; run detached (well over 10 minutes), resumable; OUT_DIR/joint.log has the
-#            phases' times and OUT_DIR/joint.done marks the end
+#   joint_profile  issue 17's profile: W4A4+KV4 with per-stage weights and interaction terms (GRID_STEPS, default
+#            18, so that 64/128/192 are grid points; INTERACTIONS, default 4; RANKS ranks, default 4; BATCH questions
+#            per forward, default 64), alone on the GPU; then its additivity check before and after the interaction
+#            terms on 30 schedules, and recipes at 64/128/192 tokens and budget 0.3 refined by measuring the
+#            REFINE_K (default 8) best predicted schedules on held-out calibration questions (about 15 minutes on
+#            one H100; run detached). OUT_DIR/joint.log has the phases' times, OUT_DIR/joint_profile.done the end
+#   joint_suite  issue 17's table: every stage-wise preset (published-faithful and ablated) at 64/128/192 tokens
+#            and at the 0.3 recipe's tokens, and the recipes of joint_profile (in OUT_DIR, or RECIPES=...), on one
+#            low-bit model, LIMIT (default 500) test questions per task, SUITE_PROCS (default 6) processes sharing
+#            the GPU, then the report with the paired difference; run detached, resumable
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
-section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline|joint}"
+section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline|joint_profile|joint_suite}"
 out="${2:?output folder}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -180,72 +182,59 @@ case "$section" in
     timeout 300 $q eval --suite "$out/table" --plans "${baselines[@]}" "${all[@]}" --budgets 64 128 192 "$tokens30" \
       --precisions lowbit --limit 200 --resume > "$out/table.log" 2>&1 || true
     date +"%T done" >> "$out/pipeline.log" && touch "$out/pipeline.done" ;;
-  joint)
-    # Concurrent processes share the GPU (the testbed's forward is launch-bound): the profile's ranks, and the
-    # stage-wise presets at 64/128/192 tokens meanwhile; then validation and the refined solves; then the recipes
-    # and the presets at the 0.3 recipe's tokens. Every suite process writes its own rows into one folder; the
-    # report is written last from all of them. JOINT_PROFILE_ARGS / JOINT_SUITE_ARGS / JOINT_SOLVE_ARGS add
-    # options (a CPU dry run: "--device cpu --limit 8", "--device cpu --calibration 8", "--device cpu").
-    ranks="${RANKS:-8}" limit="${LIMIT:-500}" refine_k="${REFINE_K:-8}"
-    prof="$out/testbed_joint.json" suite="$out/joint_suite"
-    presets=(fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner)
-    groups=("fastv pyramiddrop" "sparsevlm visionzip" "visionzip_nomerge divprune" "cdpruner")
-    suite_args=(--suite "$suite" --precisions lowbit --limit "$limit" --resume ${JOINT_SUITE_ARGS:-})
+  joint_profile)
+    # The W4A4+KV4 profile alone on the GPU (its ranks share it; nothing else runs beside them), then the additivity
+    # check and the four refined solves side by side. Resumable: a finished profile is kept.
+    ranks="${RANKS:-4}" refine_k="${REFINE_K:-8}" prof="$out/testbed_joint.json"
     stamp() { date +"%T $*" >> "$out/joint.log"; }
-    stamp "profile on $ranks ranks; the all-token rows, then the presets at 64/128/192 tokens"
-    if [ -f "$prof" ]; then :; elif [ "$ranks" -gt 1 ]; then
+    stamp "profile on $ranks ranks"
+    if [ ! -f "$prof" ]; then
       timeout 3600 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main profile -o "$prof" \
-        --grid-steps "${GRID_STEPS:-18}" --interactions "${INTERACTIONS:-4}" --resume ${JOINT_PROFILE_ARGS:-} \
-        > "$out/joint_profile.log" 2>&1 &
-    else
-      timeout 3600 $q profile -o "$prof" --grid-steps "${GRID_STEPS:-18}" --interactions "${INTERACTIONS:-4}" \
-        --resume ${JOINT_PROFILE_ARGS:-} > "$out/joint_profile.log" 2>&1 &
+        --grid-steps "${GRID_STEPS:-18}" --interactions "${INTERACTIONS:-4}" --batch-size "${BATCH:-64}" --resume \
+        ${JOINT_PROFILE_ARGS:-} > "$out/joint_profile.log" 2>&1 || true
     fi
-    profiling=$!
-    (
-      timeout 1800 $q eval "${suite_args[@]}" --plans > "$out/joint_suite_all.log" 2>&1
-      i=0
-      for group in "${groups[@]}"; do
-        timeout 3600 $q eval "${suite_args[@]}" --plans $group --budgets 64 128 192 \
-          > "$out/joint_suite_k_$i.log" 2>&1 &
-        i=$((i + 1))
-      done
-      wait
-    ) &
-    wait "$profiling" || true
     stamp "validation before and after the interaction terms; refined solves"
     timeout 1800 $q profile -o "$prof" --validate 30 --validate-only ${JOINT_PROFILE_ARGS:-} \
       > "$out/joint_validate.log" 2>&1 &
-    solving=($!)
     for k in 64 128 192 b0.3; do
       case "$k" in b*) target=(--budget "${k#b}") ;; *) target=(--keep-tokens "$k") ;; esac
       timeout 1800 $q solve --profile "$prof" --solver dp "${target[@]}" --refine "$refine_k" ${JOINT_SOLVE_ARGS:-} \
         -o "$out/recipe_joint_$k.json" > "$out/refine_$k.log" 2>&1 &
-      solving+=($!)
     done
-    wait "${solving[@]}" || true
-    plans=() tokens=()
-    for k in 64 128 192 b0.3; do
-      if [ -f "$out/recipe_joint_$k.json" ]; then
-        plans+=("recipe:$out/recipe_joint_$k.json") tokens+=("$(recipe_tokens "$out/recipe_joint_$k.json")")
-      fi
+    wait
+    stamp "done" && touch "$out/joint_profile.done" ;;
+  joint_suite)
+    # Issue 17's table on one low-bit model in one run: every stage-wise preset at 64/128/192 tokens and at the
+    # 0.3 recipe's tokens, and quota's recipes (RECIPES, default: OUT_DIR/recipe_joint_*.json from joint_profile),
+    # LIMIT (default 500) test questions per task; SUITE_PROCS processes share the GPU, each writing its own rows;
+    # the report (with the paired difference) is written last from all of them.
+    limit="${LIMIT:-500}" suite="$out/joint_suite"
+    presets=(fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner)
+    suite_args=(--suite "$suite" --precisions lowbit --limit "$limit" --batch-size "${BATCH:-64}" --resume
+                ${JOINT_SUITE_ARGS:-})
+    stamp() { date +"%T $*" >> "$out/joint.log"; }
+    plans=() t30=""
+    for r in ${RECIPES:-"$out"/recipe_joint_*.json}; do
+      [ -f "$r" ] && plans+=("recipe:$r")
     done
-    stamp "recipes at ${tokens[*]:-none} tokens; the presets at the 0.3 recipe's tokens"
-    t30="$(recipe_tokens "$out/recipe_joint_b0.3.json" 2>/dev/null || true)"
-    if [ ${#plans[@]} -gt 0 ]; then
-      timeout 3600 $q eval "${suite_args[@]}" --plans "${plans[@]}" > "$out/joint_suite_recipes.log" 2>&1 &
-    fi
-    if [ -n "$t30" ]; then
-      i=0
-      for group in "${groups[@]}"; do
-        timeout 3600 $q eval "${suite_args[@]}" --plans $group --budgets "$t30" > "$out/joint_suite_b03_$i.log" 2>&1 &
-        i=$((i + 1))
-      done
-    fi
+    [ -f "$out/recipe_joint_b0.3.json" ] && t30="$(recipe_tokens "$out/recipe_joint_b0.3.json")"
+    stamp "suite: the all-token rows, then ${#plans[@]} recipes and the presets at 64 128 192 $t30 tokens"
+    timeout 1800 $q eval "${suite_args[@]}" --plans > "$out/joint_suite_all.log" 2>&1 || true
+    jobs_=()  # one process per (preset, budget group), plus one for the recipes
+    for p in "${presets[@]}"; do
+      jobs_+=("--plans $p --budgets 64 128") jobs_+=("--plans $p --budgets 192 $t30")
+    done
+    [ ${#plans[@]} -gt 0 ] && jobs_+=("--plans ${plans[*]}")
+    running=0 i=0
+    for j in "${jobs_[@]}"; do
+      timeout 3600 $q eval "${suite_args[@]}" $j > "$out/joint_suite_$i.log" 2>&1 &
+      i=$((i + 1)) running=$((running + 1))
+      if [ "$running" -ge "${SUITE_PROCS:-6}" ]; then wait -n || true; running=$((running - 1)); fi
+    done
     wait
     stamp "report"
     timeout 600 $q eval "${suite_args[@]}" --plans "${presets[@]}" "${plans[@]}" --budgets 64 128 192 $t30 \
       --report-only > "$out/joint_suite.log" 2>&1 || true
-    stamp "done" && touch "$out/joint.done" ;;
+    stamp "done" && touch "$out/joint_suite.done" ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
 esac
