@@ -12,6 +12,7 @@ account for through :data:`INTERPRET`:
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -43,3 +44,28 @@ def pick_configs(configs: list, interpret_config):
 
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def settled_bench(rep: int = 100):
+    """A ``do_bench`` for ``triton.autotune``: waits for all queued GPU work, then times a candidate from a CUDA graph
+    of back-to-back calls (no launch gaps: decode kernels take microseconds), replayed on a side stream.
+
+    Triton's own CUDA-graph timing (``use_cuda_graph=True``) launches its first call on a fresh side stream without
+    waiting for the current stream. A candidate then writes its output while queued kernels of the current stream may
+    still read that memory: the caching allocator hands a new tensor the memory of one freed on the current stream,
+    whose last readers may not have run yet. Autotuning happens in the first call of each shape, so the first forward
+    of a process could differ from every later one. Waiting first removes the race.
+
+    Returns ``bench(kernel_call, quantiles=None)``: the median time in ms, or one value per quantile."""
+
+    def bench(kernel_call, quantiles=None, **_):
+        import triton.testing
+
+        torch.cuda.synchronize()
+        timer = triton.testing.do_bench_cudagraph
+        if "quantiles" in inspect.signature(timer).parameters:
+            return timer(kernel_call, rep=rep, quantiles=quantiles)
+        ms = timer(kernel_call, rep=rep)
+        return [ms] * len(quantiles) if quantiles else ms
+
+    return bench

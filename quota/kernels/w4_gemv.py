@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs
+from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs, settled_bench
 from quota.kernels.act_quant import quantize_activation_reference
 from quota.kernels.w4a4_gemm import (
     MAX_K_INT4, USE_ASM_UNPACK, _unpack_x16, epilogue_store, splitk_reduce, splitk_workspace,
@@ -102,7 +102,7 @@ def _row_scale_kernel(x_ptr, scale_ptr, K, stride_xm, clip, BLOCK: tl.constexpr)
     configs=pick_configs(_CONFIGS, _INTERPRET_CONFIG),
     key=["M_BUCKET", "N", "KB", "QUANT_IN"],
     prune_configs_by={"early_config_prune": _prune},
-    use_cuda_graph=not INTERPRET,
+    do_bench=None if INTERPRET else settled_bench(),  # waits for queued work first
 )
 @triton.jit
 def _gemv_kernel(

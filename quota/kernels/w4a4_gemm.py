@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs
+from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs, settled_bench
 from quota.quant.int4 import unpack_int4
 
 MAX_K_INT4 = 131072  # 2^31 / 2^14: the x16 unpack keeps int32 accumulation exact below this
@@ -173,7 +173,7 @@ def splitk_reduce(acc, ws_ptr, lock_ptr, tile_id, offs_m, offs_n, M, N, SPLIT_K:
     configs=pick_configs(_PREFILL + _MID + _SPLIT + _DECODE, _INTERPRET_CONFIG),
     key=["M_BUCKET", "N", "KB", "INT4"],
     prune_configs_by={"early_config_prune": _prune},
-    use_cuda_graph=not INTERPRET,  # time candidates without launch gaps (decode kernels take microseconds)
+    do_bench=None if INTERPRET else settled_bench(),  # waits for queued work first
 )
 @triton.heuristics({"EVEN_K": lambda args: args["KB"] % args["BLOCK_KB"] == 0})
 @triton.jit

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs
+from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs, settled_bench
 from quota.kernels.fp8_gemm import has_fp8
 from quota.quant.int4 import unpack_int4
 
@@ -76,7 +76,7 @@ def _prune(configs, named_args, **kwargs):
     configs=pick_configs(_PREFILL + _MID + _DECODE, _INTERPRET_CONFIG),
     key=["M_BUCKET", "N", "KB", "FP8"],
     prune_configs_by={"early_config_prune": _prune},
-    use_cuda_graph=not INTERPRET,
+    do_bench=None if INTERPRET else settled_bench(),  # waits for queued work first
 )
 @triton.heuristics({"EVEN_K": lambda args: args["KB"] % args["BLOCK_KB"] == 0})
 @triton.jit
