@@ -27,7 +27,7 @@ def merge_results(paths: Sequence[str | Path]) -> EvalResult:
     """One result from results (``quota eval -o``, predictions included) of disjoint task sets. Raises
     ``ValueError`` when there is nothing to merge, when two files score the same task, when their data
     version or model settings (``AGREEING_META``) differ, or when a file lacks predictions or they do not
-    match the test split's questions."""
+    match the questions of the test split of their data version (stress or natural)."""
     if not paths:
         raise ValueError("no results to merge")
     docs = [(Path(p), json.loads(Path(p).read_text())) for p in paths]
@@ -49,7 +49,7 @@ def merge_results(paths: Sequence[str | Path]) -> EvalResult:
                 raise ValueError(f"task {task!r} is in both {owner[task]} and {path}: merge disjoint tasks")
             owner[task] = path
             mine = {row["qid"]: row for row in rows if row["task"] == task}
-            for q in test_split(task, score["n"]):
+            for q in test_split(task, score["n"], first.get("data_version")):
                 row = mine.get(q.qid)
                 if row is None or row["answer"] != q.answer:
                     raise ValueError(f"{path}: question {q.qid} is missing or has another answer than the test "

@@ -82,3 +82,17 @@ def test_the_command_exits_with_the_reason_and_writes_nothing(tmp_path):
     with pytest.raises(SystemExit, match="in both"):
         main([str(a), str(a), "-o", str(tmp_path / "all.json")])
     assert not (tmp_path / "all.json").exists()
+
+
+def test_natural_suite_results_merge_against_the_natural_test_split(tmp_path):
+    paths = []
+    for task, n in (("existence", 2), ("reading", 3)):
+        questions = test_split(task, n, "natural")
+        result = summarize(questions, guesses(questions), dict(META))
+        assert result.to_dict()["data_version"] == "natural-v1"
+        paths.append(tmp_path / f"{task}.json")
+        paths[-1].write_text(json.dumps(result.to_dict(with_predictions=True)))
+    merged = merge_results(paths)
+    want = test_split("existence", 2, "natural") + test_split("reading", 3, "natural")
+    assert merged.to_dict()["data_version"] == "natural-v1"
+    assert [p["qid"] for p in merged.to_dict(with_predictions=True)["predictions"]] == [q.qid for q in want]
