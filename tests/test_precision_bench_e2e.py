@@ -52,3 +52,37 @@ def test_without_an_fp8_row_the_ratios_stay_missing():
 def test_the_fp8_config_on_a_gpu_uses_the_kernels():
     assert fp8_config(4, "triton").impl == "triton" and fp8_config(4, "triton").layer_precision == ("fp8",) * 4
     assert not torch.cuda.is_available() or fp8_config(2, "triton").kv_bits == 16
+
+
+def test_a_recipes_per_layer_precision_adds_a_mixed_row_resampled_by_depth(monkeypatch):
+    """A 30-layer recipe (half bf16, half W4A8, KV8) on the 8-layer tiny LLaVA: layers 0-3 take source layers 0, 3, 7,
+    11 (bf16) and layers 4-7 take 15, 18, 22, 26 (W4A8); the row runs the pruned schedule, before any FP8 row."""
+    import torch.nn as nn
+
+    import quota.bench.e2e as e2e
+    from quota.quantize.linear_w4a8 import W4A8Linear
+
+    built = []
+    real = e2e.quantize_model
+
+    def spy(model, config, *args, **kwargs):
+        out = real(model, config, *args, **kwargs)
+        built.append((config, out))
+        return out
+
+    def fake_measure(runner, ids, mask, pixels, extra, new_tokens, repeats, device, static=True):
+        logits, _ = runner.prefill(ids, mask, pixels, reserve=new_tokens, **extra)
+        assert torch.isfinite(logits).all()
+        return 0.1, 10.0, float("nan"), 2.0, 1.0
+
+    monkeypatch.setattr(e2e, "quantize_model", spy)
+    monkeypatch.setattr(e2e, "measure", fake_measure)
+    precision, kv_bits = ["bf16"] * 15 + ["w4a8"] * 15, [8] * 30
+    rows = run_speed("tiny-llava", batches=(1,), new_tokens=4, repeats=1, device="cpu", static=False, fp8=False,
+                     budget=0.5, layer_precision=precision, layer_kv_bits=kv_bits)
+    assert [r.variant for r in rows][-1] == e2e.MIXED_VARIANT and len(rows) == 4
+    assert rows[-1].schedule_mean == rows[-2].schedule_mean < 16.0  # the W4A4 pruned row's schedule
+    config, mixed = built[-1]
+    assert config.layer_precision == ("bf16",) * 4 + ("w4a8",) * 4 and config.layer_kv_bits == (8,) * 8
+    downs = [layer.mlp.down_proj for layer in mixed.model.language_model.layers]
+    assert all(type(d) is nn.Linear for d in downs[:4]) and all(isinstance(d, W4A8Linear) for d in downs[4:])

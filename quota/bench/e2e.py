@@ -276,6 +276,22 @@ def resample_schedule(schedule: Sequence[int], layers: int, n_visual: int, sourc
 
 
 FP8_VARIANT = "FP8 W8A8, all tokens"
+MIXED_VARIANT = "recipe precision + schedule"
+
+
+def resample_layers(values: Sequence, layers: int) -> list:
+    """Per-layer values of another depth (a testbed recipe's 30 layers) for ``layers`` layers, by relative depth:
+    layer ``i`` takes source layer ``i * len(values) // layers``."""
+    return [values[i * len(values) // layers] for i in range(layers)]
+
+
+def mixed_config(layer_precision: Sequence[str], layer_kv_bits: Sequence[int] | None, layers: int,
+                 impl: str) -> QuantConfig:
+    """The recipe's per-layer precision (and KV bits) resampled to ``layers`` decoder layers, weights rounded to
+    nearest (random weights: nothing to calibrate), the rotation as in the default W4A4 config."""
+    return QuantConfig(layer_precision=tuple(resample_layers(list(layer_precision), layers)),
+                       layer_kv_bits=tuple(resample_layers(list(layer_kv_bits), layers)) if layer_kv_bits else None,
+                       weight_method="rtn", w_clip_search=False, a_clip_search=False, impl=impl)
 
 
 def fp8_config(layers: int, impl: str) -> QuantConfig:
@@ -298,7 +314,8 @@ def add_fp8_ratios(rows: list[SpeedRow]) -> None:
 def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prompt_tokens: int = 64,
               new_tokens: int = 512, budget: float = 0.3, repeats: int = 3, device: str | None = None,
               schedule: Sequence[int] | None = None, source_visual: int | None = None,
-              static: bool = True, fp8: bool | None = None) -> list[SpeedRow]:
+              static: bool = True, fp8: bool | None = None, layer_precision: Sequence[str] | None = None,
+              layer_kv_bits: Sequence[int] | None = None) -> list[SpeedRow]:
     """bf16 all tokens, W4A4 + KV4 all tokens, W4A4 + KV4 with ``schedule`` (default: the PyramidDrop-shaped
     schedule at ``budget`` of the visual tokens), then the FP8 W8A8 baseline with all tokens, each at every batch
     size, in one process. A ``schedule`` of another layer count (a recipe solved for the testbed) is resampled by
@@ -306,7 +323,10 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
     ``static``: prefill and decode through :class:`~quota.runtime.graphs.StaticPrefill` and
     :class:`~quota.runtime.graphs.StaticDecoder` (CUDA graphs on CUDA). ``fp8``: measure the FP8 row (``None``: on a
     GPU with FP8 tensor cores only; elsewhere its timings would say nothing). The FP8 model is built afresh (same
-    seed) after the W4A4 rows, so that no other model's weights sit in memory during its peak-memory reading."""
+    seed) after the W4A4 rows, so that no other model's weights sit in memory during its peak-memory reading.
+    ``layer_precision`` (a version 3 recipe's, with its ``layer_kv_bits``): also measure the mixed-precision model
+    it describes (:func:`mixed_config`, resampled by relative depth) with the pruned schedule, built afresh the
+    same way, before the FP8 row."""
     device, dtype = placement(device)
     impl = "triton" if device.startswith("cuda") else "reference"
     model = build_random(arch, device, dtype)
@@ -334,6 +354,19 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
             rows.append(SpeedRow(name, b, sum(sched) / layers,
                                  *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
             _report(rows[-1])
+    if layer_precision is not None:
+        model = qmodel = r = None  # the W4A4 model's memory goes back before the mixed one is built
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        config = mixed_config(layer_precision, layer_kv_bits, layers, impl)
+        mmodel = quantize_model(build_random(arch, device, dtype), config, None, inplace=True)
+        for b in batches:
+            ids, mask, pixels, extra = inputs(mmodel, b, prompt_tokens, n, device, dtype)
+            r = PrunedRunner(mmodel, pruned, weights, impl=impl)
+            rows.append(SpeedRow(MIXED_VARIANT, b, sum(pruned) / layers,
+                                 *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
+            _report(rows[-1])
+        mmodel = r = None
     if fp8 if fp8 is not None else has_fp8(torch.device(device)):
         model = qmodel = r = None  # the bf16/W4A4 model's memory goes back before the FP8 model is built
         if device.startswith("cuda"):

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     e2e.add_argument("--prompt-tokens", type=int, default=64)
     e2e.add_argument("--new-tokens", type=int, default=512)
     e2e.add_argument("--budget", type=float, default=0.3, help="pruned variant's mean keep ratio (default 0.3)")
-    e2e.add_argument("--recipe", default=None, help="use this recipe's schedule for the pruned variant")
+    e2e.add_argument("--recipe", default=None, help="use this recipe's schedule for the pruned variant; a recipe with "
+                     "per-layer precision (version 3) adds a row of that mixed-precision model with its schedule")
     e2e.add_argument("--repeats", type=int, default=3)
     e2e.add_argument("--eager", action="store_true",
                      help="prefill and decode through the eager per-layer loop instead of replaying CUDA graphs")
@@ -55,16 +56,18 @@ def run_e2e(args: argparse.Namespace) -> int:
 
     from quota.bench.e2e import CPU_NOTE, format_gib, run_speed
 
-    schedule, source_visual = None, None
+    schedule, source_visual, precision, kv_bits = None, None, None, None
     if args.recipe:
         from quota.recipe import Recipe
 
         recipe = Recipe.load(args.recipe)
         schedule, source_visual = recipe.schedule, recipe.n_visual_tokens
+        precision, kv_bits = recipe.layer_precision, recipe.layer_kv_bits
     if args.model is not None:
         args.arch = args.model
     rows = run_speed(args.arch, args.batches, args.prompt_tokens, args.new_tokens, args.budget, args.repeats,
-                     schedule=schedule, source_visual=source_visual, static=not args.eager)
+                     schedule=schedule, source_visual=source_visual, static=not args.eager,
+                     layer_precision=precision, layer_kv_bits=kv_bits)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     head = ("| variant | batch | mean visual tokens | TTFT ms | decode tok/s | peak GiB | KV cache MiB | "
             "KV MiB after prefill |")
