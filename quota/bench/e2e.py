@@ -37,6 +37,7 @@ from quota.quantize.model import quantize_model
 from quota.runtime.baselines import baseline_plan
 from quota.runtime.generate import PrunedRunner
 from quota.runtime.graphs import StaticDecoder, StaticPrefill
+from quota.runtime.vision import image_features
 
 
 def llava15_7b_config():
@@ -119,6 +120,12 @@ class SpeedRow:
     """``ttft_ms`` / the FP8 W8A8 row's of the same batch (below 1: faster); NaN without an FP8 row."""
     decode_vs_fp8: float = float("nan")
     """``decode_tokens_per_s`` / the FP8 W8A8 row's of the same batch (above 1: faster)."""
+    vision_ms: float = float("nan")
+    """The image encoder and projector alone, run eagerly (:func:`vision_ms`): a part of ``ttft_ms``."""
+    ttft_vs_bf16: float = float("nan")
+    """``ttft_ms`` / the bf16 all-token row's of the same batch (below 1: faster)."""
+    decode_vs_bf16: float = float("nan")
+    """``decode_tokens_per_s`` / the bf16 all-token row's of the same batch (above 1: faster)."""
 
     def to_dict(self) -> dict:
         """The row as JSON-ready values: a measurement that does not exist (peak memory off CUDA) is ``None``."""
@@ -263,6 +270,21 @@ def measure(runner, ids, mask, pixels, extra: dict, new_tokens: int, repeats: in
     return med(ttfts), med(rates), peak, kv, kv_prompt
 
 
+def vision_ms(model, pixels: torch.Tensor, batch: int, extra: dict, repeats: int, device: str) -> float:
+    """Median time in ms of the image encoder and projector alone (``get_image_features``, eager), over ``repeats``
+    runs after a warm-up: the share of a prefill that pruning and low-bit layers do not touch."""
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            image_features(model, pixels, batch, **extra)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    rest = sorted(times[1:])
+    return rest[len(rest) // 2] * 1e3
+
+
 def resample_schedule(schedule: Sequence[int], layers: int, n_visual: int, source_visual: int) -> list[int]:
     """A per-layer keep schedule carried to a model of ``layers`` layers and ``n_visual`` visual tokens: layer
     ``i`` takes the keep ratio of the source layer at the same relative depth (``floor(i * L_src / layers)``),
@@ -275,6 +297,7 @@ def resample_schedule(schedule: Sequence[int], layers: int, n_visual: int, sourc
     return [round(schedule[i * src // layers] / source_visual * n_visual) for i in range(layers)]
 
 
+BF16_VARIANT = "bf16, all tokens"
 FP8_VARIANT = "FP8 W8A8, all tokens"
 MIXED_VARIANT = "recipe precision + schedule"
 
@@ -299,6 +322,16 @@ def fp8_config(layers: int, impl: str) -> QuantConfig:
     ``torch._scaled_mm``), bf16 KV cache, no rotation (FP8 needs none), nothing calibrated."""
     return QuantConfig(layer_precision=("fp8",) * layers, kv_bits=16, rotate=False, online_hadamard=False,
                        kv_hadamard=False, weight_method="rtn", w_clip_search=False, a_clip_search=False, impl=impl)
+
+
+def add_bf16_ratios(rows: list[SpeedRow]) -> None:
+    """Set each row's ``ttft_vs_bf16`` and ``decode_vs_bf16`` against the bf16 all-token row of its batch."""
+    bf16 = {r.batch: r for r in rows if r.variant == BF16_VARIANT}
+    for r in rows:
+        base = bf16.get(r.batch)
+        if base is not None:
+            r.ttft_vs_bf16 = r.ttft_ms / base.ttft_ms
+            r.decode_vs_bf16 = r.decode_tokens_per_s / base.decode_tokens_per_s
 
 
 def add_fp8_ratios(rows: list[SpeedRow]) -> None:
@@ -339,49 +372,47 @@ def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prom
         pruned = list(baseline_plan("pyramiddrop", budget * n, n, layers).schedule)
     weights = {"attn_last": 1.0, "magnitude": 0.1}
     rows = []
+
+    def add_row(variant: str, runner: PrunedRunner, sched: Sequence[int], ids, mask, pixels, extra) -> None:
+        """Measure ``runner`` on one batch, then its image encoder alone, and report the row."""
+        b = ids.shape[0]
+        rows.append(SpeedRow(variant, b, sum(sched) / layers,
+                             *_scaled(measure(runner, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
+        rows[-1].vision_ms = vision_ms(runner.model, pixels, b, extra, repeats, device)
+        _report(rows[-1])
+
     for b in batches:  # bf16 first: the model is then quantized in place
         ids, mask, pixels, extra = inputs(model, b, prompt_tokens, n, device, dtype)
-        r = PrunedRunner(model, full, weights, impl="reference")
-        rows.append(SpeedRow("bf16, all tokens", b, float(n),
-                             *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
-        _report(rows[-1])
+        add_row(BF16_VARIANT, PrunedRunner(model, full, weights, impl="reference"), full, ids, mask, pixels, extra)
     quant = QuantConfig(weight_method="rtn", w_clip_search=False, a_clip_search=False, impl=impl)
     qmodel = quantize_model(model, quant, None, inplace=True)
     for b in batches:
         ids, mask, pixels, extra = inputs(qmodel, b, prompt_tokens, n, device, dtype)
         for name, sched in (("W4A4+KV4, all tokens", full), (f"W4A4+KV4, schedule at {budget:g}", pruned)):
-            r = PrunedRunner(qmodel, sched, weights, impl=impl)
-            rows.append(SpeedRow(name, b, sum(sched) / layers,
-                                 *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
-            _report(rows[-1])
+            add_row(name, PrunedRunner(qmodel, sched, weights, impl=impl), sched, ids, mask, pixels, extra)
     if layer_precision is not None:
-        model = qmodel = r = None  # the W4A4 model's memory goes back before the mixed one is built
+        model = qmodel = None  # the W4A4 model's memory goes back before the mixed one is built
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         config = mixed_config(layer_precision, layer_kv_bits, layers, impl)
         mmodel = quantize_model(build_random(arch, device, dtype), config, None, inplace=True)
         for b in batches:
             ids, mask, pixels, extra = inputs(mmodel, b, prompt_tokens, n, device, dtype)
-            r = PrunedRunner(mmodel, pruned, weights, impl=impl)
-            rows.append(SpeedRow(MIXED_VARIANT, b, sum(pruned) / layers,
-                                 *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
-            _report(rows[-1])
-        mmodel = r = None
+            add_row(MIXED_VARIANT, PrunedRunner(mmodel, pruned, weights, impl=impl), pruned, ids, mask, pixels, extra)
+        mmodel = None
     if fp8 if fp8 is not None else has_fp8(torch.device(device)):
-        model = qmodel = r = None  # the bf16/W4A4 model's memory goes back before the FP8 model is built
+        model = qmodel = None  # the bf16/W4A4 model's memory goes back before the FP8 model is built
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         fmodel = quantize_model(build_random(arch, device, dtype), fp8_config(layers, impl), None, inplace=True)
         for b in batches:
             ids, mask, pixels, extra = inputs(fmodel, b, prompt_tokens, n, device, dtype)
-            r = PrunedRunner(fmodel, full, weights, impl=impl)
-            rows.append(SpeedRow(FP8_VARIANT, b, float(n),
-                                 *_scaled(measure(r, ids, mask, pixels, extra, new_tokens, repeats, device, static))))
-            _report(rows[-1])
+            add_row(FP8_VARIANT, PrunedRunner(fmodel, full, weights, impl=impl), full, ids, mask, pixels, extra)
         add_fp8_ratios(rows)
         for row in rows:
             print(f"[quota bench e2e] {row.variant}, batch {row.batch}: TTFT {row.ttft_vs_fp8:.2f}x FP8 W8A8, "
                   f"decode {row.decode_vs_fp8:.2f}x", file=sys.stderr, flush=True)
+    add_bf16_ratios(rows)
     return rows
 
 
@@ -389,7 +420,7 @@ def _report(row: SpeedRow) -> None:
     """One line per measured row on stderr, flushed, so that a run cut short keeps what it measured."""
     print(f"[quota bench e2e] {row.variant}, batch {row.batch}: TTFT {row.ttft_ms:.1f} ms, "
           f"{row.decode_tokens_per_s:.1f} tok/s, peak {_peak(row.peak_memory_gib)}, KV {row.kv_cache_mib:.1f} MiB "
-          f"({row.kv_prompt_mib:.1f} MiB after the prefill)",
+          f"({row.kv_prompt_mib:.1f} MiB after the prefill), image encoder {row.vision_ms:.1f} ms eager",
           file=sys.stderr, flush=True)
 
 

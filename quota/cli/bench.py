@@ -56,6 +56,9 @@ def run_e2e(args: argparse.Namespace) -> int:
 
     from quota.bench.e2e import CPU_NOTE, format_gib, run_speed
 
+    def ratio(value: float) -> str:
+        return "-" if value != value else f"{value:.2f}x"  # NaN: no such baseline row in this run
+
     schedule, source_visual, precision, kv_bits = None, None, None, None
     if args.recipe:
         from quota.recipe import Recipe
@@ -69,8 +72,8 @@ def run_e2e(args: argparse.Namespace) -> int:
                      schedule=schedule, source_visual=source_visual, static=not args.eager,
                      layer_precision=precision, layer_kv_bits=kv_bits)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    head = ("| variant | batch | mean visual tokens | TTFT ms | decode tok/s | peak GiB | KV cache MiB | "
-            "KV MiB after prefill |")
+    head = ("| variant | batch | mean visual tokens | TTFT ms | TTFT vs bf16 / FP8 | decode tok/s | decode vs bf16 / "
+            "FP8 | image encoder ms (share of TTFT) | peak GiB | KV cache MiB | KV MiB after prefill |")
     lines = [f"# End-to-end speed: {args.arch} (random weights) on {device}", "",
              f"One image + {args.prompt_tokens} prompt tokens, {args.new_tokens} generated tokens, median of "
              f"{args.repeats} runs after a warm-up; prefill and decode "
@@ -78,11 +81,13 @@ def run_e2e(args: argparse.Namespace) -> int:
              + " (decode rate over steps 3 on)."]
     if device == "cpu":
         lines += ["", CPU_NOTE]
-    lines += ["", head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.variant} | {r.batch} | {r.schedule_mean:.1f} | {r.ttft_ms:.1f} | "
-                     f"{r.decode_tokens_per_s:.1f} | {format_gib(r.peak_memory_gib)} | {r.kv_cache_mib:.1f} | "
-                     f"{r.kv_prompt_mib:.1f} |")
+                     f"{ratio(r.ttft_vs_bf16)} / {ratio(r.ttft_vs_fp8)} | {r.decode_tokens_per_s:.1f} | "
+                     f"{ratio(r.decode_vs_bf16)} / {ratio(r.decode_vs_fp8)} | "
+                     f"{r.vision_ms:.1f} ({100 * r.vision_ms / r.ttft_ms:.0f}%) | {format_gib(r.peak_memory_gib)} | "
+                     f"{r.kv_cache_mib:.1f} | {r.kv_prompt_mib:.1f} |")
     text = "\n".join(lines) + "\n"
     if args.out is not None:
         from quota.atomic import write_json_atomic, write_text_atomic

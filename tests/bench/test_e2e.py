@@ -16,6 +16,11 @@ def test_e2e_bench_on_a_tiny_llava(tmp_path, capsys):
         assert 0 < r["kv_prompt_mib"] < r["kv_cache_mib"]
     assert pruned["kv_prompt_mib"] / full["kv_prompt_mib"] < pruned["kv_cache_mib"] / full["kv_cache_mib"]
     assert all(r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in rows)
+    assert all(0 < r["vision_ms"] < r["ttft_ms"] for r in rows)  # the image encoder is a part of the prefill
+    for r in rows:  # each row's ratio to the bf16 all-token row of its batch
+        base = next(x for x in rows if x["batch"] == r["batch"] and x["variant"].startswith("bf16"))
+        assert r["ttft_vs_bf16"] == r["ttft_ms"] / base["ttft_ms"]
+        assert r["decode_vs_bf16"] == r["decode_tokens_per_s"] / base["decode_tokens_per_s"]
     captured = capsys.readouterr()
     assert "TTFT ms" in captured.out
 
@@ -33,7 +38,10 @@ def test_e2e_bench_on_a_cpu_says_its_timings_mean_nothing_for_a_gpu(tmp_path, ca
     assert "nan" not in captured.out + captured.err
     assert "peak n/a," in captured.err  # the per-row progress lines
     rows = [line for line in captured.out.splitlines() if line.startswith("| bf16")]
-    assert rows and all(line.split(" | ")[5] == "n/a" for line in rows)  # the peak GiB column
+    assert rows and all(line.split(" | ")[8] == "n/a" for line in rows)  # the peak GiB column
+    # ratios against the bf16 row of the batch ("-" against FP8: no FP8 row on a CPU), and the image encoder's share
+    assert all(line.split(" | ")[4] == "1.00x / -" and line.split(" | ")[6] == "1.00x / -" for line in rows)
+    assert all(line.split(" | ")[7].endswith("%)") for line in rows)
     md = (tmp_path / "bench_e2e_tiny-llava.md").read_text()
     assert CPU_NOTE in md
     saved = json.loads((tmp_path / "bench_e2e_tiny-llava.json").read_text())["rows"]
