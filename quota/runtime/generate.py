@@ -47,7 +47,7 @@ from quota.models.spec import get_submodule
 from quota.quantize.attention import KVQuantizer, quota_attention_of
 from quota.runtime.graphs.static_decode import StaticDecoder
 from quota.runtime.kv.layerwise import LayerwiseKVCache
-from quota.runtime.kv.quantized import QuantizedKVStore
+from quota.runtime.kv.quantized import KV_BITS, QuantizedKVStore
 from quota.runtime.masks import check_prompt, decode_mask, prefill_mask
 from quota.recipe import PruningPlan, ScoringSpec
 from quota.schedule import check_schedule, resolve_schedule
@@ -197,10 +197,12 @@ class PrunedRunner:
         return [getattr(get_submodule(layer, self.spec.layer.attention), "quota_kv", None) for layer in self.layers]
 
     def uses_kv_kernels(self, device: torch.device) -> bool:
-        """Whether the KV cache holds codes read by the attention kernels: the model's attention
-        quantizes KV to 4 or 8 bits and ``impl`` is ``"triton"`` (or ``"auto"`` on CUDA)."""
+        """Whether the KV cache holds codes read by the attention kernels: every layer's attention has a KV
+        quantizer, at least one of 4 or 8 bits (the others may keep 16: a mixed recipe's full-precision layers, read
+        by SDPA inside the same store), and ``impl`` is ``"triton"`` (or ``"auto"`` on CUDA)."""
         quantizers = self.kv_quantizers()
-        if not all(q is not None and q.bits in (4, 8) for q in quantizers):
+        if not all(q is not None and q.bits in KV_BITS for q in quantizers) or not any(
+                q.bits in (4, 8) for q in quantizers):
             return False
         return self.impl == "triton" or (self.impl == "auto" and device.type == "cuda")
 

@@ -120,3 +120,63 @@ def test_static_prefill_replays_each_request_as_the_eager_prefill(setup):
         torch.testing.assert_close(dec(got.argmax(-1)), want_next, rtol=1e-3, atol=1e-3)
     again, _ = static(ids, mask, pv)
     torch.testing.assert_close(again, first, rtol=1e-3, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def mixed_kv():
+    """The tiny Llava with KV caches of 16, 4, 16 and 8 bits by layer (a mixed-precision recipe's)."""
+    torch.manual_seed(0)
+    model = tiny_llava()
+    n = n_visual(model)
+    ids, mask = left_pad([prompt(n, 3, 5, 0), prompt(n, 1, 2, 1)])
+    pv = pixels(2, seed=3)
+    calib = [{"input_ids": ids, "attention_mask": mask, "pixel_values": pv}]
+    config = QuantConfig(kv_group_size=16, weight_method="rtn", a_bits=16, w_bits=16, layer_kv_bits=(16, 4, 16, 8))
+    q = quantize_model(model, config, calib)
+    return q.to(DEVICE), ids.to(DEVICE), mask.to(DEVICE), pv.to(DEVICE), n
+
+
+def test_full_precision_layers_share_the_store_with_the_kernel_layers(mixed_kv):
+    """Layers that keep 16-bit KV sit in the same store as the quantized ones (values as they come, read by SDPA
+    with the kernels' masking), and the whole prefill and its decode steps agree with the simulated path."""
+    model, ids, mask, pv, n = mixed_kv
+    schedule = (n, n, n // 2, n // 2)
+    sim = PrunedRunner(model, schedule, {"attn_last": 1.0}, impl="reference")
+    kern = PrunedRunner(model, schedule, {"attn_last": 1.0}, impl="triton")
+    assert kern.uses_kv_kernels(ids.device)
+    logits_sim, state_sim = sim.prefill(ids, mask, pv, reserve=3)
+    logits_kern, state = kern.prefill(ids, mask, pv, reserve=3)
+    store = state.cache
+    assert isinstance(store, QuantizedKVStore)
+    assert [store.full_precision(l) for l in range(4)] == [True, False, True, False]
+    assert len(store.layer(0)[0]) == 1 and store.layer(0)[0][0].dtype == ids.new_zeros((), dtype=torch.float32).dtype
+    assert len(store.layer(1)[0]) == 3 and store.layer(1)[0][0].dtype == torch.uint8  # codes, scale, zero
+    same = [all(torch.equal(a[i], b[i]) for a, b in zip(sim.kept_indices, kern.kept_indices)) for i in range(2)]
+    assert any(same)
+    rows = torch.tensor(same)
+    torch.testing.assert_close(logits_kern[rows], logits_sim[rows], rtol=2e-3, atol=2e-3)
+    token = logits_kern.argmax(-1)
+    for _ in range(2):  # eager decode steps over both kinds of layer
+        step_kern = kern.decode_step(token, state)
+        step_sim = sim.decode_step(token, state_sim)
+        torch.testing.assert_close(step_kern[rows], step_sim[rows], rtol=2e-3, atol=2e-3)
+        token = step_kern.argmax(-1)
+
+
+def test_static_steps_over_a_mixed_store_equal_eager_steps(mixed_kv):
+    """Device-held lengths (what a CUDA graph replays) write and read the full-precision layers too."""
+    model, ids, mask, pv, n = mixed_kv
+    kern = PrunedRunner(model, (n, n // 2, n // 2, 3), {"attn_last": 1.0}, impl="triton")
+    logits, state = kern.prefill(ids, mask, pv, reserve=3)
+    want, token = [], logits.argmax(-1)
+    for _ in range(3):
+        want.append(kern.decode_step(token, state))
+        token = want[-1].argmax(-1)
+    logits, state = kern.prefill(ids, mask, pv, reserve=3)
+    token = logits.argmax(-1)
+    with StaticDecoder(kern, state, steps=3) as dec:
+        for i in range(3):
+            with forbid_host_sync():
+                got = dec(token).clone()
+            torch.testing.assert_close(got, want[i], rtol=1e-4, atol=1e-4)
+            token = got.argmax(-1)
