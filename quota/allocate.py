@@ -14,7 +14,7 @@ import numpy as np
 from quota import __version__
 from quota.profiling.profile import Profile, ProfileError
 from quota.quant.config import QuantConfig
-from quota.recipe import Recipe, ScoringSpec
+from quota.recipe import Recipe
 from quota.schedule import check_budget, check_budget_kind, equivalent_tokens
 from quota.solvers import AllocationProblem, Solution
 from quota.solvers import solve_problem
@@ -139,15 +139,14 @@ class SolveResult:
 
 
 def recipe_from_solution(profile: Profile, problem: AllocationProblem, solution: Solution) -> Recipe:
-    """The recipe of a solved problem: the solution's schedule with the profile's scoring (its in-LLM
-    ``score_weights``, and its ``pre_llm_weights`` as the ``pre_llm`` stage's when it has them) and quantization
+    """The recipe of a solved problem: the solution's schedule with the profile's scoring (:attr:`Profile.scoring`:
+    its in-LLM ``score_weights``, its ``pre_llm_weights`` as the ``pre_llm`` stage's when it has them, its selection
+    rule and merged tokens) and quantization
     (the default config when the profile records none); ``versions`` are those of the solving environment."""
-    weights = dict(profile.score_weights) if profile.score_weights else ScoringSpec().weights
-    scoring = ScoringSpec(weights, stage_weights=profile.stage_weights)
     return Recipe(
         model_id=profile.model_id, model_hash=profile.model_hash, n_layers=profile.n_layers,
         n_visual_tokens=profile.n_visual_tokens, schedule=solution.schedule,
-        scoring=scoring, quant=dict(profile.quant) or QuantConfig().to_dict(),
+        scoring=profile.scoring, quant=dict(profile.quant) or QuantConfig().to_dict(),
         budget_kind=problem.budget_kind, budget=problem.budget,
         solver={"name": solution.solver, "status": solution.status, "objective": solution.objective,
                 "lower_bound": solution.lower_bound, "gap": solution.gap, "seconds": round(solution.solve_time, 4),

@@ -29,7 +29,7 @@ from quota.device import placement
 from quota.profiling.profile import Profile
 from quota.profiling.sensitivity import DamageMeter, ScheduleDamage
 from quota.quant.config import QuantConfig
-from quota.recipe import Recipe, ScoringSpec
+from quota.recipe import Recipe
 from quota.solvers import AllocationProblem, solve_k_best
 from quota.testbed import model as testbed
 from quota.testbed.batches import make_batches
@@ -103,7 +103,5 @@ def refine_testbed(profile_path: str | Path, k: int = 8, budget: float = 0.3, qu
     quant = QuantConfig.from_dict(profile.quant) if profile.quant else QuantConfig(impl="auto")
     model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
     held_out = refinement_split(questions)
-    scoring = ScoringSpec(profile.score_weights or ScoringSpec().weights,
-                          stage_weights={"pre_llm": profile.pre_llm_weights} if profile.pre_llm_weights else None)
-    meter = DamageMeter(model, make_batches(tb.tokenizer, held_out, batch_size, device, dtype), scoring)
+    meter = DamageMeter(model, make_batches(tb.tokenizer, held_out, batch_size, device, dtype), profile.scoring)
     return refine(profile, meter, k, budget, data=f"testbed refinement_split({questions})", **kw)

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
                       f"({p.grid[0]}..{p.grid[-1]}); data {p.data_version}; versions {p.versions}")
         console.print(f"damage curves {sorted(p.damage)} + per task {sorted(p.per_task)}; costs {sorted(p.costs)}; "
                       f"score weights {p.score_weights}"
-                      + (f", before layer 0 {p.pre_llm_weights}" if p.pre_llm_weights else ""))
+                      + (f", before layer 0 {p.pre_llm_weights}" if p.pre_llm_weights else "")
+                      + f"; selection {p.selection}, merging {p.merge}")
         kind = "kl" if "kl" in p.damage else sorted(p.damage)[0]
         marks = [g for g in range(len(p.grid)) if g in (0, len(p.grid) // 4, len(p.grid) // 2, 3 * len(p.grid) // 4)]
         table = Table(title=f"damage ({kind}) by layer and keep count")

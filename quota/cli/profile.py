@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"profile of {prof.model_id} on {prof.device}: {prof.n_layers} layers x {len(prof.grid)} keep counts, "
               f"score weights {prof.score_weights}"
               + (f" (before layer 0: {prof.pre_llm_weights})" if prof.pre_llm_weights else "")
-              + f", {prof.timing['total_s']}s -> {args.output}")
+              + f", selection {prof.selection}, merging {prof.merge}, {prof.timing['total_s']}s -> {args.output}")
         if args.validate:
             return _validate(args)
     return 0

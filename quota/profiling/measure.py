@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +56,14 @@ PRE_LLM_CANDIDATES: tuple[dict[str, float], ...] = (
     {"magnitude": 1.0},
     {"magnitude": 0.5, "risk": 0.5},
 )
+# candidate selection rules and merged contextual tokens of every pruning point (searched after the weights, on the
+# probes of both stages): top-k alone, VisionZip-style merging of the dropped tokens, and diversity selection
+SELECTION_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {"selection": "topk", "merge": 0},
+    {"selection": "topk", "merge": 8},
+    {"selection": "divprune", "merge": 0},
+    {"selection": "cdpruner", "merge": 0},
+)
 
 
 @dataclass
@@ -63,7 +71,9 @@ class ProfileSettings:
     """How a profile is measured. ``grid_steps``: the candidate keep counts are the multiples of
     ``N / grid_steps`` (0 to N). ``score_candidates``: the in-LLM weightings searched (probes pruning from
     ``probe_layer``); ``pre_llm_candidates``: the weightings searched for the point before layer 0 (probes pruning
-    there; empty: no pre-LLM search, every stage uses the in-LLM weights). ``batch_size``: calibration questions per forward (it changes the padding,
+    there; empty: no pre-LLM search, every stage uses the in-LLM weights). ``selection_candidates``: the
+    ``{"selection", "merge"}`` pairs searched afterwards on the probes of both stages (empty or one: no search, the
+    first or top-k alone). ``batch_size``: calibration questions per forward (it changes the padding,
     so the measured floats, and is part of a profile's settings record). ``interaction_steps``: ``None`` (default)
     measures no interaction terms; ``S`` measures the two-step schedules of a subgrid of about ``S + 1`` keep
     counts (:func:`measure_interactions`), ``(L - 1) (m - 1) (m - 2) / 2`` more schedules for ``m`` subgrid
@@ -75,6 +85,7 @@ class ProfileSettings:
     probe_keeps: tuple[float, ...] = (1 / 9, 1 / 3)  # fractions of N: 64 and 192 of 576
     score_candidates: Sequence[dict[str, float]] = field(default_factory=lambda: list(SCORE_CANDIDATES))
     pre_llm_candidates: Sequence[dict[str, float]] = field(default_factory=lambda: list(PRE_LLM_CANDIDATES))
+    selection_candidates: Sequence[dict[str, Any]] = field(default_factory=lambda: list(SELECTION_CANDIDATES))
     latency: bool = True
     impl: str = "auto"
     interaction_steps: int | None = None
@@ -95,6 +106,7 @@ def settings_record(
         "probe_layer": settings.probe_layer, "probe_keeps": [float(f) for f in settings.probe_keeps],
         "score_candidates": [dict(w) for w in settings.score_candidates],
         "pre_llm_candidates": [dict(w) for w in settings.pre_llm_candidates], "impl": settings.impl,
+        "selection_candidates": [dict(c) for c in settings.selection_candidates],
         **({"interaction_steps": settings.interaction_steps} if settings.interaction_steps is not None else {}),
         **runtime_record(device),
     }
@@ -193,6 +205,35 @@ def calibrate_pre_llm_weights(meter: DamageMeter, n_layers: int, n_visual: int, 
                           n_visual, lambda w: ScoringSpec(dict(in_llm), stage_weights={"pre_llm": w}), "pre_llm")
 
 
+def calibrate_selection(meter: DamageMeter, n_layers: int, n_visual: int, settings: ProfileSettings,
+                        weights: Mapping[str, float], pre_llm: Mapping[str, float] | None) -> tuple[dict, dict]:
+    """``(chosen {"selection", "merge"}, search record)``: the candidate of ``settings.selection_candidates`` with the
+    least mean KL over the probe schedules of both stages (pruning from ``probe_layer`` and, with pre-LLM weights,
+    from layer 0, to each probe keep count), each scored with the chosen weights and that selection and merging;
+    ties go to the earlier candidate. Fewer than two candidates: the first (or top-k alone), no search."""
+    candidates = [dict(c) for c in settings.selection_candidates] or [dict(SELECTION_CANDIDATES[0])]
+    if len(candidates) == 1:
+        return candidates[0], {}
+    stages = [settings.probe_layer] + ([0] if pre_llm else [])
+    keeps = probe_keeps(n_visual, settings)
+    stage_weights = {"pre_llm": dict(pre_llm)} if pre_llm else None
+
+    def probe(item) -> float:
+        _, c, layer, k = item
+        scoring = ScoringSpec(dict(weights), stage_weights=stage_weights, selection=candidates[c]["selection"],
+                              merge=int(candidates[c]["merge"]))
+        return meter.measure(prune_from_schedule(n_layers, n_visual, layer, keeps[k]), n_visual, scoring).kl
+
+    items = [("selection", c, layer, k) for c in range(len(candidates)) for layer in stages for k in range(len(keeps))]
+    kl = run_shared(items, probe)
+    results = [{**cand, "mean_kl": float(np.mean([kl[item_key(it)] for it in items if it[1] == c]))}
+               for c, cand in enumerate(candidates)]
+    best = min(results, key=lambda r: r["mean_kl"])
+    return ({"selection": best["selection"], "merge": best["merge"]},
+            {"probe_layers": stages, "probe_keeps": list(keeps), "candidates": results,
+             "criterion": "mean KL on the calibration split"})
+
+
 def peak_memory(device: torch.device) -> dict[str, float]:
     """``{"peak_memory_gib": ...}``: the most GPU memory this process (rank 0 under torchrun; every rank holds its
     own model) allocated through torch since it started, in GiB; empty on a CPU."""
@@ -231,7 +272,7 @@ def calibrate_stages(meter: DamageMeter, n_layers: int, n_visual: int, settings:
            f"{len(settings.pre_llm_candidates)} pre-LLM candidates, {questions} questions)")
     weights, search = calibrate_score_weights(meter, n_layers, n_visual, settings)
     pre_llm, pre_search = calibrate_pre_llm_weights(meter, n_layers, n_visual, settings, weights)
-    report(f"score weights {weights}, before layer 0 {pre_llm} after {time.time() - t0:.0f} s; measuring the grid")
+    report(f"score weights {weights}, before layer 0 {pre_llm} after {time.time() - t0:.0f} s")
     return weights, search, pre_llm, pre_search
 
 
@@ -267,7 +308,10 @@ def profile_model(
     t0 = time.time()
     weights, search, pre_llm, pre_search = calibrate_stages(meter, n_layers, n_visual, settings,
                                                             sum(len(b.tasks) for b in batches))
-    meter.scoring = ScoringSpec(weights, stage_weights={"pre_llm": pre_llm} if pre_llm else None)
+    chosen, selection_search = calibrate_selection(meter, n_layers, n_visual, settings, weights, pre_llm)
+    meter.scoring = ScoringSpec(weights, stage_weights={"pre_llm": pre_llm} if pre_llm else None,
+                                selection=chosen["selection"], merge=int(chosen["merge"]))
+    report(f"selection {chosen['selection']}, merging {chosen['merge']} tokens; measuring the grid")
     t_weights = time.time() - t0
     check_ranks_agree(reference_digest(meter.reference(n_visual, n_layers), meter.batches),
                       "the all-token reference (its answers' total log-likelihood)")
@@ -275,6 +319,8 @@ def profile_model(
     record["score_weights"] = dict(weights)
     if pre_llm is not None:
         record["pre_llm_weights"] = dict(pre_llm)
+    if selection_search:
+        record["selection"] = dict(chosen)
     runner = runner_of(stem, resume, record)
     t0 = time.time()
     grid_results = measure_grid(meter, n_layers, n_visual, grid, runner)
@@ -310,6 +356,7 @@ def profile_model(
         damage={"kl": per_layer_contributions(kl_from), "task_loss": per_layer_contributions(loss_from)},
         per_task=per_task, costs=costs, score_weights=weights, score_search=search,
         pre_llm_weights=pre_llm or {}, pre_llm_search=pre_search, interactions=pairs and pairs["terms"],
+        selection=chosen["selection"], merge=int(chosen["merge"]), selection_search=selection_search,
         quant=quant.to_dict(),
         data_version=data_version,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),

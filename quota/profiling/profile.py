@@ -11,6 +11,7 @@ carry ``schema``/``schema_version`` instead of ``type``/``version``, and still l
      "score_weights": {"attn_last": w, "magnitude": w, "risk": w}, "score_search": {...},   # in-LLM points
      "pre_llm_weights": {"vision_attn": w, ...}, "pre_llm_search": {...},   # the point before layer 0 (version 2)
      "interactions": [[[L-1 x G x G]]],   # KL interaction terms of adjacent pruning points (version 2, optional)
+     "selection": "topk", "merge": 0, "selection_search": {...},   # the selection rule and merging (version 3)
      "quant": QuantConfig.to_dict(), "timing": {...}, "extra": {...}}
 
 ``score_weights`` is the weighting chosen for the pruning points inside the language model (and, without
@@ -19,7 +20,10 @@ layer 0 from the signals that exist there. ``interactions[l][a][b]`` is the KL d
 misses when layer ``l`` keeps ``grid[a]`` and layer ``l + 1`` keeps ``grid[b]`` (measured by ``quota profile
 --interactions S``; 0 where ``a <= b``); it applies to the ``kl`` curve only. Version 2 adds only those optional
 fields, each written only when present, so a profile without them is written as version 1, exactly as before,
-and version 1 files load with no pre-LLM weights and no interactions.
+and version 1 files load with no pre-LLM weights and no interactions. Version 3 adds the selection rule
+(``"topk"``, ``"divprune"``, ``"cdpruner"``) and the contextual tokens merged at each pruning point, chosen on
+calibration probes like the weights (``selection_search``); files without them select by top-k and merge nothing.
+:attr:`Profile.scoring` is the whole scoring a recipe made from the profile runs.
 
 Loading validates every field and names the field and value that are wrong; saving is atomic.
 """
@@ -35,13 +39,15 @@ import numpy as np
 
 from quota.atomic import write_json_atomic
 from quota.quant.config import QuantConfig
+from quota.recipe import RecipeError, ScoringSpec
 from quota.signals import SIGNALS, available_signals
 from quota.versioned import VersionError, read_json, stamp, type_of, unstamp
 
 PROFILE_TYPE = "quota.profiling"
-PROFILE_VERSION = 2
-READ_VERSIONS = (1, 2)  # 1: no pre_llm_weights / pre_llm_search / interactions
+PROFILE_VERSION = 3
+READ_VERSIONS = (1, 2, 3)  # 1: no pre_llm_weights / pre_llm_search / interactions; 2: no selection / merge
 V2_FIELDS = ("pre_llm_weights", "pre_llm_search", "interactions")
+V3_FIELDS = ("selection", "merge", "selection_search")
 DAMAGE_KINDS = ("kl", "task_loss")
 
 
@@ -70,9 +76,23 @@ class Profile:
     pre_llm_weights: dict[str, float] = field(default_factory=dict)
     pre_llm_search: dict[str, Any] = field(default_factory=dict)
     interactions: np.ndarray | None = None  # [L-1, G, G], KL only
+    selection: str = "topk"
+    merge: int = 0
+    selection_search: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate(self)
+        try:
+            ScoringSpec(selection=self.selection, merge=self.merge)
+        except RecipeError as err:
+            raise ProfileError(str(err)) from None
+
+    @property
+    def scoring(self) -> ScoringSpec:
+        """The scoring of a recipe made from this profile: ``score_weights`` (the default weighting when the profile
+        records none), the per-stage weights, the selection rule and the merged tokens."""
+        weights = dict(self.score_weights) if self.score_weights else ScoringSpec().weights
+        return ScoringSpec(weights, stage_weights=self.stage_weights, selection=self.selection, merge=self.merge)
 
     @property
     def stage_weights(self) -> dict[str, dict[str, float]] | None:
@@ -81,14 +101,18 @@ class Profile:
         return {"pre_llm": dict(self.pre_llm_weights)} if self.pre_llm_weights else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object: version 2 with the pre-LLM fields when there are pre-LLM weights and the interactions
-        when there are some, else version 1 without them (what readers before them read)."""
+        """The JSON object: version 3 when it records a selection search or a selection or merging other than the
+        default, else version 2 with the pre-LLM fields when there are pre-LLM weights and the interactions when
+        there are some, else version 1 without them (what readers before them read)."""
         body = self._body()
         if self.pre_llm_weights:
             body.update(pre_llm_weights=self.pre_llm_weights, pre_llm_search=self.pre_llm_search)
         if self.interactions is not None:
             body["interactions"] = self.interactions.tolist()
-        return stamp(PROFILE_TYPE, PROFILE_VERSION if set(body) & set(V2_FIELDS) else 1, body)
+        if self.selection != "topk" or self.merge or self.selection_search:
+            body.update(selection=self.selection, merge=self.merge, selection_search=self.selection_search)
+        version = 3 if set(body) & set(V3_FIELDS) else 2 if set(body) & set(V2_FIELDS) else 1
+        return stamp(PROFILE_TYPE, version, body)
 
     def _body(self) -> dict[str, Any]:
         """The fields of every version (the pre-LLM ones are added by :meth:`to_dict`)."""
@@ -154,7 +178,7 @@ def _from_dict(cls, d: Any) -> Profile:
         version, d = unstamp(d, PROFILE_TYPE, READ_VERSIONS, "profile")
     except VersionError as err:
         raise ProfileError(str(err).removeprefix("profile: ")) from None
-    known = FIELDS + V2_FIELDS if version >= 2 else FIELDS
+    known = FIELDS + (V2_FIELDS if version >= 2 else ()) + (V3_FIELDS if version >= 3 else ())
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ProfileError(f"unknown field(s) {unknown} (version {version}); known fields: {sorted(known)}")
@@ -170,7 +194,8 @@ def _from_dict(cls, d: Any) -> Profile:
         data_version=d.get("data_version", ""), device=d.get("device", ""), versions=d.get("versions", {}),
         score_search=d.get("score_search", {}), timing=d.get("timing", {}), extra=d.get("extra", {}),
         pre_llm_weights=d.get("pre_llm_weights", {}), pre_llm_search=d.get("pre_llm_search", {}),
-        interactions=d.get("interactions"),
+        interactions=d.get("interactions"), selection=d.get("selection", "topk"), merge=d.get("merge", 0),
+        selection_search=d.get("selection_search", {}),
     )
 
 

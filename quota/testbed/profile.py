@@ -15,7 +15,6 @@ from quota.profiling.profile import Profile
 from quota.profiling.sensitivity import DamageMeter
 from quota.profiling.sharding import check_partials, init_from_env, rank_placement
 from quota.quant.config import QuantConfig
-from quota.recipe import ScoringSpec
 from quota.testbed import model as testbed
 from quota.testbed.batches import make_batches
 from quota.testbed.quantized import quantize_testbed
@@ -67,9 +66,7 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
     quant = QuantConfig.from_dict(profile.quant)
     model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
     questions = test_split(limit=questions_per_task)
-    scoring = ScoringSpec(profile.score_weights,
-                          stage_weights={"pre_llm": profile.pre_llm_weights} if profile.pre_llm_weights else None)
-    meter = DamageMeter(model, make_batches(tb.tokenizer, questions, 64, device, dtype), scoring)
+    meter = DamageMeter(model, make_batches(tb.tokenizer, questions, 64, device, dtype), profile.scoring)
     result = check_additivity(profile, meter, count, seed, on_item=progress_reporter("additivity schedules"))
     report = result.to_dict()
     report["questions"] = len(questions)

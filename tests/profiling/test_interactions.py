@@ -19,7 +19,6 @@ from quota.profiling.sensitivity import (
     two_step_schedule,
 )
 from quota.quant.config import QuantConfig
-from quota.recipe import ScoringSpec
 from quota.quantize.gptq import one_cpu_thread
 from tests.profiling.fake_testbed import N_VISUAL, fake_batches
 from tests.runtime.models import tiny_llava
@@ -78,8 +77,7 @@ def test_profile_measures_interactions_with_the_right_shape_and_zeros(measured):
 
 def test_j_at_subgrid_points_is_the_measured_two_step_damage_less_the_additive_prediction(measured):
     model, batches, prof = measured
-    scoring = ScoringSpec(prof.score_weights, stage_weights=prof.stage_weights)
-    meter = DamageMeter(model, batches, scoring, reference_tokens=N_VISUAL)
+    meter = DamageMeter(model, batches, prof.scoring, reference_tokens=N_VISUAL)  # as the profile measured
     from_layer = np.asarray(prof.extra["kl_prune_from_layer"])
     h = prof.damage["kl"]
     assert np.allclose(h, per_layer_contributions(from_layer))
@@ -122,7 +120,7 @@ def test_round_trip_and_old_files_unchanged(tmp_path, measured):
     q = Profile.load(prof.save(tmp_path / "p.json"))
     assert np.array_equal(q.interactions, prof.interactions)
     data = json.loads((tmp_path / "p.json").read_text())
-    assert data["version"] == 2 and "pre_llm_weights" not in data
+    assert data["version"] == 3 and "pre_llm_weights" not in data and "selection_search" in data  # searched
     plain = synthetic_profile()
     d = plain.to_dict()
     assert d["version"] == 1 and "interactions" not in d and Profile.from_dict(d).interactions is None

@@ -33,7 +33,7 @@ def test_profile_with_interactions(tmp_path, fake, capsys):
     assert len(items) == 3 * 2 + 2  # 3 layers x keep counts 0, 8; then (8, 0) at layers 0 and 1
     assert items[-2:] == ["grid item ['pair', 0, 1, 0]", "grid item ['pair', 1, 1, 0]"]
     data = json.loads((tmp_path / "a.json").read_text())
-    assert data["version"] == 2 and len(data["interactions"]) == 2  # its pre-LLM weights make it 2 anyway
+    assert data["version"] == 3 and len(data["interactions"]) == 2  # its selection search makes it 3
     assert all(len(row) == 3 and all(len(r) == 3 for r in row) for row in data["interactions"])
     assert data["extra"]["interaction_subgrid"] == [0, 8, 16] and data["timing"]["interaction_schedules"] == 2
     assert not list(tmp_path.glob("*.partial.json"))

@@ -95,7 +95,8 @@ def test_the_profiler_records_both_choices_and_measures_layer_0_with_the_pre_llm
     in_candidates = [{"attn_last": 0.9, "magnitude": 0.1}, {"attn_text": 1.0}]
     pre_candidates = [{"vision_attn": 1.0}, {"magnitude": 1.0}, {"magnitude": 0.5, "risk": 0.5}]
     settings = ProfileSettings(grid_steps=2, batch_size=2, latency=False, score_candidates=in_candidates,
-                               pre_llm_candidates=pre_candidates)
+                               pre_llm_candidates=pre_candidates,
+                               selection_candidates=[{"selection": "topk", "merge": 0}])  # weights only, here
     prof = profile_model(model, batches, QuantConfig(weight_method="rtn", a_clip_search=False), model_id="t",
                          model_hash="0" * 64, data_version="v", settings=settings)
     assert prof.score_weights in in_candidates and prof.pre_llm_weights in pre_candidates
