@@ -1,7 +1,8 @@
 """A stand-in for the testbed that makes ``quota profile`` cheap on the CPU while keeping its whole path (the
 command line, the settings record, quantization, score calibration, the sharded grid and its partial files):
 a tiny random Llava (3 decoder layers, 16 visual tokens) with random prompts instead of the trained testbed,
-and two score candidates instead of nine. ``install()`` patches the modules (for a subprocess);
+and two score candidates instead of nine (two selection variants instead of four). ``install()`` patches the
+modules (for a subprocess);
 ``patches()`` lists the same patches for ``monkeypatch``.
 
 ``QUOTA_TEST_KILL_AFTER=K`` makes the process SIGKILL itself when grid item K+1 starts (K items finished and
@@ -21,6 +22,7 @@ from tests.runtime.models import left_pad, pixels, prompt, tiny_llava
 
 N_VISUAL = 16
 CANDIDATES = ({"attn_last": 0.9, "magnitude": 0.1}, {"magnitude": 0.5, "risk": 0.5})
+SELECTIONS = ({"selection": "topk", "merge": 0}, {"selection": "topk", "merge": 2})
 
 
 def fake_load(device="cpu", dtype=torch.float32, weights_dir=None):
@@ -80,6 +82,7 @@ def patches() -> list[tuple[object, str, object]]:
         (testbed_profile, "make_batches", fake_batches),
         (testbed_profile, "quantize_testbed", fake_quantize),
         (measure, "SCORE_CANDIDATES", CANDIDATES),
+        (measure, "SELECTION_CANDIDATES", SELECTIONS),
         (measure, "run_sharded", counting_run_sharded(measure.run_sharded)),
     ]
 
