@@ -313,8 +313,9 @@ def profile_model(
                                 selection=chosen["selection"], merge=int(chosen["merge"]))
     report(f"selection {chosen['selection']}, merging {chosen['merge']} tokens; measuring the grid")
     t_weights = time.time() - t0
+    # ranks may autotune kernels differently (their rounding differs by far less); a broken reference differs by nats
     check_ranks_agree(reference_digest(meter.reference(n_visual, n_layers), meter.batches),
-                      "the all-token reference (its answers' total log-likelihood)")
+                      "the all-token reference (its answers' total log-likelihood)", rtol=1e-2)
 
     record["score_weights"] = dict(weights)
     if pre_llm is not None:
