@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from quota.kernels import w4a4_gemm
+from quota.kernels._env import m_bucket
 from quota.kernels.act_quant import quantize_activation_triton
 from quota.kernels.rmsnorm_quant import rmsnorm_quantize_triton
 from quota.kernels.w4_gemv import w4_gemv, w4_gemv_codes
@@ -178,7 +179,7 @@ def check_wgmma_s8(m: int = 4096, n: int = 4096, k: int = 4096, device="cuda") -
     cfg = w4a4_gemm._gemm_kernel.best_config
     out = torch.empty((m, n), dtype=torch.bfloat16, device=device)
     compiled = jit.warmup(
-        a, s_a, w, s_w, s_a, out, s_a, s_a, m, n, k // 2, w4a4_gemm._m_bucket(m), a.stride(0), w.stride(0),
+        a, s_a, w, s_w, s_a, out, s_a, s_a, m, n, k // 2, m_bucket(m), a.stride(0), w.stride(0),
         out.stride(0),
         HAS_BIAS=False, INT4=True, USE_ASM=w4a4_gemm.USE_ASM_UNPACK, EVEN_K=(k // 2) % cfg.kwargs["BLOCK_KB"] == 0,
         grid=(1,), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs,

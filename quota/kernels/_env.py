@@ -46,6 +46,18 @@ def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
+def m_bucket(m: int) -> int:
+    """Autotune key for a GEMM's M: powers of two up to 4096, so prefill lengths do not retune every call."""
+    return min(next_power_of_2(m), 4096)
+
+
+def configs_among(configs: list, wanted: list) -> list:
+    """The autotune candidates of ``configs`` that are in ``wanted`` (same kwargs and warps), else the first alone
+    (an ``early_config_prune`` must leave one)."""
+    keep = [c for c in configs if any(c.kwargs == w.kwargs and c.num_warps == w.num_warps for w in wanted)]
+    return keep or configs[:1]
+
+
 def settled_bench(rep: int = 100):
     """A ``do_bench`` for ``triton.autotune``: waits for all queued GPU work, then times a candidate from a CUDA graph
     of back-to-back calls (no launch gaps: decode kernels take microseconds), replayed on a side stream.

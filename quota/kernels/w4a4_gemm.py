@@ -28,7 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs, settled_bench
+from quota.kernels._env import (
+    INTERPRET, check_device, configs_among, m_bucket, next_power_of_2, pick_configs, settled_bench,
+)
 from quota.quant.int4 import unpack_int4
 
 MAX_K_INT4 = 131072  # 2^31 / 2^14: the x16 unpack keeps int32 accumulation exact below this
@@ -77,22 +79,14 @@ _DECODE = [  # M <= 16: bandwidth-bound on the weights: narrow tiles for enough 
 _INTERPRET_CONFIG = _config(16, 32, 32, 2, 4, 1)
 
 
-def _m_bucket(m: int) -> int:
-    """Autotune key for M: powers of two up to 4096, so prefill lengths do not retune every call."""
-    return min(next_power_of_2(m), 4096)
-
-
 def _prune(configs, named_args, **kwargs):
     if INTERPRET:
         return configs
-    m = named_args["M_BUCKET"]
-    want = configs_for_bucket(m)
-    keep = [c for c in configs if any(c.kwargs == w.kwargs and c.num_warps == w.num_warps for w in want)]
-    return keep or configs[:1]
+    return configs_among(configs, configs_for_bucket(named_args["M_BUCKET"]))
 
 
 def configs_for_bucket(m_bucket: int) -> list:
-    """The autotune candidates for an M bucket (:func:`_m_bucket`)."""
+    """The autotune candidates for an M bucket (:func:`~quota.kernels._env.m_bucket`)."""
     if m_bucket <= 16:
         return _DECODE
     if m_bucket < 64:
@@ -286,7 +280,7 @@ def _launch(a, a_scale, w, w_scale, bias, out_dtype, out, int4: bool, name: str,
     elif out.shape != (m, n) or out.dtype != out_dtype or out.device != device or out.stride(1) != 1:
         raise ValueError(f"{name}: out must be {out_dtype} [{m}, {n}] on {device} with unit column stride")
 
-    bucket = _m_bucket(m)
+    bucket = m_bucket(m)
     if uses_split_k(bucket) or (config is not None and config.kwargs["SPLIT_K"] > 1):
         ws, locks = splitk_workspace(device, m * n, triton.cdiv(m, 16) * triton.cdiv(n, 32))
     else:

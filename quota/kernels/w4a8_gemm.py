@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quota.kernels._env import INTERPRET, check_device, next_power_of_2, pick_configs, settled_bench
+from quota.kernels._env import INTERPRET, check_device, configs_among, m_bucket, pick_configs, settled_bench
 from quota.kernels.fp8_gemm import has_fp8
 from quota.quant.int4 import unpack_int4
 
@@ -59,17 +59,12 @@ _DECODE = [
 _INTERPRET_CONFIG = _config(16, 32, 32, 2, 4, 1)
 
 
-def _m_bucket(m: int) -> int:
-    return min(next_power_of_2(m), 4096)
-
-
 def _prune(configs, named_args, **kwargs):
     if INTERPRET:
         return configs
     m = named_args["M_BUCKET"]
-    want = _DECODE if m <= 16 else _MID if m < 256 else (_PREFILL if m > 1024 else _PREFILL + _MID)
-    keep = [c for c in configs if any(c.kwargs == w.kwargs and c.num_warps == w.num_warps for w in want)]
-    return keep or configs[:1]
+    wanted = _DECODE if m <= 16 else _MID if m < 256 else (_PREFILL if m > 1024 else _PREFILL + _MID)
+    return configs_among(configs, wanted)
 
 
 @triton.autotune(
@@ -182,7 +177,7 @@ def _launch(a, a_scale, w, w_scale, bias, out_dtype, fp8: bool, name: str) -> to
 
     _w4a8_kernel[grid](
         a, a_scale, w, w_scale, bias if bias is not None else a_scale, out,
-        m, n, k // 2, _m_bucket(m),
+        m, n, k // 2, m_bucket(m),
         a.stride(0), w.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, FP8=fp8,
     )  # fmt: skip

@@ -153,11 +153,12 @@ def test_mid_m_buckets_offer_split_k_configs():
 @pytest.mark.parametrize("m", [64, 300, 1024])
 def test_gpu_every_mid_m_config_is_exact(m):
     """Each candidate of the mid-M buckets (split-K included), forced in turn, on a 7B shape."""
-    from quota.kernels.w4a4_gemm import _m_bucket, configs_for_bucket
+    from quota.kernels._env import m_bucket
+    from quota.kernels.w4a4_gemm import configs_for_bucket
 
     k, n = 4096, 4096
     a, _, w, _, _ = _operands(m, k, n, seed=m)
     ref = w4a4_matmul_reference(a, torch.ones(m, 1), w, torch.ones(n), out_dtype=torch.float64)
-    for cfg in configs_for_bucket(_m_bucket(m)):
+    for cfg in configs_for_bucket(m_bucket(m)):
         out = w4a4_matmul(*_on(DEVICE, a, torch.ones(m, 1), w, torch.ones(n)), out_dtype=torch.float32, config=cfg)
         assert torch.equal(out.cpu().double(), ref), str(cfg)
