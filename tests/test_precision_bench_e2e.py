@@ -8,17 +8,26 @@ from quota.bench.e2e import FP8_VARIANT, SpeedRow, add_fp8_ratios, fp8_config, r
 from quota.quantize.linear_fp8 import Fp8Linear
 
 
-def test_the_fp8_row_comes_last_with_ratios_against_it(monkeypatch):
-    """The timings are stubbed (the CPU's say nothing); the FP8 model runs one real prefill through Fp8Linear."""
+def record_quantized(monkeypatch) -> list:
+    """Make the e2e bench's ``quantize_model`` record each ``(config, quantized model)`` it builds, in order."""
     import quota.bench.e2e as e2e
 
-    built, timings = [], iter([(0.4, 10.0), (0.2, 20.0), (0.1, 30.0), (0.5, 40.0)])
-    real = e2e.quantize_model
+    built, real = [], e2e.quantize_model
 
     def spy(model, config, *args, **kwargs):
         out = real(model, config, *args, **kwargs)
         built.append((config, out))
         return out
+
+    monkeypatch.setattr(e2e, "quantize_model", spy)
+    return built
+
+
+def test_the_fp8_row_comes_last_with_ratios_against_it(monkeypatch):
+    """The timings are stubbed (the CPU's say nothing); the FP8 model runs one real prefill through Fp8Linear."""
+    import quota.bench.e2e as e2e
+
+    built, timings = record_quantized(monkeypatch), iter([(0.4, 10.0), (0.2, 20.0), (0.1, 30.0), (0.5, 40.0)])
 
     def fake_measure(runner, ids, mask, pixels, extra, new_tokens, repeats, device, static=True):
         if any(isinstance(m, Fp8Linear) for m in runner.model.modules()):
@@ -27,7 +36,6 @@ def test_the_fp8_row_comes_last_with_ratios_against_it(monkeypatch):
         ttft, rate = next(timings)
         return ttft, rate, float("nan"), 2.0, 1.0
 
-    monkeypatch.setattr(e2e, "quantize_model", spy)
     monkeypatch.setattr(e2e, "measure", fake_measure)
     rows = run_speed("tiny-llava", batches=(1,), new_tokens=4, repeats=1, device="cpu", static=False, fp8=True)
     assert [r.variant.split(",")[0] for r in rows] == ["bf16", "W4A4+KV4", "W4A4+KV4", "FP8 W8A8"]
@@ -62,20 +70,13 @@ def test_a_recipes_per_layer_precision_adds_a_mixed_row_resampled_by_depth(monke
     import quota.bench.e2e as e2e
     from quota.quantize.linear_w4a8 import W4A8Linear
 
-    built = []
-    real = e2e.quantize_model
-
-    def spy(model, config, *args, **kwargs):
-        out = real(model, config, *args, **kwargs)
-        built.append((config, out))
-        return out
+    built = record_quantized(monkeypatch)
 
     def fake_measure(runner, ids, mask, pixels, extra, new_tokens, repeats, device, static=True):
         logits, _ = runner.prefill(ids, mask, pixels, reserve=new_tokens, **extra)
         assert torch.isfinite(logits).all()
         return 0.1, 10.0, float("nan"), 2.0, 1.0
 
-    monkeypatch.setattr(e2e, "quantize_model", spy)
     monkeypatch.setattr(e2e, "measure", fake_measure)
     precision, kv_bits = ["bf16"] * 15 + ["w4a8"] * 15, [8] * 30
     rows = run_speed("tiny-llava", batches=(1,), new_tokens=4, repeats=1, device="cpu", static=False, fp8=False,

@@ -326,22 +326,22 @@ def fp8_config(layers: int, impl: str) -> QuantConfig:
 
 def add_bf16_ratios(rows: list[SpeedRow]) -> None:
     """Set each row's ``ttft_vs_bf16`` and ``decode_vs_bf16`` against the bf16 all-token row of its batch."""
-    bf16 = {r.batch: r for r in rows if r.variant == BF16_VARIANT}
-    for r in rows:
-        base = bf16.get(r.batch)
-        if base is not None:
-            r.ttft_vs_bf16 = r.ttft_ms / base.ttft_ms
-            r.decode_vs_bf16 = r.decode_tokens_per_s / base.decode_tokens_per_s
+    _add_ratios(rows, BF16_VARIANT, "ttft_vs_bf16", "decode_vs_bf16")
 
 
 def add_fp8_ratios(rows: list[SpeedRow]) -> None:
     """Set each row's ``ttft_vs_fp8`` and ``decode_vs_fp8`` against the FP8 row of its batch, where there is one."""
-    fp8 = {r.batch: r for r in rows if r.variant == FP8_VARIANT}
+    _add_ratios(rows, FP8_VARIANT, "ttft_vs_fp8", "decode_vs_fp8")
+
+
+def _add_ratios(rows: list[SpeedRow], variant: str, ttft_field: str, decode_field: str) -> None:
+    """Each row's TTFT and decode rate over those of the ``variant`` row of its batch, where there is one."""
+    base_of = {r.batch: r for r in rows if r.variant == variant}
     for r in rows:
-        base = fp8.get(r.batch)
+        base = base_of.get(r.batch)
         if base is not None:
-            r.ttft_vs_fp8 = r.ttft_ms / base.ttft_ms
-            r.decode_vs_fp8 = r.decode_tokens_per_s / base.decode_tokens_per_s
+            setattr(r, ttft_field, r.ttft_ms / base.ttft_ms)
+            setattr(r, decode_field, r.decode_tokens_per_s / base.decode_tokens_per_s)
 
 
 def run_speed(arch: str = "llava-1.5-7b", batches: Sequence[int] = (1, 16), prompt_tokens: int = 64,

@@ -16,16 +16,22 @@ from tests.runtime.models import left_pad, n_visual, pixels, prompt, tiny_llava
 EOS = {"eos_token_id": 2, "pad_token_id": 0}
 
 
-@pytest.fixture(scope="module")
-def setup():
+def quantized_tiny_llava(**kv):
+    """The tiny Llava with full-precision linears and a quantized KV cache (``kv``: QuantConfig fields), a left-padded
+    batch of two prompts and its images, and the visual-token count."""
     torch.manual_seed(0)
     model = tiny_llava()
     n = n_visual(model)
     ids, mask = left_pad([prompt(n, 3, 5, 0), prompt(n, 1, 2, 1)])
     pv = pixels(2, seed=3)
     calib = [{"input_ids": ids, "attention_mask": mask, "pixel_values": pv}]
-    q = quantize_model(model, QuantConfig(kv_group_size=16, weight_method="rtn", a_bits=16, w_bits=16), calib)
+    q = quantize_model(model, QuantConfig(kv_group_size=16, weight_method="rtn", a_bits=16, w_bits=16, **kv), calib)
     return q.to(DEVICE), ids.to(DEVICE), mask.to(DEVICE), pv.to(DEVICE), n
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return quantized_tiny_llava()
 
 
 @pytest.mark.parametrize("hadamard", [True])
@@ -58,10 +64,12 @@ def test_kernel_kv_path_matches_simulated_path(setup, hadamard):
     assert torch.equal(gen_kern[rows], gen_sim[rows])
 
 
-def test_static_decoder_over_the_store_equals_eager_steps(setup):
-    """Static decode steps (device-held lengths, what a CUDA graph replays) over the int4 store give the eager
-    steps' logits; on CUDA the steps after the first are replayed from a captured graph."""
-    model, ids, mask, pv, n = setup
+@pytest.mark.parametrize("store", ["setup", "mixed_kv"])
+def test_static_decoder_over_the_store_equals_eager_steps(store, request):
+    """Static decode steps (device-held lengths, what a CUDA graph replays) over the int4 store, and over a store
+    whose full-precision layers sit beside quantized ones, give the eager steps' logits; on CUDA the steps after
+    the first are replayed from a captured graph."""
+    model, ids, mask, pv, n = request.getfixturevalue(store)
     kern = PrunedRunner(model, (n, n // 2, n // 2, 3), {"attn_last": 1.0}, impl="triton")
     logits, state = kern.prefill(ids, mask, pv, reserve=4)
     want, token = [], logits.argmax(-1)
@@ -125,15 +133,7 @@ def test_static_prefill_replays_each_request_as_the_eager_prefill(setup):
 @pytest.fixture(scope="module")
 def mixed_kv():
     """The tiny Llava with KV caches of 16, 4, 16 and 8 bits by layer (a mixed-precision recipe's)."""
-    torch.manual_seed(0)
-    model = tiny_llava()
-    n = n_visual(model)
-    ids, mask = left_pad([prompt(n, 3, 5, 0), prompt(n, 1, 2, 1)])
-    pv = pixels(2, seed=3)
-    calib = [{"input_ids": ids, "attention_mask": mask, "pixel_values": pv}]
-    config = QuantConfig(kv_group_size=16, weight_method="rtn", a_bits=16, w_bits=16, layer_kv_bits=(16, 4, 16, 8))
-    q = quantize_model(model, config, calib)
-    return q.to(DEVICE), ids.to(DEVICE), mask.to(DEVICE), pv.to(DEVICE), n
+    return quantized_tiny_llava(layer_kv_bits=(16, 4, 16, 8))
 
 
 def test_full_precision_layers_share_the_store_with_the_kernel_layers(mixed_kv):
@@ -162,21 +162,3 @@ def test_full_precision_layers_share_the_store_with_the_kernel_layers(mixed_kv):
         torch.testing.assert_close(step_kern[rows], step_sim[rows], rtol=2e-3, atol=2e-3)
         token = step_kern.argmax(-1)
 
-
-def test_static_steps_over_a_mixed_store_equal_eager_steps(mixed_kv):
-    """Device-held lengths (what a CUDA graph replays) write and read the full-precision layers too."""
-    model, ids, mask, pv, n = mixed_kv
-    kern = PrunedRunner(model, (n, n // 2, n // 2, 3), {"attn_last": 1.0}, impl="triton")
-    logits, state = kern.prefill(ids, mask, pv, reserve=3)
-    want, token = [], logits.argmax(-1)
-    for _ in range(3):
-        want.append(kern.decode_step(token, state))
-        token = want[-1].argmax(-1)
-    logits, state = kern.prefill(ids, mask, pv, reserve=3)
-    token = logits.argmax(-1)
-    with StaticDecoder(kern, state, steps=3) as dec:
-        for i in range(3):
-            with forbid_host_sync():
-                got = dec(token).clone()
-            torch.testing.assert_close(got, want[i], rtol=1e-4, atol=1e-4)
-            token = got.argmax(-1)
