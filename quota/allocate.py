@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from quota import __version__
+from quota.profiling.damage_fit import check_damage_fit, fitted_curve, fitted_interactions
 from quota.profiling.profile import Profile, ProfileError
 from quota.quant.config import QuantConfig
 from quota.recipe import Recipe
@@ -66,6 +67,7 @@ def build_problem(
     extra_weights: Sequence[float] | None = None,
     interactions: np.ndarray | None = None,
     use_interactions: bool = True,
+    damage_fit: str = "monotone",
 ) -> AllocationProblem:
     """The allocation problem of ``profile`` under a budget.
 
@@ -82,8 +84,12 @@ def build_problem(
       (pairwise terms between adjacent pruning points; solved exactly by ``dp``, ``cpsat`` and ``mip``). Without
       it, ``damage="kl"`` takes the profile's measured ``interactions`` when it has them and ``use_interactions``
       is true (the default); ``task_loss`` and ``per_task`` never do (the terms are measured in KL only).
+    - ``damage_fit``: how the measured curves are read (:data:`quota.profiling.damage_fit.DAMAGE_FITS`):
+      ``monotone`` (default) fits every per-layer term to be non-negative and non-increasing in the keep count,
+      the profile's interaction terms recomputed against the fit; ``raw`` takes the measured differences.
     """
     check_budget(budget)
+    check_damage_fit(damage_fit)
     check_budget_kind(budget_kind)
     if budget_kind not in profile.costs and budget_kind != "tokens":
         raise ProfileError(f"the profile has no {budget_kind!r} cost curve (it has {sorted(profile.costs)})")
@@ -92,16 +98,16 @@ def build_problem(
         if not profile.per_task:
             raise ProfileError("the profile has no per-task damage curves")
         tasks = sorted(profile.per_task)
-        curves = np.stack([profile.per_task[t] for t in tasks])  # [T, L, G]
+        curves = np.stack([fitted_curve(profile.per_task[t], damage_fit, profile.grid) for t in tasks])  # [T, L, G]
         weights, solver_aggregate = _task_weights(tasks, aggregate or "mean", task_weights)
     elif damage in profile.damage:
         if aggregate is not None or task_weights is not None:
             raise ValueError(f"--aggregate and task weights apply to --damage per_task, not to {damage!r}")
-        curves, solver_aggregate = profile.damage[damage], "sum"
+        curves, solver_aggregate = fitted_curve(profile.damage[damage], damage_fit, profile.grid), "sum"
     else:
         raise ProfileError(f"the profile has no {damage!r} damage curve (it has {sorted(profile.damage)} and per_task)")
     if interactions is None and use_interactions and damage == "kl":
-        interactions = profile.interactions
+        interactions = fitted_interactions(profile, damage_fit)
     return AllocationProblem(
         n_tokens=profile.n_visual_tokens, grid=profile.grid, damage=curves, budget=budget,
         costs=dict(profile.costs), budget_kind=budget_kind, aggregate=solver_aggregate, task_weights=weights,
@@ -138,11 +144,13 @@ class SolveResult:
     recipe: Recipe
 
 
-def recipe_from_solution(profile: Profile, problem: AllocationProblem, solution: Solution) -> Recipe:
+def recipe_from_solution(profile: Profile, problem: AllocationProblem, solution: Solution,
+                         damage_fit: str = "monotone") -> Recipe:
     """The recipe of a solved problem: the solution's schedule with the profile's scoring (:attr:`Profile.scoring`:
     its in-LLM ``score_weights``, its ``pre_llm_weights`` as the ``pre_llm`` stage's when it has them, its selection
     rule and merged tokens) and quantization
-    (the default config when the profile records none); ``versions`` are those of the solving environment."""
+    (the default config when the profile records none); ``versions`` are those of the solving environment. The
+    ``solver`` record names the ``damage_fit`` the problem was built with."""
     return Recipe(
         model_id=profile.model_id, model_hash=profile.model_hash, n_layers=profile.n_layers,
         n_visual_tokens=profile.n_visual_tokens, schedule=solution.schedule,
@@ -150,7 +158,7 @@ def recipe_from_solution(profile: Profile, problem: AllocationProblem, solution:
         budget_kind=problem.budget_kind, budget=problem.budget,
         solver={"name": solution.solver, "status": solution.status, "objective": solution.objective,
                 "lower_bound": solution.lower_bound, "gap": solution.gap, "seconds": round(solution.solve_time, 4),
-                "cost_ratios": solution.cost_ratios},
+                "cost_ratios": solution.cost_ratios, "damage_fit": damage_fit},
         data_version=profile.data_version, versions=solver_versions(), quota_version=__version__,
     )
 
@@ -188,7 +196,8 @@ def solve(
       :func:`quota.solvers.solve_problem`); by default only proven optima of exact solvers are returned.
     - ``problem_kw``: the rest of :func:`build_problem`'s keywords: ``aggregate``, ``task_weights`` (per-task
       damage), ``constraints`` (``MinKeepBefore``, ``FixedLayer``, ``CostCap``, ``LinearConstraint``),
-      ``extra_costs`` and ``extra_weights`` (``[L, G]`` terms added to the objective).
+      ``extra_costs`` and ``extra_weights`` (``[L, G]`` terms added to the objective), ``damage_fit``
+      (``monotone`` by default, or ``raw``).
 
     Raises ``ValueError``/``ProfileError`` for bad input and a :class:`quota.solvers.SolverError` when no
     acceptable schedule is found (infeasible, time limit, gap).
@@ -197,7 +206,8 @@ def solve(
         profile = Profile.load(profile if profile is not None else shipped_profile_path())
     problem = build_problem(profile, budget, budget_kind, damage, **problem_kw)
     solution = solve_problem(problem, solver, time_limit, accept_gap=accept_gap)
-    return SolveResult(profile, problem, solution, recipe_from_solution(profile, problem, solution))
+    recipe = recipe_from_solution(profile, problem, solution, problem_kw.get("damage_fit", "monotone"))
+    return SolveResult(profile, problem, solution, recipe)
 
 
 def summarize(result: SolveResult) -> dict[str, Any]:

@@ -67,8 +67,30 @@ def run(args: argparse.Namespace) -> int:
         for layer in range(p.n_layers):
             table.add_row(str(layer), *[f"{p.damage[kind][layer, g]:.4f}" for g in marks])
         console.print(table)
+        check = additivity_line(p)
+        if check:
+            console.print(check)
         return 0
     raise ValueError(f"{path}: type {type_of(data)!r} is neither a quota profile nor a quota recipe")
+
+
+def additivity_line(p) -> str:
+    """The profile's stored additivity check (``extra.additivity``) as one line: how the measured curves and the
+    solver's monotone fit of them rank the same measured schedules; empty without a stored check."""
+    from quota.profiling.additivity import fitted_ranking
+
+    check = p.extra.get("additivity")
+    if not isinstance(check, dict) or not check.get("schedules") or check.get("damage") not in p.damage:
+        return ""
+    line = (f"additivity check ({len(check['schedules'])} measured schedules, {check['damage']}): Spearman "
+            f"{check['spearman']:.3f} as measured")
+    if check.get("spearman_with_interactions") is not None:
+        line += f" ({check['spearman_with_interactions']:.3f} with interaction terms)"
+    fitted = fitted_ranking(p, check["schedules"], check["measured"], check["damage"])
+    line += f", {fitted['spearman']:.3f} under the solver's monotone fit"
+    if fitted.get("spearman_with_interactions") is not None:
+        line += f" ({fitted['spearman_with_interactions']:.3f} with interaction terms)"
+    return line
 
 
 def inspect_folder(folder: Path, as_json: bool) -> int:

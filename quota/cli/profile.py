@@ -164,4 +164,10 @@ def _validate(args: argparse.Namespace) -> int:
           f"{len(report['schedules'])} random schedules, {report['questions']} held-out questions")
     if report.get("spearman_with_interactions") is not None:
         print(f"with the interaction terms, on the same schedules: Spearman {report['spearman_with_interactions']:.3f}")
+    fitted = report.get("fitted")
+    if fitted:
+        line = f"the solver's {fitted['damage_fit']} fit of the same curves: Spearman {fitted['spearman']:.3f}"
+        if fitted.get("spearman_with_interactions") is not None:
+            line += f", {fitted['spearman_with_interactions']:.3f} with the interaction terms"
+        print(line)
     return 0

@@ -13,10 +13,12 @@ SOLVER_NAMES = ("auto", "dp", "cpsat", "mip", "relax", "greedy")  # quota.solver
 JOINT_ONLY_KINDS = ("ttft", "decode", "weight_bytes", "kv_bytes")  # budget kinds of a precision profile only
 JOINT_SOLVER_NAMES = ("auto", "dp", "cpsat")  # quota.solvers.joint_solve.JOINT_SOLVERS
 
+DAMAGE_FITS = ("monotone", "raw")  # quota.profiling.damage_fit.DAMAGE_FITS (checked by a test)
 DAMAGE_LINE = (
     "predicted damage: the profile's estimate of the mean KL divergence (nats, summed over the answer tokens) "
-    "between the pruned and the all-tokens model, as a sum of per-layer terms; a term is a difference of two "
-    "measured damages, so it can be slightly negative where they agree within noise"
+    "between the pruned and the all-tokens model, as a sum of per-layer terms fitted to the measured damages "
+    "(each term >= 0 and non-increasing in the keep count; --damage-fit raw takes the measured differences, "
+    "which can be negative where two measurements agree within noise)"
 )
 
 
@@ -100,6 +102,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "relax, greedy (heuristics)")
     p.add_argument("--damage", default="kl",
                    help="damage curve to minimize: kl (default), task_loss, or per_task (with --aggregate)")
+    p.add_argument("--damage-fit", choices=DAMAGE_FITS, default="monotone",
+                   help="how the profile's curves are read: monotone (default; per-layer terms fitted to be >= 0 "
+                        "and non-increasing in the keep count, interaction terms recomputed against the fit) or "
+                        "raw (the measured differences as they are)")
     p.add_argument("--aggregate", choices=("mean", "max", "weighted"), default=None,
                    help="with --damage per_task: mean over tasks (default), the worst task, or weighted "
                         "(--task-weights)")
@@ -167,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     profile_path = args.profile or shipped_profile_path()
     profile = Profile.load(profile_path)
     options = dict(solver=args.solver, damage=args.damage, time_limit=args.time_limit, accept_gap=args.accept_gap,
-                   aggregate=args.aggregate, task_weights=args.task_weights)
+                   aggregate=args.aggregate, task_weights=args.task_weights, damage_fit=args.damage_fit)
     if getattr(profile, "interactions", None) is not None and args.damage == "kl" and args.solver in ("relax", "greedy"):
         import sys  # the heuristics cannot express pairwise terms: solve the additive model, and say so
 
@@ -226,7 +232,7 @@ def run_refine(args: argparse.Namespace, profile_path, profile, budget: float, o
         raise ValueError(f"--refine enumerates schedules with auto, dp or cpsat, not --solver {args.solver}")
     from quota.refine import refine_testbed
 
-    kw = {k: v for k, v in options.items() if k in ("aggregate", "task_weights") and v is not None}
+    kw = {k: v for k, v in options.items() if k in ("aggregate", "task_weights", "damage_fit") and v is not None}
     refined = refine_testbed(profile_path, args.refine, budget, args.refine_questions, args.device,
                              budget_kind=args.budget_kind, damage=args.damage, solver=args.solver,
                              time_limit=args.time_limit, **kw)

@@ -1,7 +1,9 @@
 """Check the additive damage model: predicted damage (the profile's per-layer curves summed over the
 layers of a schedule) against damage measured by running that schedule, over random feasible schedules,
 reported as a Spearman rank correlation. When the profile has KL interaction terms, the same schedules are also
-ranked by the prediction that adds them (``spearman_with_interactions``), so the two are comparable."""
+ranked by the prediction that adds them (``spearman_with_interactions``), so the two are comparable. The report's
+top-level figures read the curves as measured (``raw``); ``fitted`` ranks the same schedules under the solver's
+default ``monotone`` fit (:mod:`quota.profiling.damage_fit`), with and without the interaction terms."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Callable
 import numpy as np
 from scipy.stats import spearmanr
 
+from quota.profiling.damage_fit import fitted_curve, fitted_interactions
 from quota.profiling.profile import Profile
 from quota.profiling.sensitivity import DamageMeter
 
@@ -25,12 +28,15 @@ class AdditivityReport:
     damage: str
     predicted_with_interactions: list[float] | None = field(default=None)
     spearman_with_interactions: float | None = None
+    fitted: dict | None = None
 
     def to_dict(self) -> dict:
         """The report as JSON; the interaction fields only when the profile had interaction terms."""
         d = asdict(self)
         if self.predicted_with_interactions is None:
             del d["predicted_with_interactions"], d["spearman_with_interactions"]
+        if self.fitted is None:
+            del d["fitted"]
         return d
 
 
@@ -51,18 +57,44 @@ def random_schedules(profile: Profile, count: int, seed: int = 0, budgets: tuple
     return out
 
 
-def predicted_damage(profile: Profile, schedule, damage: str = "kl", interactions: bool = False) -> float:
-    """The additive prediction of ``schedule``'s damage: the ``damage`` curve summed over its layers, plus, with
-    ``interactions``, the profile's interaction term of every adjacent pair of layers (KL profiles that have them;
-    ``ValueError`` otherwise)."""
-    curve = profile.damage[damage]  # [L, G]
-    idx = [profile.grid.index(k) for k in schedule]
-    total = sum(curve[layer, g] for layer, g in enumerate(idx))
+def predicted_damage(profile: Profile, schedule, damage: str = "kl", interactions: bool = False,
+                     damage_fit: str = "raw") -> float:
+    """The additive prediction of ``schedule``'s damage: the ``damage`` curve (read under ``damage_fit``) summed
+    over its layers, plus, with ``interactions``, the profile's interaction term of every adjacent pair of layers
+    (KL profiles that have them; ``ValueError`` otherwise)."""
+    return predictions(profile, [schedule], damage, interactions, damage_fit)[0]
+
+
+def predictions(profile: Profile, schedules, damage: str = "kl", interactions: bool = False,
+                damage_fit: str = "raw") -> list[float]:
+    """:func:`predicted_damage` of each of ``schedules`` (the curves are fitted once)."""
+    curve = fitted_curve(profile.damage[damage], damage_fit, profile.grid)  # [L, G]
+    pairs = None
     if interactions:
         if profile.interactions is None or damage != "kl":
             raise ValueError(f"interaction terms apply to a profile that has them and to kl damage, not {damage!r}")
-        total += sum(profile.interactions[layer, a, b] for layer, (a, b) in enumerate(zip(idx, idx[1:])))
-    return float(total)
+        pairs = fitted_interactions(profile, damage_fit)
+    out = []
+    for schedule in schedules:
+        idx = [profile.grid.index(k) for k in schedule]
+        total = sum(curve[layer, g] for layer, g in enumerate(idx))
+        if pairs is not None:
+            total += sum(pairs[layer, a, b] for layer, (a, b) in enumerate(zip(idx, idx[1:])))
+        out.append(float(total))
+    return out
+
+
+def fitted_ranking(profile: Profile, schedules, measured, damage: str = "kl", damage_fit: str = "monotone") -> dict:
+    """How well the ``damage_fit`` reading of the profile ranks ``schedules`` whose damage was ``measured``:
+    ``{"damage_fit", "predicted", "spearman"}``, plus ``predicted_with_interactions`` and
+    ``spearman_with_interactions`` when the profile's interaction terms apply (KL, and terms the fit can use)."""
+    predicted = predictions(profile, schedules, damage, damage_fit=damage_fit)
+    out = {"damage_fit": damage_fit, "predicted": predicted, "spearman": float(spearmanr(predicted, measured)[0])}
+    if damage == "kl" and fitted_interactions(profile, damage_fit) is not None:
+        with_pairs = predictions(profile, schedules, damage, True, damage_fit)
+        out.update(predicted_with_interactions=with_pairs,
+                   spearman_with_interactions=float(spearmanr(with_pairs, measured)[0]))
+    return out
 
 
 def check_additivity(profile: Profile, meter: DamageMeter, count: int = 30, seed: int = 0, damage: str = "kl",
@@ -71,7 +103,7 @@ def check_additivity(profile: Profile, meter: DamageMeter, count: int = 30, seed
     ``on_item(done, total)`` is called after each schedule. With KL damage and a profile that has interaction
     terms, the same measurements are also correlated with the prediction that includes them."""
     schedules = random_schedules(profile, count, seed)
-    predicted = [predicted_damage(profile, s, damage) for s in schedules]
+    predicted = predictions(profile, schedules, damage)
     measured = []
     for i, s in enumerate(schedules):
         d = meter.measure(s, profile.n_visual_tokens)
@@ -81,6 +113,7 @@ def check_additivity(profile: Profile, meter: DamageMeter, count: int = 30, seed
     rho, p = spearmanr(predicted, measured)
     report = AdditivityReport([list(s) for s in schedules], predicted, measured, float(rho), float(p), damage)
     if damage == "kl" and profile.interactions is not None:
-        report.predicted_with_interactions = [predicted_damage(profile, s, damage, True) for s in schedules]
+        report.predicted_with_interactions = predictions(profile, schedules, damage, True)
         report.spearman_with_interactions = float(spearmanr(report.predicted_with_interactions, measured)[0])
+    report.fitted = fitted_ranking(profile, schedules, measured, damage)
     return report

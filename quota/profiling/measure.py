@@ -22,9 +22,10 @@ from quota.atomic import runtime_record
 from quota.profiling.costs import analytic_costs, measure_latency
 from quota.profiling.profile import Profile
 from quota.models.registry import spec_for
+from quota.profiling.damage_terms import interaction_subgrid, interaction_terms, per_layer_contributions
 from quota.profiling.sensitivity import (
-    CalibrationBatch, DamageMeter, batch_image_inputs, batch_visual_tokens, interaction_subgrid, interaction_terms,
-    measure_grid, measure_pairs, per_layer_contributions, prune_from_schedule, reference_digest,
+    CalibrationBatch, DamageMeter, batch_image_inputs, batch_visual_tokens, measure_grid, measure_pairs,
+    prune_from_schedule, reference_digest,
 )
 from quota.runtime.vision import vision_attention_unsupported
 from quota.profiling.sharding import (

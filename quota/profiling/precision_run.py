@@ -31,7 +31,8 @@ from quota.profiling.measure import ProfileSettings, profile_model, progress_rep
 from quota.profiling.precision import INTERPOLATION, check_precision_additivity, precision_table
 from quota.profiling.precision_latency import precision_latency
 from quota.profiling.precision_profile import PrecisionProfile, default_kv_bits
-from quota.profiling.sensitivity import CalibrationBatch, DamageMeter, measure_grid, per_layer_contributions
+from quota.profiling.damage_terms import per_layer_contributions
+from quota.profiling.sensitivity import CalibrationBatch, DamageMeter, measure_grid
 from quota.quant.config import QuantConfig
 from quota.quant.precision import PRECISIONS, PrecisionError, validate_layer_precision
 from quota.recipe import ScoringSpec

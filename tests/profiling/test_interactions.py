@@ -14,10 +14,8 @@ from scipy.interpolate import RegularGridInterpolator
 from quota.profiling.additivity import check_additivity, predicted_damage
 from quota.profiling.measure import ProfileSettings, profile_model
 from quota.profiling.profile import Profile, ProfileError
-from quota.profiling.sensitivity import (
-    DamageMeter, ScheduleDamage, interaction_subgrid, interaction_terms, pair_items, per_layer_contributions,
-    two_step_schedule,
-)
+from quota.profiling.damage_terms import interaction_subgrid, interaction_terms, per_layer_contributions
+from quota.profiling.sensitivity import DamageMeter, ScheduleDamage, pair_items, two_step_schedule
 from quota.quant.config import QuantConfig
 from quota.quantize.gptq import one_cpu_thread
 from tests.profiling.fake_testbed import N_VISUAL, fake_batches
