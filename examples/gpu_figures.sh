@@ -32,8 +32,10 @@
 #            18, so that 64/128/192 are grid points; INTERACTIONS, default 4; RANKS ranks, default 4; BATCH questions
 #            per forward, default 64), alone on the GPU; then its additivity check before and after the interaction
 #            terms on 30 schedules, and recipes at 64/128/192 tokens and budget 0.3 refined by measuring the
-#            REFINE_K (default 8) best predicted schedules on held-out calibration questions (about 15 minutes on
-#            one H100; run detached). OUT_DIR/joint.log has the phases' times, OUT_DIR/joint_profile.done the end
+#            REFINE_K (default 8) best predicted schedules on held-out calibration questions, beside the unrefined
+#            recipes under either reading of the curves (--damage-fit monotone and raw; recipe_joint_predicted_*)
+#            (the profile took 15 minutes on one H100; a profile already in OUT_DIR is kept, and only what follows
+#            it runs; run detached). OUT_DIR/joint.log has the phases' times, OUT_DIR/joint_profile.done the end
 #   joint_suite  issue 17's table: every stage-wise preset (published-faithful and ablated) at 64/128/192 tokens
 #            and at the 0.3 recipe's tokens, and the recipes of joint_profile (in OUT_DIR, or RECIPES=...), on one
 #            low-bit model, LIMIT (default 500) test questions per task, SUITE_PROCS (default 6) processes sharing
@@ -205,6 +207,10 @@ case "$section" in
       > "$out/joint_validate.log" 2>&1 &
     for k in 64 128 192 b0.3; do
       case "$k" in b*) target=(--budget "${k#b}") ;; *) target=(--keep-tokens "$k") ;; esac
+      for fit in monotone raw; do  # unrefined, under either reading of the curves (a second or two each)
+        $q solve --profile "$prof" --solver dp "${target[@]}" --damage-fit "$fit" \
+          -o "$out/recipe_joint_predicted_${fit}_$k.json" > /dev/null || true
+      done
       timeout 1800 $q solve --profile "$prof" --solver dp "${target[@]}" --refine "$refine_k" ${JOINT_SOLVE_ARGS:-} \
         -o "$out/recipe_joint_$k.json" > "$out/refine_$k.log" 2>&1 &
     done
@@ -227,11 +233,13 @@ case "$section" in
     [ -f "$out/recipe_joint_b0.3.json" ] && t30="$(recipe_tokens "$out/recipe_joint_b0.3.json")"
     stamp "suite: the all-token rows, then ${#plans[@]} recipes and the presets at 64 128 192 $t30 tokens"
     timeout 1800 $q eval "${suite_args[@]}" --plans > "$out/joint_suite_all.log" 2>&1 || true
-    jobs_=()  # one process per (preset, budget group), plus one for the recipes
+    jobs_=()  # the recipes first, four to a process, then one process per (preset, budget group)
+    for ((r = 0; r < ${#plans[@]}; r += 4)); do
+      jobs_+=("--plans ${plans[*]:r:4}")
+    done
     for p in "${presets[@]}"; do
       jobs_+=("--plans $p --budgets 64 128") jobs_+=("--plans $p --budgets 192 $t30")
     done
-    [ ${#plans[@]} -gt 0 ] && jobs_+=("--plans ${plans[*]}")
     running=0 i=0
     for j in "${jobs_[@]}"; do
       timeout 3600 $q eval "${suite_args[@]}" $j > "$out/joint_suite_$i.log" 2>&1 &
