@@ -40,14 +40,16 @@
 #            and at the 0.3 recipe's tokens, and the recipes of joint_profile (in OUT_DIR, or RECIPES=...), on one
 #            low-bit model, LIMIT (default 500) test questions per task, SUITE_PROCS (default 6) processes sharing
 #            the GPU, then the report with the paired difference; run detached, resumable
+#   joint_fp  issue 17's full-precision ablation: the same profile in bf16 (--no-latency), its recipes on the
+#            same low-bit model into OUT_DIR/joint_suite, then the report (may run beside joint_suite)
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
-section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline|joint_profile|joint_suite}"
+section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline|joint_profile|joint_suite|joint_fp}"
 out="${2:?output folder}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-q="python3 -m quota"
+q="${QUOTA_CMD:-python3 -m quota}"  # QUOTA_CMD: another command line (a dry run prints what would run)
 
 bf16_config() {  # the full-precision QuantConfig of the fpprof rows, written to $out/bf16.json
   printf '{"type": "quota.QuantConfig", "version": 1, "w_bits": 16, "a_bits": 16, "kv_bits": 16, "rotate": false}\n' \
@@ -76,6 +78,17 @@ solve_recipes() {  # quota's recipes (64, 128, 192 tokens, budget 0.3) from prof
   done
   $q solve --profile "$out/$1.json" --solver dp --budget 0.3 -o "$out/recipe_${1}_b0.3.json" > /dev/null
   plans+=("recipe:$out/recipe_${1}_b0.3.json")
+}
+
+joint_report() {  # issue 17's table from every row in $out/joint_suite (presets, recipe_joint_*, recipe_fp_*)
+  local presets=(fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner) plans=() t30="" r
+  for r in ${RECIPES:-"$out"/recipe_joint_*.json} "$out"/recipe_fp_*.json; do
+    [ -f "$r" ] && plans+=("recipe:$r")
+  done
+  [ -f "$out/recipe_joint_b0.3.json" ] && t30="$(recipe_tokens "$out/recipe_joint_b0.3.json")"
+  timeout 600 $q eval --suite "$out/joint_suite" --precisions lowbit --limit "${LIMIT:-500}" \
+    --batch-size "${BATCH:-64}" ${JOINT_SUITE_ARGS:-} --plans "${presets[@]}" "${plans[@]}" \
+    --budgets 64 128 192 $t30 --report-only > "$out/joint_suite.log" 2>&1 || true
 }
 
 case "$section" in
@@ -248,8 +261,32 @@ case "$section" in
     done
     wait
     stamp "report"
-    timeout 600 $q eval "${suite_args[@]}" --plans "${presets[@]}" "${plans[@]}" --budgets 64 128 192 $t30 \
-      --report-only > "$out/joint_suite.log" 2>&1 || true
+    joint_report
     stamp "done" && touch "$out/joint_suite.done" ;;
+  joint_fp)
+    # The full-precision ablation of issue 17: the same profile measured in bf16 (same grid, interaction terms and
+    # batch; no latency curve), its recipes at 64/128/192 tokens and budget 0.3 (monotone fit, not refined), and
+    # those recipes on the suite's low-bit model beside everything else; then the report. It may run beside
+    # joint_suite (the testbed's forward is launch-bound; no figure of either depends on timing).
+    bf16_config
+    prof="$out/testbed_joint_fp.json" limit="${LIMIT:-500}" suite="$out/joint_suite"
+    suite_args=(--suite "$suite" --precisions lowbit --limit "$limit" --batch-size "${BATCH:-64}" --resume
+                ${JOINT_SUITE_ARGS:-})
+    stamp() { date +"%T $*" >> "$out/joint.log"; }
+    stamp "full-precision profile on ${RANKS:-4} ranks"
+    [ -f "$prof" ] || timeout 3600 torchrun --standalone --nproc_per_node "${RANKS:-4}" -m quota.cli.main profile \
+      -o "$prof" --quant "$out/bf16.json" --grid-steps "${GRID_STEPS:-18}" --interactions "${INTERACTIONS:-4}" \
+      --batch-size "${BATCH:-64}" --resume --no-latency > "$out/joint_fp_profile.log" 2>&1 || true
+    fp_plans=()
+    for k in 64 128 192 b0.3; do
+      case "$k" in b*) target=(--budget "${k#b}") ;; *) target=(--keep-tokens "$k") ;; esac
+      $q solve --profile "$prof" --solver dp "${target[@]}" -o "$out/recipe_fp_$k.json" > /dev/null \
+        && fp_plans+=("recipe:$out/recipe_fp_$k.json")
+    done
+    stamp "suite: the full-precision profile's ${#fp_plans[@]} recipes on the low-bit model"
+    [ ${#fp_plans[@]} -gt 0 ] && { timeout 3600 $q eval "${suite_args[@]}" --plans "${fp_plans[@]}" \
+      > "$out/joint_fp_suite.log" 2>&1 || true; }
+    joint_report
+    stamp "full-precision ablation done" && touch "$out/joint_fp.done" ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
 esac
