@@ -36,7 +36,8 @@ def run_joint(args: argparse.Namespace, pp) -> int:
     caps = {joint_kind(kind): value for kind, value in args.cap}
     if args.sweep:
         return _sweep(args, pp, precisions)
-    result = solve_precision(pp, _budgets(args), precisions, args.solver, args.time_limit, args.accept_gap, caps=caps)
+    result = solve_precision(pp, _budgets(args), precisions, args.solver, args.time_limit, args.accept_gap, caps=caps,
+                             damage_fit=args.damage_fit)
     path = result.recipe.save(args.output or "recipe.json")
     summary = summarize_joint(result)
     if args.json:
@@ -69,7 +70,7 @@ def _sweep(args: argparse.Namespace, pp, precisions) -> int:
     if args.add_budget or args.cap:
         raise ValueError("--sweep: the joint sweep varies one budget (--budget-kind); leave --add-budget/--cap out")
     sweep = precision_sweep(pp, parse_sweep(args.sweep), args.budget_kind, precisions, args.token_budget,
-                            args.solver, args.time_limit)
+                            args.solver, args.time_limit, args.damage_fit)
     png = Path(args.output or "pareto.png")
     written = write_sweep(sweep, png.with_suffix(".json"), png)
     if args.json:

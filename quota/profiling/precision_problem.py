@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from quota import __version__
+from quota.profiling.damage_fit import fitted_curve
 from quota.profiling.precision import interpolate_token_curves
 from quota.profiling.precision_profile import PrecisionProfile, PrecisionProfileError
 from quota.quant.config import QuantConfig
@@ -80,19 +81,23 @@ def joint_costs(pp: PrecisionProfile) -> tuple[dict[str, np.ndarray], dict[str, 
 def build_joint_problem(
     pp: PrecisionProfile, budgets: Mapping[str, float] | None = None, precisions: Sequence[str] | None = None,
     caps: Mapping[str, float] | None = None, constraints: Sequence[Any] = (), monotone: bool = True,
+    damage_fit: str = "monotone",
 ) -> JointProblem:
     """The :class:`JointProblem` of ``pp``: every profiled option, restricted to ``precisions`` (default: all) by
     ``AllowedPrecisions`` constraints, so the reference option stays the budgets' unit even when not allowed.
 
     ``budgets``: kind (:data:`KIND_ALIASES`) -> fraction of the all-reference, all-tokens cost; ``caps``: kind ->
     absolute value in its units (seconds, bytes, tokens); at least one of them. ``constraints``: more
-    ``MinKeepBefore``, ``FixedLayer``, ``AllowedPrecisions`` or ``CostCap``."""
+    ``MinKeepBefore``, ``FixedLayer``, ``AllowedPrecisions`` or ``CostCap``. ``damage_fit``: how each measured
+    token curve is read before the interpolation (:data:`quota.profiling.damage_fit.DAMAGE_FITS`; ``monotone``
+    by default, as the token-only problem reads its curves)."""
     allowed = tuple(precisions) if precisions is not None else pp.precisions
     unknown = [n for n in allowed if n not in pp.precisions]
     if unknown:
         raise PrecisionProfileError(f"precision(s) {unknown} were not profiled (profiled: {', '.join(pp.precisions)}); "
                                     f"run quota profile --precisions with them")
-    curves, _ = interpolate_token_curves(pp.precision_damage, pp.token_damage, pp.precisions)
+    measured = {name: fitted_curve(curve, damage_fit, pp.grid) for name, curve in pp.token_damage.items()}
+    curves, _ = interpolate_token_curves(pp.precision_damage, measured, pp.precisions)
     costs, _ = joint_costs(pp)
     rows = {joint_kind(k): float(v) for k, v in (budgets or {}).items()}
     extra = tuple(CostCap(joint_kind(k), float(v)) for k, v in (caps or {}).items())
@@ -125,9 +130,10 @@ def _recipe_budget(problem: JointProblem, solution: JointSolution, n_visual: int
     return "tokens", max(equivalent_tokens(solution.schedule) / n_visual, 1e-9)
 
 
-def joint_recipe(pp: PrecisionProfile, problem: JointProblem, solution: JointSolution) -> Recipe:
+def joint_recipe(pp: PrecisionProfile, problem: JointProblem, solution: JointSolution,
+                 damage_fit: str = "monotone") -> Recipe:
     """The version 3 recipe of a joint solution: its schedule, the profile's scoring, the base quant config with
-    each layer's precision and KV bits (those profiled for its option)."""
+    each layer's precision and KV bits (those profiled for its option); the solver record names ``damage_fit``."""
     prof = pp.profile
     weights = dict(prof.score_weights) if prof.score_weights else ScoringSpec().weights
     base = QuantConfig.from_dict(pp.extra.get("base_quant") or prof.quant or QuantConfig().to_dict())
@@ -142,7 +148,8 @@ def joint_recipe(pp: PrecisionProfile, problem: JointProblem, solution: JointSol
         solver={"name": solution.solver, "status": solution.status, "objective": solution.objective,
                 "precision_damage": solution.precision_damage, "token_damage": solution.token_damage,
                 "lower_bound": solution.lower_bound, "gap": solution.gap, "seconds": round(solution.solve_time, 4),
-                "cost_ratios": solution.cost_ratios, "latency_method": pp.latency.get("method", "")},
+                "cost_ratios": solution.cost_ratios, "latency_method": pp.latency.get("method", ""),
+                "damage_fit": damage_fit},
         data_version=prof.data_version, quota_version=__version__,
         layer_precision=solution.precisions, layer_kv_bits=tuple(kv[p] for p in solution.precisions),
         budgets=dict(problem.budgets) or None,
@@ -158,12 +165,13 @@ def solve_precision(
     recipe. ``budgets``: e.g. ``{"latency": 0.4}`` (TTFT at most 0.4 of all-bf16 all-tokens), several kinds at
     once allowed; ``precisions``: the options layers may take (default: every profiled one); ``solver``:
     ``auto`` (the exact DP when one row fits it, else CP-SAT), ``dp`` or ``cpsat``; ``problem_kw``: ``caps``,
-    ``constraints``, ``monotone`` of :func:`build_joint_problem`. Raises a ``quota.solvers.SolverError``
+    ``constraints``, ``monotone``, ``damage_fit`` of :func:`build_joint_problem`. Raises a ``quota.solvers.SolverError``
     (``InfeasibleError`` names the least achievable cost against the budget) when no schedule is accepted."""
     pp = profile if isinstance(profile, PrecisionProfile) else PrecisionProfile.load(profile)
     problem = build_joint_problem(pp, budgets, precisions, **problem_kw)
     solution = solve_joint(problem, solver, time_limit, accept_gap=accept_gap)
-    return JointSolveResult(pp, problem, solution, joint_recipe(pp, problem, solution))
+    recipe = joint_recipe(pp, problem, solution, problem_kw.get("damage_fit", "monotone"))
+    return JointSolveResult(pp, problem, solution, recipe)
 
 
 def summarize_joint(result: JointSolveResult) -> dict[str, Any]:

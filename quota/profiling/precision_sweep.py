@@ -38,29 +38,31 @@ def _point(label: str, family: str, solution, budget: float | None) -> dict[str,
 
 def precision_sweep(pp: PrecisionProfile, budgets: Sequence[float], budget_kind: str = "latency",
                     precisions: Sequence[str] | None = None, token_budget: float = 0.3, solver: str = "auto",
-                    time_limit: float | None = 30.0) -> dict[str, Any]:
+                    time_limit: float | None = 30.0, damage_fit: str = "monotone") -> dict[str, Any]:
     """``{"points": [...], "skipped": [...], ...}``: the points of the module docstring. Uniform options not
-    profiled are left out; joint budgets that are infeasible are listed in ``skipped`` with the reason."""
+    profiled are left out; joint budgets that are infeasible are listed in ``skipped`` with the reason.
+    ``damage_fit``: how the token curves are read (:func:`build_joint_problem`)."""
     allowed = tuple(precisions) if precisions is not None else pp.precisions
     kind = joint_kind(budget_kind)
     points, skipped = [], []
     for name in [n for n in UNIFORM if n in pp.precisions]:
         keep_all = [FixedLayer(layer, pp.n_visual_tokens) for layer in range(pp.n_layers)]
-        full = build_joint_problem(pp, {"tokens": 1.0}, [name], constraints=keep_all)
+        full = build_joint_problem(pp, {"tokens": 1.0}, [name], constraints=keep_all, damage_fit=damage_fit)
         points.append(_point(f"uniform {name}, all tokens", "uniform", solve_joint(full, "dp", time_limit), None))
-        pruned = build_joint_problem(pp, {"tokens": token_budget}, [name])
+        pruned = build_joint_problem(pp, {"tokens": token_budget}, [name], damage_fit=damage_fit)
         points.append(_point(f"uniform {name} + tokens {token_budget:g}", "uniform+tokens",
                              solve_joint(pruned, solver, time_limit), token_budget))
     for b in budgets:
         try:
-            solution = solve_joint(build_joint_problem(pp, {kind: b}, allowed), solver, time_limit)
+            solution = solve_joint(build_joint_problem(pp, {kind: b}, allowed, damage_fit=damage_fit), solver,
+                                   time_limit)
         except InfeasibleError as err:
             skipped.append({"budget": b, "why": str(err)})
             continue
         points.append(_point(f"joint {budget_kind} {b:g}", "joint", solution, b))
     return {"model_id": pp.profile.model_id, "device": pp.device, "latency_method": pp.latency.get("method"),
             "budget_kind": budget_kind, "precisions": list(allowed), "token_budget": token_budget,
-            "reference": pp.reference, "points": points, "skipped": skipped,
+            "reference": pp.reference, "damage_fit": damage_fit, "points": points, "skipped": skipped,
             "note": "every point is predicted from the profile; measured points come from a GPU run"}
 
 

@@ -158,3 +158,24 @@ def test_cli_flag_names_the_library_fits_and_the_recipe_records_it(tmp_path, cap
     with pytest.raises(SystemExit):
         main(["solve", "--profile", str(path), "--damage-fit", "smooth"])
     assert "invalid choice: 'smooth'" in capsys.readouterr().err
+
+
+def test_the_joint_precision_program_reads_its_token_curves_through_the_fit_too():
+    from quota.profiling.precision_problem import build_joint_problem, solve_precision
+    from tests.test_precision_profile import synthetic_precision_profile
+
+    pp = synthetic_precision_profile()
+    rng = np.random.default_rng(5)
+    noisy = {}
+    for name, curve in pp.token_damage.items():
+        d = from_layer_damage(curve) + rng.normal(0, 0.3, curve.shape)
+        d[:, -1] = 0
+        noisy[name] = per_layer_contributions(d)
+    pp = dataclasses.replace(pp, token_damage=noisy)
+    raw = build_joint_problem(pp, {"latency": 0.6}, damage_fit="raw")
+    mono = build_joint_problem(pp, {"latency": 0.6})
+    assert (raw.token_damage < 0).any() and (mono.token_damage >= 0).all()
+    for p in range(mono.token_damage.shape[0]):  # every option's curve, measured or interpolated, has the shape
+        assert (np.diff(mono.token_damage[p], axis=1) < 0).all()
+    assert solve_precision(pp, {"latency": 0.6}).recipe.solver["damage_fit"] == "monotone"
+    assert solve_precision(pp, {"latency": 0.6}, damage_fit="raw").recipe.solver["damage_fit"] == "raw"
