@@ -42,10 +42,11 @@
 #            the GPU, then the report with the paired difference; run detached, resumable
 #   joint_fp  issue 17's full-precision ablation: the same profile in bf16 (--no-latency), its recipes on the
 #            same low-bit model into OUT_DIR/joint_suite, then the report (may run beside joint_suite)
+#   joint_all  joint_fp beside joint_profile then joint_suite, and the report of every row (run detached)
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
-section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline|joint_profile|joint_suite|joint_fp}"
+section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline|joint_profile|joint_suite|joint_fp|joint_all}"
 out="${2:?output folder}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -288,5 +289,14 @@ case "$section" in
       > "$out/joint_fp_suite.log" 2>&1 || true; }
     joint_report
     stamp "full-precision ablation done" && touch "$out/joint_fp.done" ;;
+  joint_all)
+    # Issue 17 in one detached run: joint_fp beside (joint_profile, then joint_suite); then one report of all rows.
+    # With the profile already in OUT_DIR (testbed_joint.json) only its validation and refined solves run.
+    bash "$0" joint_fp "$out" > "$out/joint_fp.out" 2>&1 &
+    bash "$0" joint_profile "$out" > "$out/joint_profile.out" 2>&1
+    bash "$0" joint_suite "$out" > "$out/joint_suite.out" 2>&1
+    wait
+    joint_report
+    date +"%T all done" >> "$out/joint.log" && touch "$out/joint_all.done" ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
 esac
