@@ -22,6 +22,8 @@ measured two-step damages the profile records (``extra.kl_two_step``)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy.optimize import nnls
 
@@ -54,11 +56,18 @@ def monotone_contributions(from_layer: np.ndarray) -> np.ndarray:
     """Per-layer terms ``h`` ``[L, G]`` (grid ascending, its last point all tokens) with ``h >= 0``, each row
     non-increasing along the grid and 0 at its last point, whose prune-from-layer sums are the least-squares fit
     of the measured ``from_layer`` ``[L, G]`` (its last column, all tokens kept, is 0 and is not fitted).
-    Deterministic (an exact NNLS solve)."""
+    Deterministic (an exact NNLS solve: 40 ms at 30 x 19, 0.3 s at 32 x 33, seconds at 80 x 33 on 2 CPU cores;
+    the last fits are remembered, so a sweep over budgets fits once)."""
     d = np.asarray(from_layer, dtype=np.float64)
     if d.ndim != 2 or d.shape[1] < 2 or not np.isfinite(d).all():
         raise ValueError(f"from_layer must be a finite [layers, grid] array with at least 2 grid points, got "
                          f"shape {d.shape}")
+    return _fit(d.tobytes(), d.shape).copy()
+
+
+@lru_cache(maxsize=16)
+def _fit(data: bytes, shape: tuple[int, int]) -> np.ndarray:
+    d = np.frombuffer(data, dtype=np.float64).reshape(shape)
     n_layers, n_grid = d.shape
     below = np.triu(np.ones((n_layers, n_layers)))  # F[l] = sum_{j >= l} h[j]
     above = np.triu(np.ones((n_grid - 1, n_grid - 1)))  # h[:, g] = sum_{m >= g} u[:, m]
