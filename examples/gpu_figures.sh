@@ -32,10 +32,10 @@
 #            18, so that 64/128/192 are grid points; INTERACTIONS, default 4; RANKS ranks, default 4; BATCH questions
 #            per forward, default 64), alone on the GPU; then its additivity check before and after the interaction
 #            terms on 30 schedules, and recipes at 64/128/192 tokens and budget 0.3 refined by measuring the
-#            REFINE_K (default 8) best predicted schedules on held-out calibration questions, beside the unrefined
-#            recipes under either reading of the curves (--damage-fit monotone and raw; recipe_joint_predicted_*)
-#            (the profile took 15 minutes on one H100; a profile already in OUT_DIR is kept, and only what follows
-#            it runs; run detached). OUT_DIR/joint.log has the phases' times, OUT_DIR/joint_profile.done the end
+#            REFINE_K (default 8) best predicted schedules on REFINE_QUESTIONS (default 256) held-out calibration
+#            questions, beside the unrefined recipes under either reading of the curves (--damage-fit monotone and
+#            raw; recipe_joint_predicted_*) (the profile took 15 minutes on one H100; a profile already in OUT_DIR
+#            is kept, and only what follows it runs; run detached). OUT_DIR/joint.log has the phases' times, OUT_DIR/joint_profile.done the end
 #   joint_suite  issue 17's table: every stage-wise preset (published-faithful and ablated) at 64/128/192 tokens
 #            and at the 0.3 recipe's tokens, and the recipes of joint_profile (in OUT_DIR, or RECIPES=...), on one
 #            low-bit model, LIMIT (default 500) test questions per task, SUITE_PROCS (default 6) processes sharing
@@ -225,7 +225,8 @@ case "$section" in
         $q solve --profile "$prof" --solver dp "${target[@]}" --damage-fit "$fit" \
           -o "$out/recipe_joint_predicted_${fit}_$k.json" > /dev/null || true
       done
-      timeout 1800 $q solve --profile "$prof" --solver dp "${target[@]}" --refine "$refine_k" ${JOINT_SOLVE_ARGS:-} \
+      timeout 1800 $q solve --profile "$prof" --solver dp "${target[@]}" --refine "$refine_k" \
+        --refine-questions "${REFINE_QUESTIONS:-256}" ${JOINT_SOLVE_ARGS:-} \
         -o "$out/recipe_joint_$k.json" > "$out/refine_$k.log" 2>&1 &
     done
     wait
