@@ -15,7 +15,8 @@ from quota.allocate import build_problem, solve
 from quota.cli.main import main
 from quota.profiling.additivity import fitted_ranking, predictions, random_schedules
 from quota.profiling.damage_fit import (
-    DAMAGE_FITS, TIE_BREAK, fitted_curve, fitted_interactions, from_layer_damage, monotone_contributions,
+    DAMAGE_FITS, EXACT_TERMS, TIE_BREAK, fitted_curve, fitted_interactions, from_layer_damage, layerwise_contributions,
+    monotone_contributions,
 )
 from quota.profiling.damage_terms import interaction_terms, per_layer_contributions
 from quota.solvers import solve_problem
@@ -179,3 +180,18 @@ def test_the_joint_precision_program_reads_its_token_curves_through_the_fit_too(
         assert (np.diff(mono.token_damage[p], axis=1) < 0).all()
     assert solve_precision(pp, {"latency": 0.6}).recipe.solver["damage_fit"] == "monotone"
     assert solve_precision(pp, {"latency": 0.6}, damage_fit="raw").recipe.solver["damage_fit"] == "raw"
+
+
+def test_large_profiles_are_fitted_layer_by_layer_in_linear_time():
+    layers, grid = 40, 65  # 2,560 terms: past EXACT_TERMS
+    assert layers * (grid - 1) > EXACT_TERMS
+    d = noisy_from_layer(11, layers=layers, grid=grid)
+    fit = monotone_contributions(d)
+    assert shaped(fit)
+    np.testing.assert_array_equal(fit, layerwise_contributions(d))
+    truth = shaped_terms(11, layers, grid)
+    np.testing.assert_allclose(layerwise_contributions(from_layer_damage(truth)), truth, atol=1e-9)
+    raw = per_layer_contributions(d)
+    for layer in (0, 17, 39):  # each layer's terms are the least-squares projection of its raw terms
+        row = fit[layer, :-1]
+        assert np.sum((row - raw[layer, :-1]) ** 2) <= np.sum((np.sort(raw[layer, :-1].clip(0))[::-1] - raw[layer, :-1]) ** 2) + 1e-12
