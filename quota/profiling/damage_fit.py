@@ -29,7 +29,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from scipy.optimize import isotonic_regression, nnls
+from scipy.optimize import nnls
 
 from quota.profiling.profile import Profile, ProfileError
 from quota.profiling.damage_terms import interaction_terms, per_layer_contributions
@@ -77,6 +77,8 @@ def monotone_contributions(from_layer: np.ndarray) -> np.ndarray:
 def layerwise_contributions(from_layer: np.ndarray) -> np.ndarray:
     """Each layer's raw terms ``D[l] - D[l + 1]`` projected onto the shape (least squares per layer: non-increasing
     along the grid, then clipped at 0, the last point 0); ``[L, G]``, linear time."""
+    from scipy.optimize import isotonic_regression  # scipy >= 1.12; imported here so the exact path needs only nnls
+
     raw = per_layer_contributions(np.asarray(from_layer, dtype=np.float64))
     h = np.zeros_like(raw)
     for layer, row in enumerate(raw):
