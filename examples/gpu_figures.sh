@@ -81,14 +81,23 @@ solve_recipes() {  # quota's recipes (64, 128, 192 tokens, budget 0.3) from prof
   plans+=("recipe:$out/recipe_${1}_b0.3.json")
 }
 
+# issue 17's sections: the stage-wise presets of its table, the suite's settings, and the phase log
+joint_presets=(fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner)
+joint_suite_args=(--suite "$out/joint_suite" --precisions lowbit --limit "${LIMIT:-500}" --batch-size "${BATCH:-64}"
+                  ${JOINT_SUITE_ARGS:-})
+stamp() { date +"%T $*" >> "$out/joint.log"; }
+
+budget_target() {  # budget_target K: target=(--keep-tokens K), or (--budget B) for K = bB
+  case "$1" in b*) target=(--budget "${1#b}") ;; *) target=(--keep-tokens "$1") ;; esac
+}
+
 joint_report() {  # issue 17's table from every row in $out/joint_suite (presets, recipe_joint_*, recipe_fp_*)
-  local presets=(fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner) plans=() t30="" r
+  local plans=() t30="" r
   for r in ${RECIPES:-"$out"/recipe_joint_*.json} "$out"/recipe_fp_*.json; do
     [ -f "$r" ] && plans+=("recipe:$r")
   done
   [ -f "$out/recipe_joint_b0.3.json" ] && t30="$(recipe_tokens "$out/recipe_joint_b0.3.json")"
-  timeout 600 $q eval --suite "$out/joint_suite" --precisions lowbit --limit "${LIMIT:-500}" \
-    --batch-size "${BATCH:-64}" ${JOINT_SUITE_ARGS:-} --plans "${presets[@]}" "${plans[@]}" \
+  timeout 600 $q eval "${joint_suite_args[@]}" --plans "${joint_presets[@]}" "${plans[@]}" \
     --budgets 64 128 192 $t30 --report-only > "$out/joint_suite.log" 2>&1 || true
 }
 
@@ -210,7 +219,6 @@ case "$section" in
     # The W4A4+KV4 profile alone on the GPU (its ranks share it; nothing else runs beside them), then the additivity
     # check and the four refined solves side by side. Resumable: a finished profile is kept.
     ranks="${RANKS:-4}" refine_k="${REFINE_K:-8}" prof="$out/testbed_joint.json"
-    stamp() { date +"%T $*" >> "$out/joint.log"; }
     stamp "profile on $ranks ranks"
     if [ ! -f "$prof" ]; then
       timeout 3600 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main profile -o "$prof" \
@@ -221,7 +229,7 @@ case "$section" in
     timeout 1800 $q profile -o "$prof" --validate 30 --validate-only ${JOINT_PROFILE_ARGS:-} \
       > "$out/joint_validate.log" 2>&1 &
     for k in 64 128 192 b0.3; do
-      case "$k" in b*) target=(--budget "${k#b}") ;; *) target=(--keep-tokens "$k") ;; esac
+      budget_target "$k"
       for fit in monotone raw; do  # unrefined, under either reading of the curves (a second or two each)
         $q solve --profile "$prof" --solver dp "${target[@]}" --damage-fit "$fit" \
           -o "$out/recipe_joint_predicted_${fit}_$k.json" > /dev/null || true
@@ -237,11 +245,7 @@ case "$section" in
     # 0.3 recipe's tokens, and quota's recipes (RECIPES, default: OUT_DIR/recipe_joint_*.json from joint_profile),
     # LIMIT (default 500) test questions per task; SUITE_PROCS processes share the GPU, each writing its own rows;
     # the report (with the paired difference) is written last from all of them.
-    limit="${LIMIT:-500}" suite="$out/joint_suite"
-    presets=(fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner)
-    suite_args=(--suite "$suite" --precisions lowbit --limit "$limit" --batch-size "${BATCH:-64}" --resume
-                ${JOINT_SUITE_ARGS:-})
-    stamp() { date +"%T $*" >> "$out/joint.log"; }
+    suite_args=("${joint_suite_args[@]}" --resume)
     plans=() t30=""
     for r in ${RECIPES:-"$out"/recipe_joint_*.json}; do
       [ -f "$r" ] && plans+=("recipe:$r")
@@ -253,7 +257,7 @@ case "$section" in
     for ((r = 0; r < ${#plans[@]}; r += 4)); do
       jobs_+=("--plans ${plans[*]:r:4}")
     done
-    for p in "${presets[@]}"; do
+    for p in "${joint_presets[@]}"; do
       jobs_+=("--plans $p --budgets 64 128") jobs_+=("--plans $p --budgets 192 $t30")
     done
     running=0 i=0
@@ -272,17 +276,14 @@ case "$section" in
     # those recipes on the suite's low-bit model beside everything else; then the report. It may run beside
     # joint_suite (the testbed's forward is launch-bound; no figure of either depends on timing).
     bf16_config
-    prof="$out/testbed_joint_fp.json" limit="${LIMIT:-500}" suite="$out/joint_suite"
-    suite_args=(--suite "$suite" --precisions lowbit --limit "$limit" --batch-size "${BATCH:-64}" --resume
-                ${JOINT_SUITE_ARGS:-})
-    stamp() { date +"%T $*" >> "$out/joint.log"; }
+    prof="$out/testbed_joint_fp.json" suite_args=("${joint_suite_args[@]}" --resume)
     stamp "full-precision profile on ${RANKS:-4} ranks"
     [ -f "$prof" ] || timeout 3600 torchrun --standalone --nproc_per_node "${RANKS:-4}" -m quota.cli.main profile \
       -o "$prof" --quant "$out/bf16.json" --grid-steps "${GRID_STEPS:-18}" --interactions "${INTERACTIONS:-4}" \
       --batch-size "${BATCH:-64}" --resume --no-latency > "$out/joint_fp_profile.log" 2>&1 || true
     fp_plans=()
     for k in 64 128 192 b0.3; do
-      case "$k" in b*) target=(--budget "${k#b}") ;; *) target=(--keep-tokens "$k") ;; esac
+      budget_target "$k"
       $q solve --profile "$prof" --solver dp "${target[@]}" -o "$out/recipe_fp_$k.json" > /dev/null \
         && fp_plans+=("recipe:$out/recipe_fp_$k.json")
     done
