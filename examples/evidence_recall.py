@@ -74,6 +74,7 @@ def main() -> None:
     for name in args.methods:
         for tokens in args.tokens:
             plan = METHODS[name](tokens, n_visual, layers)
+            layer = first_pruning_layer(plan.schedule, n_visual)
             recall = recall_of(tb.model, batches, questions, plan, n_visual)
             per_task = {}
             for q, r in zip(questions, recall):
@@ -81,8 +82,7 @@ def main() -> None:
                     per_task.setdefault(q.task, []).append(r)
             counted = [r for r in recall if r is not None]
             print(json.dumps({"method": name, "tokens": tokens, "data_version": args.data_version,
-                              "first_pruning_layer": first_pruning_layer(plan.schedule, n_visual),
-                              "kept_at_that_layer": plan.schedule[first_pruning_layer(plan.schedule, n_visual)],
+                              "first_pruning_layer": layer, "kept_at_that_layer": plan.schedule[layer],
                               "evidence_recall": round(float(np.mean(counted)), 4),
                               "per_task": {t: round(float(np.mean(v)), 4) for t, v in per_task.items()},
                               "questions": len(counted), "device": str(device)}), flush=True)

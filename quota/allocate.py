@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from quota import __version__
-from quota.profiling.damage_fit import check_damage_fit, fitted_curve, fitted_interactions
+from quota.profiling.damage_fit import DEFAULT_DAMAGE_FIT, check_damage_fit, fitted_curve, fitted_interactions
 from quota.profiling.profile import Profile, ProfileError
 from quota.quant.config import QuantConfig
 from quota.recipe import Recipe
@@ -67,7 +67,7 @@ def build_problem(
     extra_weights: Sequence[float] | None = None,
     interactions: np.ndarray | None = None,
     use_interactions: bool = True,
-    damage_fit: str = "monotone",
+    damage_fit: str = DEFAULT_DAMAGE_FIT,
 ) -> AllocationProblem:
     """The allocation problem of ``profile`` under a budget.
 
@@ -145,7 +145,7 @@ class SolveResult:
 
 
 def recipe_from_solution(profile: Profile, problem: AllocationProblem, solution: Solution,
-                         damage_fit: str = "monotone") -> Recipe:
+                         damage_fit: str = DEFAULT_DAMAGE_FIT) -> Recipe:
     """The recipe of a solved problem: the solution's schedule with the profile's scoring (:attr:`Profile.scoring`:
     its in-LLM ``score_weights``, its ``pre_llm_weights`` as the ``pre_llm`` stage's when it has them, its selection
     rule and merged tokens) and quantization
@@ -206,7 +206,7 @@ def solve(
         profile = Profile.load(profile if profile is not None else shipped_profile_path())
     problem = build_problem(profile, budget, budget_kind, damage, **problem_kw)
     solution = solve_problem(problem, solver, time_limit, accept_gap=accept_gap)
-    recipe = recipe_from_solution(profile, problem, solution, problem_kw.get("damage_fit", "monotone"))
+    recipe = recipe_from_solution(profile, problem, solution, problem_kw.get("damage_fit", DEFAULT_DAMAGE_FIT))
     return SolveResult(profile, problem, solution, recipe)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from quota.allocate import build_problem, recipe_from_solution
 from quota.device import placement
+from quota.profiling.damage_fit import DEFAULT_DAMAGE_FIT
 from quota.profiling.profile import Profile
 from quota.profiling.sensitivity import DamageMeter, ScheduleDamage
 from quota.quant.config import QuantConfig
@@ -83,7 +84,7 @@ def refine(profile: Profile, meter: DamageMeter, k: int = 8, budget: float = 0.3
                            "predicted": float(solution.objective), "measured": measured_value(problem, damage, measured),
                            "kl": measured.kl, "task_loss": measured.task_loss})
     chosen = min(range(len(candidates)), key=lambda i: (candidates[i]["measured"], candidates[i]["predicted"], i))
-    recipe = recipe_from_solution(profile, problem, solutions[chosen], problem_kw.get("damage_fit", "monotone"))
+    recipe = recipe_from_solution(profile, problem, solutions[chosen], problem_kw.get("damage_fit", DEFAULT_DAMAGE_FIT))
     record = {"k": k, "candidates": candidates, "chosen": chosen, "damage": damage, "data": data,
               "questions": sum(len(b.tasks) for b in meter.batches),
               "predicted_damage": candidates[chosen]["predicted"], "measured_damage": candidates[chosen]["measured"],

@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "relax, greedy (heuristics)")
     p.add_argument("--damage", default="kl",
                    help="damage curve to minimize: kl (default), task_loss, or per_task (with --aggregate)")
-    p.add_argument("--damage-fit", choices=DAMAGE_FITS, default="monotone",
+    p.add_argument("--damage-fit", choices=DAMAGE_FITS, default=DAMAGE_FITS[0],
                    help="how the profile's curves are read: monotone (default; per-layer terms fitted to be >= 0 "
                         "and non-increasing in the keep count, interaction terms recomputed against the fit) or "
                         "raw (the measured differences as they are)")

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from scipy.stats import spearmanr
 
-from quota.profiling.damage_fit import fitted_curve, fitted_interactions
+from quota.profiling.damage_fit import DEFAULT_DAMAGE_FIT, fitted_curve, fitted_interactions
 from quota.profiling.profile import Profile
 from quota.profiling.sensitivity import DamageMeter
 
@@ -84,13 +84,14 @@ def predictions(profile: Profile, schedules, damage: str = "kl", interactions: b
     return out
 
 
-def fitted_ranking(profile: Profile, schedules, measured, damage: str = "kl", damage_fit: str = "monotone") -> dict:
+def fitted_ranking(profile: Profile, schedules, measured, damage: str = "kl",
+                   damage_fit: str = DEFAULT_DAMAGE_FIT) -> dict:
     """How well the ``damage_fit`` reading of the profile ranks ``schedules`` whose damage was ``measured``:
     ``{"damage_fit", "predicted", "spearman"}``, plus ``predicted_with_interactions`` and
-    ``spearman_with_interactions`` when the profile's interaction terms apply (KL, and terms the fit can use)."""
+    ``spearman_with_interactions`` when the profile has interaction terms and the damage is KL."""
     predicted = predictions(profile, schedules, damage, damage_fit=damage_fit)
     out = {"damage_fit": damage_fit, "predicted": predicted, "spearman": float(spearmanr(predicted, measured)[0])}
-    if damage == "kl" and fitted_interactions(profile, damage_fit) is not None:
+    if damage == "kl" and profile.interactions is not None:
         with_pairs = predictions(profile, schedules, damage, True, damage_fit)
         out.update(predicted_with_interactions=with_pairs,
                    spearman_with_interactions=float(spearmanr(with_pairs, measured)[0]))

@@ -2,8 +2,8 @@
 
 A profile measures ``D[l, g]``: the damage of keeping all tokens before layer ``l`` and ``grid[g]`` from ``l`` on
 (the prune-from-layer schedules). The additive model's per-layer term is the difference
-``h_l(k) = D[l, k] - D[l + 1, k]`` (:func:`quota.profiling.sensitivity.per_layer_contributions`), a difference of
-two noisy measurements: on the testbed a third of the terms come out negative, so the solver "gains" by pruning
+``h_l(k) = D[l, k] - D[l + 1, k]`` (:func:`quota.profiling.damage_terms.per_layer_contributions`), a difference
+of two noisy measurements: on the testbed's GPU profiles about a quarter of the terms come out negative, so the solver "gains" by pruning
 layers whose true cost is small but positive, and it is indifferent to keeping tokens it has paid for.
 
 The ``monotone`` fit keeps the additive model and imposes what pruning means on its terms:
@@ -20,7 +20,7 @@ terms (minutes at 80 x 129), so each layer's raw terms are projected onto the sa
 regression per layer, ``scipy.optimize.isotonic_regression``, linear time). On the shipped H200 profile's 30
 validation schedules the two rank at Spearman 0.800 (exact fit) and 0.792 (per layer), the raw terms at 0.487.
 
-Interaction terms (measured two-step schedules, :func:`quota.profiling.sensitivity.interaction_terms`) are the
+Interaction terms (measured two-step schedules, :func:`quota.profiling.damage_terms.interaction_terms`) are the
 measurement less the additive prediction, so under the fit they are recomputed against the fitted ``F`` from the
 measured two-step damages the profile records (``extra.kl_two_step``)."""
 
@@ -47,6 +47,8 @@ DAMAGE_FITS = ("monotone", "raw")
 """How the solver reads a profile's damage curves: ``monotone`` (default) fits the per-layer terms under the
 shape constraints above; ``raw`` takes the measured differences as they are."""
 
+DEFAULT_DAMAGE_FIT = DAMAGE_FITS[0]
+
 
 def check_damage_fit(fit: str) -> str:
     if fit not in DAMAGE_FITS:
@@ -56,7 +58,7 @@ def check_damage_fit(fit: str) -> str:
 
 def from_layer_damage(contributions: np.ndarray) -> np.ndarray:
     """``D[l] = sum_{j >= l} h[j]`` (``[L, G]``): the prune-from-layer damages whose per-layer terms are
-    ``contributions`` (the inverse of :func:`quota.profiling.sensitivity.per_layer_contributions`)."""
+    ``contributions`` (the inverse of :func:`quota.profiling.damage_terms.per_layer_contributions`)."""
     return np.cumsum(contributions[::-1], axis=0)[::-1]
 
 
@@ -100,14 +102,13 @@ def _fit(data: bytes, shape: tuple[int, int]) -> np.ndarray:
     return h
 
 
-def fitted_curve(curve: np.ndarray, fit: str, grid=None) -> np.ndarray:
+def fitted_curve(curve: np.ndarray, fit: str, grid) -> np.ndarray:
     """A profile's per-layer damage ``curve`` ``[L, G]`` under ``fit`` (:data:`DAMAGE_FITS`); for ``monotone``,
     plus :data:`TIE_BREAK` times each grid point's pruned share (``grid``: the keep counts, ascending, the last
-    all tokens; evenly spaced indices when omitted), so that every row is strictly decreasing."""
+    all tokens), so that every row is strictly decreasing."""
     if check_damage_fit(fit) == "raw":
         return curve
-    n_grid = curve.shape[-1]
-    keep = np.asarray(grid, dtype=np.float64) if grid is not None else np.arange(n_grid, dtype=np.float64)
+    keep = np.asarray(grid, dtype=np.float64)
     pruned = 1.0 - keep / keep[-1]  # [G], 0 at all tokens
     return monotone_contributions(from_layer_damage(curve)) + TIE_BREAK * pruned
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from quota import __version__
-from quota.profiling.damage_fit import fitted_curve
+from quota.profiling.damage_fit import DEFAULT_DAMAGE_FIT, fitted_curve
 from quota.profiling.precision import interpolate_token_curves
 from quota.profiling.precision_profile import PrecisionProfile, PrecisionProfileError
 from quota.quant.config import QuantConfig
@@ -81,7 +81,7 @@ def joint_costs(pp: PrecisionProfile) -> tuple[dict[str, np.ndarray], dict[str, 
 def build_joint_problem(
     pp: PrecisionProfile, budgets: Mapping[str, float] | None = None, precisions: Sequence[str] | None = None,
     caps: Mapping[str, float] | None = None, constraints: Sequence[Any] = (), monotone: bool = True,
-    damage_fit: str = "monotone",
+    damage_fit: str = DEFAULT_DAMAGE_FIT,
 ) -> JointProblem:
     """The :class:`JointProblem` of ``pp``: every profiled option, restricted to ``precisions`` (default: all) by
     ``AllowedPrecisions`` constraints, so the reference option stays the budgets' unit even when not allowed.
@@ -131,7 +131,7 @@ def _recipe_budget(problem: JointProblem, solution: JointSolution, n_visual: int
 
 
 def joint_recipe(pp: PrecisionProfile, problem: JointProblem, solution: JointSolution,
-                 damage_fit: str = "monotone") -> Recipe:
+                 damage_fit: str = DEFAULT_DAMAGE_FIT) -> Recipe:
     """The version 3 recipe of a joint solution: its schedule, the profile's scoring, the base quant config with
     each layer's precision and KV bits (those profiled for its option); the solver record names ``damage_fit``."""
     prof = pp.profile
@@ -170,7 +170,7 @@ def solve_precision(
     pp = profile if isinstance(profile, PrecisionProfile) else PrecisionProfile.load(profile)
     problem = build_joint_problem(pp, budgets, precisions, **problem_kw)
     solution = solve_joint(problem, solver, time_limit, accept_gap=accept_gap)
-    recipe = joint_recipe(pp, problem, solution, problem_kw.get("damage_fit", "monotone"))
+    recipe = joint_recipe(pp, problem, solution, problem_kw.get("damage_fit", DEFAULT_DAMAGE_FIT))
     return JointSolveResult(pp, problem, solution, recipe)
 
 

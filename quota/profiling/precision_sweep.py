@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from quota.atomic import write_json_atomic
+from quota.profiling.damage_fit import DEFAULT_DAMAGE_FIT
 from quota.profiling.precision_problem import build_joint_problem, joint_kind
 from quota.profiling.precision_profile import PrecisionProfile
 from quota.solvers.constraints import FixedLayer
@@ -38,7 +39,7 @@ def _point(label: str, family: str, solution, budget: float | None) -> dict[str,
 
 def precision_sweep(pp: PrecisionProfile, budgets: Sequence[float], budget_kind: str = "latency",
                     precisions: Sequence[str] | None = None, token_budget: float = 0.3, solver: str = "auto",
-                    time_limit: float | None = 30.0, damage_fit: str = "monotone") -> dict[str, Any]:
+                    time_limit: float | None = 30.0, damage_fit: str = DEFAULT_DAMAGE_FIT) -> dict[str, Any]:
     """``{"points": [...], "skipped": [...], ...}``: the points of the module docstring. Uniform options not
     profiled are left out; joint budgets that are infeasible are listed in ``skipped`` with the reason.
     ``damage_fit``: how the token curves are read (:func:`build_joint_problem`)."""

@@ -188,8 +188,6 @@ def prune_from_schedule(n_layers: int, n_visual: int, layer: int, keep: int) -> 
     return tuple([n_visual] * layer + [keep] * (n_layers - layer))
 
 
-
-
 def measure_grid(
     meter: DamageMeter, n_layers: int, n_visual: int, grid: Sequence[int],
     run_items: Callable[[list, Callable], dict | None] | None = None,
@@ -216,8 +214,6 @@ def measure_grid(
 
 
 # --- two-step schedules (the measurements of the interaction terms) ----------------------------------------------
-
-
 
 def two_step_schedule(n_layers: int, n_visual: int, layer: int, first: int, second: int) -> tuple[int, ...]:
     """All N tokens in layers ``< layer``, ``first`` at ``layer`` and ``second`` from ``layer + 1`` on."""
@@ -254,6 +250,3 @@ def measure_pairs(
         if raw is None:
             return None
     return {item[1:]: ScheduleDamage(**raw[item_key(item)]) for item in items}
-
-
-

@@ -83,7 +83,7 @@ def test_fitted_curve_breaks_ties_toward_keeping_tokens():
     assert fit[0, 0] == pytest.approx(TIE_BREAK)
     assert fitted_curve(flat, "raw", grid) is flat
     with pytest.raises(ValueError, match="damage fit must be one of monotone, raw"):
-        fitted_curve(flat, "smooth")
+        fitted_curve(flat, "smooth", grid)
     with pytest.raises(ValueError, match="finite"):
         monotone_contributions(np.array([[np.nan, 0.0]]))
 
