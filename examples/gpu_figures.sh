@@ -28,25 +28,32 @@
 #            On a machine with several GPUs the profile's ranks take one GPU each (NCCL) and the concurrent
 #            processes spread over the GPUs (CUDA_VISIBLE_DEVICES); with one GPU they all share it, as before.
 #            Finished pieces already in OUT_DIR (profiles, suite rows) are kept, so seeding it resumes the run.
+#   warm     the testbed quantized once into the cache of quantized models (GPTQ and the clipping searches), alone
+#            on the GPU, so that every later process loads it: computed beside 9 other processes it took about
+#            13 minutes on an H100, and every process asking for it waited that long
 #   joint_profile  issue 17's profile: W4A4+KV4 with per-stage weights and interaction terms (GRID_STEPS, default
 #            18, so that 64/128/192 are grid points; INTERACTIONS, default 4; RANKS ranks, default 4; BATCH questions
-#            per forward, default 64), alone on the GPU; then its additivity check before and after the interaction
-#            terms on 30 schedules, and recipes at 64/128/192 tokens and budget 0.3 refined by measuring the
-#            REFINE_K (default 8) best predicted schedules on REFINE_QUESTIONS (default 256) held-out calibration
-#            questions, beside the unrefined recipes under either reading of the curves (--damage-fit monotone and
-#            raw; recipe_joint_predicted_*) (the profile took 15 minutes on one H100; a profile already in OUT_DIR
-#            is kept, and only what follows it runs; run detached). OUT_DIR/joint.log has the phases' times, OUT_DIR/joint_profile.done the end
+#            per forward, default 64), alone on the GPU (15 minutes on one H100; a profile already in OUT_DIR is
+#            kept); then joint_refine beside its additivity check before and after the interaction terms on 30
+#            schedules (run detached). OUT_DIR/joint.log has the phases' times, OUT_DIR/joint_profile.done the end
+#   joint_refine  recipes of OUT_DIR/testbed_joint.json at 64/128/192 tokens and budget 0.3 under each damage of
+#            REFINE_DAMAGES (default "kl task_loss"), refined by measuring the REFINE_K (default 8) best predicted
+#            schedules and the REFINE_ANCHORS (default 4) best stage-wise ones on REFINE_QUESTIONS (default 256)
+#            held-out calibration questions (recipe_refined_DAMAGE_K.json; existing ones are kept), beside the
+#            unrefined recipes under either reading of the curves (recipe_predicted_DAMAGE_FIT_K.json)
 #   joint_suite  issue 17's table: every stage-wise preset (published-faithful and ablated) at 64/128/192 tokens
-#            and at the 0.3 recipe's tokens, and the recipes of joint_profile (in OUT_DIR, or RECIPES=...), on one
-#            low-bit model, LIMIT (default 500) test questions per task, SUITE_PROCS (default 6) processes sharing
-#            the GPU, then the report with the paired difference; run detached, resumable
-#   joint_fp  issue 17's full-precision ablation: the same profile in bf16 (--no-latency), its recipes on the
-#            same low-bit model into OUT_DIR/joint_suite, then the report (may run beside joint_suite)
-#   joint_all  joint_fp beside joint_profile then joint_suite, and the report of every row (run detached)
+#            and at the tokens of each budget-0.3 recipe, and the refined recipes (OUT_DIR/recipe_refined_*.json, or
+#            RECIPES=...), on one low-bit model, LIMIT (default 500) test questions per task, SUITE_PROCS (default
+#            6) processes sharing the GPU, SUITE_BATCH (default 64) questions per forward, then the report with the
+#            paired difference; run detached, resumable
+#   joint_fp  issue 17's full-precision ablation: the same profile in bf16 (--no-latency; partial rank files in
+#            OUT_DIR resume it), its recipes on the same low-bit model into OUT_DIR/joint_suite, then the report
+#   joint_all  warm, then joint_fp (unless JOINT_FP=0) beside joint_profile then joint_suite, and the report of
+#            every row (run detached)
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
-section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline|joint_profile|joint_suite|joint_fp|joint_all}"
+section="${1:?section: tests|e2e|suite|profile|fpprof|table|steps|train|pipeline|warm|joint_profile|joint_refine|joint_suite|joint_fp|joint_all}"
 out="${2:?output folder}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -83,7 +90,7 @@ solve_recipes() {  # quota's recipes (64, 128, 192 tokens, budget 0.3) from prof
 
 # issue 17's sections: the stage-wise presets of its table, the suite's settings, and the phase log
 joint_presets=(fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner)
-joint_suite_args=(--suite "$out/joint_suite" --precisions lowbit --limit "${LIMIT:-500}" --batch-size "${BATCH:-64}"
+joint_suite_args=(--suite "$out/joint_suite" --precisions lowbit --limit "${LIMIT:-500}" --batch-size "${SUITE_BATCH:-64}"
                   ${JOINT_SUITE_ARGS:-})
 stamp() { date +"%T $*" >> "$out/joint.log"; }
 
@@ -91,14 +98,26 @@ budget_target() {  # budget_target K: target=(--keep-tokens K), or (--budget B) 
   case "$1" in b*) target=(--budget "${1#b}") ;; *) target=(--keep-tokens "$1") ;; esac
 }
 
-joint_report() {  # issue 17's table from every row in $out/joint_suite (presets, recipe_joint_*, recipe_fp_*)
-  local plans=() t30="" r
-  for r in ${RECIPES:-"$out"/recipe_joint_*.json} "$out"/recipe_fp_*.json; do
+joint_recipes() {  # plans=(recipe:...) of the refined recipes (RECIPES to choose), t30s=(tokens of their 0.3 ones)
+  local r
+  plans=() t30s=()
+  for r in ${RECIPES:-"$out"/recipe_refined_*.json}; do
     [ -f "$r" ] && plans+=("recipe:$r")
   done
-  [ -f "$out/recipe_joint_b0.3.json" ] && t30="$(recipe_tokens "$out/recipe_joint_b0.3.json")"
+  for r in ${RECIPES:-"$out"/recipe_refined_*.json}; do
+    case "$r" in *_b0.3.json) [ -f "$r" ] && t30s+=("$(recipe_tokens "$r")") ;; esac
+  done
+  t30s=($(printf '%s\n' "${t30s[@]}" | sort -u))
+}
+
+joint_report() {  # issue 17's table from every row in $out/joint_suite (presets, recipe_refined_*, recipe_fp_*)
+  local r
+  joint_recipes
+  for r in "$out"/recipe_fp_*.json; do
+    [ -f "$r" ] && plans+=("recipe:$r")
+  done
   timeout 600 $q eval "${joint_suite_args[@]}" --plans "${joint_presets[@]}" "${plans[@]}" \
-    --budgets 64 128 192 $t30 --report-only > "$out/joint_suite.log" 2>&1 || true
+    --budgets 64 128 192 "${t30s[@]}" --report-only > "$out/joint_suite.log" 2>&1 || true
 }
 
 case "$section" in
@@ -217,48 +236,55 @@ case "$section" in
     date +"%T done" >> "$out/pipeline.log" && touch "$out/pipeline.done" ;;
   joint_profile)
     # The W4A4+KV4 profile alone on the GPU (its ranks share it; nothing else runs beside them), then the additivity
-    # check and the four refined solves side by side. Resumable: a finished profile is kept.
-    ranks="${RANKS:-4}" refine_k="${REFINE_K:-8}" prof="$out/testbed_joint.json"
+    # check beside the refined solves. Resumable: a finished profile is kept.
+    ranks="${RANKS:-4}" prof="$out/testbed_joint.json"
     stamp "profile on $ranks ranks"
     if [ ! -f "$prof" ]; then
       timeout 3600 torchrun --standalone --nproc_per_node "$ranks" -m quota.cli.main profile -o "$prof" \
         --grid-steps "${GRID_STEPS:-18}" --interactions "${INTERACTIONS:-4}" --batch-size "${BATCH:-64}" --resume \
         ${JOINT_PROFILE_ARGS:-} > "$out/joint_profile.log" 2>&1 || true
     fi
-    stamp "validation before and after the interaction terms; refined solves"
-    timeout 1800 $q profile -o "$prof" --validate 30 --validate-only ${JOINT_PROFILE_ARGS:-} \
-      > "$out/joint_validate.log" 2>&1 &
-    for k in 64 128 192 b0.3; do
-      budget_target "$k"
-      for fit in monotone raw; do  # unrefined, under either reading of the curves (a second or two each)
-        $q solve --profile "$prof" --solver dp "${target[@]}" --damage-fit "$fit" \
-          -o "$out/recipe_joint_predicted_${fit}_$k.json" > /dev/null || true
-      done
-      timeout 1800 $q solve --profile "$prof" --solver dp "${target[@]}" --refine "$refine_k" \
-        --refine-questions "${REFINE_QUESTIONS:-256}" ${JOINT_SOLVE_ARGS:-} \
-        -o "$out/recipe_joint_$k.json" > "$out/refine_$k.log" 2>&1 &
-    done
+    stamp "validation before and after the interaction terms (unless the profile has it), beside the refined solves"
+    python3 -c 'import json, sys; sys.exit("additivity" in json.load(open(sys.argv[1])).get("extra", {}))' "$prof" \
+      && { timeout 1800 $q profile -o "$prof" --validate 30 --validate-only ${JOINT_PROFILE_ARGS:-} \
+           > "$out/joint_validate.log" 2>&1 & }
+    bash "$0" joint_refine "$out"
     wait
     stamp "done" && touch "$out/joint_profile.done" ;;
+  joint_refine)
+    # Unrefined recipes (a second or two each) and refined ones, one process per (damage, target) side by side.
+    prof="$out/testbed_joint.json"
+    stamp "refined solves: ${REFINE_DAMAGES:-kl task_loss}"
+    for damage in ${REFINE_DAMAGES:-kl task_loss}; do
+      for k in 64 128 192 b0.3; do
+        budget_target "$k"
+        for fit in monotone raw; do
+          $q solve --profile "$prof" --solver dp "${target[@]}" --damage "$damage" --damage-fit "$fit" \
+            -o "$out/recipe_predicted_${damage}_${fit}_$k.json" > /dev/null || true
+        done
+        [ -f "$out/recipe_refined_${damage}_$k.json" ] && continue
+        timeout 1800 $q solve --profile "$prof" --solver dp "${target[@]}" --damage "$damage" \
+          --refine "${REFINE_K:-8}" --refine-anchors "${REFINE_ANCHORS:-4}" --refine-questions "${REFINE_QUESTIONS:-256}" \
+          ${JOINT_SOLVE_ARGS:-} -o "$out/recipe_refined_${damage}_$k.json" > "$out/refine_${damage}_$k.log" 2>&1 &
+      done
+    done
+    wait
+    stamp "refined solves done" ;;
   joint_suite)
     # Issue 17's table on one low-bit model in one run: every stage-wise preset at 64/128/192 tokens and at the
-    # 0.3 recipe's tokens, and quota's recipes (RECIPES, default: OUT_DIR/recipe_joint_*.json from joint_profile),
+    # tokens of each 0.3 recipe, and quota's refined recipes (RECIPES, default: OUT_DIR/recipe_refined_*.json),
     # LIMIT (default 500) test questions per task; SUITE_PROCS processes share the GPU, each writing its own rows;
     # the report (with the paired difference) is written last from all of them.
     suite_args=("${joint_suite_args[@]}" --resume)
-    plans=() t30=""
-    for r in ${RECIPES:-"$out"/recipe_joint_*.json}; do
-      [ -f "$r" ] && plans+=("recipe:$r")
-    done
-    [ -f "$out/recipe_joint_b0.3.json" ] && t30="$(recipe_tokens "$out/recipe_joint_b0.3.json")"
-    stamp "suite: the all-token rows, then ${#plans[@]} recipes and the presets at 64 128 192 $t30 tokens"
+    joint_recipes
+    stamp "suite: the all-token rows, then ${#plans[@]} recipes and the presets at 64 128 192 ${t30s[*]} tokens"
     timeout 1800 $q eval "${suite_args[@]}" --plans > "$out/joint_suite_all.log" 2>&1 || true
     jobs_=()  # the recipes first, four to a process, then one process per (preset, budget group)
     for ((r = 0; r < ${#plans[@]}; r += 4)); do
       jobs_+=("--plans ${plans[*]:r:4}")
     done
     for p in "${joint_presets[@]}"; do
-      jobs_+=("--plans $p --budgets 64 128") jobs_+=("--plans $p --budgets 192 $t30")
+      jobs_+=("--plans $p --budgets 64 128") jobs_+=("--plans $p --budgets 192 ${t30s[*]}")
     done
     running=0 i=0
     for j in "${jobs_[@]}"; do
@@ -292,10 +318,16 @@ case "$section" in
       > "$out/joint_fp_suite.log" 2>&1 || true; }
     joint_report
     stamp "full-precision ablation done" && touch "$out/joint_fp.done" ;;
+  warm)
+    stamp "quantizing the testbed into the cache, alone"
+    timeout 1800 $q quantize --model testbed --out "$out/warm_quantized" --overwrite > "$out/warm.log" 2>&1 || true
+    rm -rf "$out/warm_quantized"  # only the cache entry matters
+    stamp "quantized" ;;
   joint_all)
-    # Issue 17 in one detached run: joint_fp beside (joint_profile, then joint_suite); then one report of all rows.
+    # Issue 17 in one detached run: warm, then joint_fp beside (joint_profile, then joint_suite); then one report.
     # With the profile already in OUT_DIR (testbed_joint.json) only its validation and refined solves run.
-    bash "$0" joint_fp "$out" > "$out/joint_fp.out" 2>&1 &
+    bash "$0" warm "$out"
+    [ "${JOINT_FP:-1}" = 0 ] || bash "$0" joint_fp "$out" > "$out/joint_fp.out" 2>&1 &
     bash "$0" joint_profile "$out" > "$out/joint_profile.out" 2>&1
     bash "$0" joint_suite "$out" > "$out/joint_suite.out" 2>&1
     wait

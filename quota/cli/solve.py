@@ -126,6 +126,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "recipe records every candidate's predicted and measured damage (needs the testbed's model)")
     p.add_argument("--refine-questions", type=int, default=64, metavar="N",
                    help="--refine: held-out calibration questions to measure on (default 64)")
+    p.add_argument("--refine-anchors", type=int, default=None, metavar="A",
+                   help="--refine: also measure the A best stage-wise schedules of the budget (prune once, maybe drop "
+                        "every token late: the shapes of FastV, VisionZip, DivPrune), default 4; 0 measures only the "
+                        "solver's K best")
     p.add_argument("--device", default=None, help="--refine: cpu, cuda or cuda:N (default: cuda when there is one)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -223,6 +227,8 @@ def run_refine(args: argparse.Namespace, profile_path, profile, budget: float, o
         raise ValueError(f"--refine needs at least 1 candidate schedule, got {args.refine}")
     if args.refine_questions < 1:
         raise ValueError(f"--refine-questions must be at least 1, got {args.refine_questions}")
+    if args.refine_anchors is not None and args.refine_anchors < 0:
+        raise ValueError(f"--refine-anchors must be 0 or more stage-wise schedules, got {args.refine_anchors}")
     if str(profile.data_version).startswith("jsonl:"):
         raise ValueError("--refine runs on the testbed; for a checkpoint folder call quota.refine.refine with a "
                          "DamageMeter on your held-out records")
@@ -233,6 +239,8 @@ def run_refine(args: argparse.Namespace, profile_path, profile, budget: float, o
     from quota.refine import refine_testbed
 
     kw = {k: v for k, v in options.items() if k in ("aggregate", "task_weights", "damage_fit") and v is not None}
+    if args.refine_anchors is not None:
+        kw["anchors"] = args.refine_anchors
     refined = refine_testbed(profile_path, args.refine, budget, args.refine_questions, args.device,
                              budget_kind=args.budget_kind, damage=args.damage, solver=args.solver,
                              time_limit=args.time_limit, **kw)
@@ -244,13 +252,13 @@ def run_refine(args: argparse.Namespace, profile_path, profile, budget: float, o
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(refined.candidates)} best predicted schedules, measured on "
+    table = Table(title=f"{len(refined.candidates)} candidate schedules, measured on "
                         f"{args.refine_questions} held-out calibration questions")
-    for col in ("rank", "equivalent tokens", "predicted", "measured", ""):
+    for col in ("rank", "origin", "equivalent tokens", "predicted", "measured", ""):
         table.add_column(col, justify="right")
     for c in refined.candidates:
-        table.add_row(str(c["rank"]), f"{sum(c['schedule']) / len(c['schedule']):.1f}", f"{c['predicted']:.4f}",
-                      f"{c['measured']:.4f}", "chosen" if c["rank"] == refined.chosen else "")
+        table.add_row(str(c["rank"]), c["origin"], f"{sum(c['schedule']) / len(c['schedule']):.1f}",
+                      f"{c['predicted']:.4f}", f"{c['measured']:.4f}", "chosen" if c["rank"] == refined.chosen else "")
     Console().print(table)
     print(f"recipe written to {path}: schedule {list(refined.recipe.schedule)}")
     return 0
