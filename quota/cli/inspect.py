@@ -67,11 +67,31 @@ def run(args: argparse.Namespace) -> int:
         for layer in range(p.n_layers):
             table.add_row(str(layer), *[f"{p.damage[kind][layer, g]:.4f}" for g in marks])
         console.print(table)
+        cut = smallest_cut_line(p)
+        if cut:
+            console.print(cut)
         check = additivity_line(p)
         if check:
             console.print(check)
         return 0
     raise ValueError(f"{path}: type {type_of(data)!r} is neither a quota profile nor a quota recipe")
+
+
+def smallest_cut_line(p) -> str:
+    """The damage of the smallest cut (pruning from layer ``l`` to the grid's largest count below N, the later
+    layers keeping it) at four layers, for each of the ``kl`` and ``task_loss`` curves the profile has, as one line;
+    empty for a grid without such a count. Under low-bit operators the KL can sit well above the answer loss
+    there: any change of input re-rolls the quantized model's own answers (docs/results/joint_h100)."""
+    from quota.profiling.damage_fit import from_layer_damage
+
+    if len(p.grid) < 2 or p.grid[-1] != p.n_visual_tokens:
+        return ""
+    g = len(p.grid) - 2
+    layers = sorted({0, p.n_layers // 4, p.n_layers // 2, 3 * p.n_layers // 4})
+    parts = [f"{kind} " + " / ".join(f"{from_layer_damage(p.damage[kind])[layer, g]:.2f}" for layer in layers)
+             for kind in ("kl", "task_loss") if kind in p.damage]
+    return (f"smallest cut (keep {p.grid[g]} of {p.n_visual_tokens}) from layers {' / '.join(map(str, layers))}: "
+            + ", ".join(parts))
 
 
 def additivity_line(p) -> str:

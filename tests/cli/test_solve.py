@@ -5,6 +5,7 @@ import pytest
 
 from quota.cli.main import main
 from quota.cli.solve import parse_sweep
+from quota.profiling.profile import Profile
 from quota.recipe import Recipe
 from tests.synthetic_profile import synthetic_profile
 
@@ -84,7 +85,13 @@ def test_inspect_shows_recipe_and_profile(tmp_path, profile_path, capsys):
     assert main(["inspect", str(out)]) == 0
     assert "recipe" in capsys.readouterr().out
     assert main(["inspect", str(profile_path)]) == 0
-    assert "profile" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "profile" in out
+    profile = Profile.load(profile_path)  # the smallest cut's damage: the per-layer terms summed from each layer on
+    g = len(profile.grid) - 2
+    for kind in ("kl", "task_loss"):
+        values = [profile.damage[kind][layer:, g].sum() for layer in sorted({0, 1, 3, 4})]  # 6 layers: 0, L/4, L/2, 3L/4
+        assert f"{kind} " + " / ".join(f"{v:.2f}" for v in values) in " ".join(out.split())
 
 
 def test_default_profile_is_the_first_shipped_one_in_preference_order():
