@@ -110,6 +110,9 @@ def additivity_line(p) -> str:
     line += f", {fitted['spearman']:.3f} under the solver's monotone fit"
     if fitted.get("spearman_with_interactions") is not None:
         line += f" ({fitted['spearman_with_interactions']:.3f} with interaction terms)"
+    other = check.get("other")
+    if isinstance(other, dict) and other.get("damage") in p.damage:
+        line += f"; {other['damage']}: {other['spearman']:.3f} as measured, {other['fitted']:.3f} under the fit"
     return line
 
 

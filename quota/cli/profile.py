@@ -170,4 +170,8 @@ def _validate(args: argparse.Namespace) -> int:
         if fitted.get("spearman_with_interactions") is not None:
             line += f", {fitted['spearman_with_interactions']:.3f} with the interaction terms"
         print(line)
+    other = report.get("other")
+    if other:
+        print(f"{other['damage']} on the same schedules: Spearman {other['spearman']:.3f} as measured, "
+              f"{other['fitted']:.3f} under the fit")
     return 0

@@ -3,7 +3,10 @@ layers of a schedule) against damage measured by running that schedule, over ran
 reported as a Spearman rank correlation. When the profile has KL interaction terms, the same schedules are also
 ranked by the prediction that adds them (``spearman_with_interactions``), so the two are comparable. The report's
 top-level figures read the curves as measured (``raw``); ``fitted`` ranks the same schedules under the solver's
-default ``monotone`` fit (:mod:`quota.profiling.damage_fit`), with and without the interaction terms."""
+default ``monotone`` fit (:mod:`quota.profiling.damage_fit`), with and without the interaction terms. Every
+measurement yields both KL and task loss, so ``other`` ranks the same schedules by the other damage as well (when
+the profile has its curves): under low-bit operators the two can disagree (the KL floor of
+docs/results/joint_h100)."""
 
 from __future__ import annotations
 
@@ -29,14 +32,16 @@ class AdditivityReport:
     predicted_with_interactions: list[float] | None = field(default=None)
     spearman_with_interactions: float | None = None
     fitted: dict | None = None
+    other: dict | None = None  # {"damage", "measured", "predicted", "spearman", "fitted"} of the other damage
 
     def to_dict(self) -> dict:
         """The report as JSON; the interaction fields only when the profile had interaction terms."""
         d = asdict(self)
         if self.predicted_with_interactions is None:
             del d["predicted_with_interactions"], d["spearman_with_interactions"]
-        if self.fitted is None:
-            del d["fitted"]
+        for key in ("fitted", "other"):
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -105,10 +110,12 @@ def check_additivity(profile: Profile, meter: DamageMeter, count: int = 30, seed
     terms, the same measurements are also correlated with the prediction that includes them."""
     schedules = random_schedules(profile, count, seed)
     predicted = predictions(profile, schedules, damage)
-    measured = []
+    other_damage = "task_loss" if damage == "kl" else "kl"
+    measured, measured_other = [], []
     for i, s in enumerate(schedules):
         d = meter.measure(s, profile.n_visual_tokens)
         measured.append(d.kl if damage == "kl" else d.task_loss)
+        measured_other.append(d.task_loss if damage == "kl" else d.kl)
         if on_item is not None:
             on_item(i + 1, len(schedules))
     rho, p = spearmanr(predicted, measured)
@@ -117,4 +124,9 @@ def check_additivity(profile: Profile, meter: DamageMeter, count: int = 30, seed
         report.predicted_with_interactions = predictions(profile, schedules, damage, True)
         report.spearman_with_interactions = float(spearmanr(report.predicted_with_interactions, measured)[0])
     report.fitted = fitted_ranking(profile, schedules, measured, damage)
+    if other_damage in profile.damage:
+        other = predictions(profile, schedules, other_damage)
+        report.other = {"damage": other_damage, "measured": measured_other, "predicted": other,
+                        "spearman": float(spearmanr(other, measured_other)[0]),
+                        "fitted": fitted_ranking(profile, schedules, measured_other, other_damage)["spearman"]}
     return report

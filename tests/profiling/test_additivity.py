@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from quota.profiling.profile import Profile
 from quota.profiling.sensitivity import ScheduleDamage
 from quota.profiling.additivity import check_additivity, predicted_damage, random_schedules
 from tests.synthetic_profile import synthetic_profile
@@ -31,3 +32,31 @@ def test_spearman_reflects_how_additive_the_measurements_are(noise, low, high):
     p = synthetic_profile()
     report = check_additivity(p, AdditiveMeter(p, noise), count=30)
     assert len(report.measured) == 30 and low <= report.spearman <= high
+
+
+class TwoDamageMeter:
+    """KL follows the profile's KL prediction; task loss runs against it (so the two rankings must differ)."""
+
+    def __init__(self, profile):
+        self.profile = profile
+
+    def measure(self, schedule, n_visual):
+        kl = predicted_damage(self.profile, schedule)
+        return ScheduleDamage(kl, -kl, {})
+
+
+def test_the_other_damage_is_ranked_on_the_same_measurements():
+    from scipy.stats import spearmanr
+
+    from quota.profiling.additivity import predictions
+
+    p = synthetic_profile()
+    report = check_additivity(p, TwoDamageMeter(p), count=12)
+    other = report.other
+    assert other["damage"] == "task_loss" and other["measured"] == [-m for m in report.measured]
+    assert other["predicted"] == predictions(p, report.schedules, "task_loss")
+    assert other["spearman"] == spearmanr(other["predicted"], other["measured"])[0]
+    assert report.spearman > 0.99 and other["spearman"] != report.spearman
+    assert report.to_dict()["other"]["damage"] == "task_loss"
+    no_task = Profile.from_dict({**p.to_dict(), "damage": {"kl": p.damage["kl"].tolist()}})
+    assert check_additivity(no_task, TwoDamageMeter(no_task), count=5).other is None
