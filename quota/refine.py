@@ -35,7 +35,7 @@ from quota.allocate import build_problem, recipe_from_solution
 from quota.device import placement
 from quota.profiling.damage_fit import DEFAULT_DAMAGE_FIT
 from quota.profiling.profile import Profile
-from quota.profiling.sensitivity import DamageMeter, ScheduleDamage
+from quota.profiling.sensitivity import DamageMeter, ScheduleDamage, teacher_answers
 from quota.quant.config import QuantConfig
 from quota.recipe import Recipe
 from quota.solvers import AllocationProblem, Solution, solve_k_best
@@ -63,10 +63,15 @@ class Refinement:
 
 
 def measured_value(problem: AllocationProblem, damage: str, measured: ScheduleDamage) -> float:
-    """The quantity the problem minimizes, measured: ``kl``, ``task_loss``, or the per-task KL aggregated as the
-    problem aggregates its per-task curves (``mean``, ``max`` or ``weighted`` by its task weights)."""
+    """The quantity the problem minimizes, measured: ``kl``, ``task_loss``, ``kl_teacher`` (the meter needs a
+    teacher), or the per-task KL aggregated as the problem aggregates its per-task curves (``mean``, ``max`` or
+    ``weighted`` by its task weights)."""
     if damage == "kl":
         return measured.kl
+    if damage == "kl_teacher":
+        if measured.kl_teacher is None:
+            raise ValueError("damage kl_teacher is measured only by a DamageMeter with a teacher")
+        return measured.kl_teacher
     if damage == "task_loss":
         return measured.task_loss
     tasks = sorted(measured.per_task)
@@ -129,8 +134,10 @@ def refine_testbed(profile_path: str | Path, k: int = 8, budget: float = 0.3, qu
     device, dtype = placement(device)
     tb = testbed.load(device, dtype)
     quant = QuantConfig.from_dict(profile.quant) if profile.quant else QuantConfig(impl="auto")
-    model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
     held_out = refinement_split(questions)
-    meter = DamageMeter(model, make_batches(tb.tokenizer, held_out, batch_size, device, dtype), profile.scoring)
+    batches = make_batches(tb.tokenizer, held_out, batch_size, device, dtype)
+    teacher = teacher_answers(tb.model, batches, profile.n_visual_tokens) if kw.get("damage") == "kl_teacher" else None
+    model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
+    meter = DamageMeter(model, batches, profile.scoring, teacher=teacher)
     kw.setdefault("progress", lambda line: print(f"[quota refine] {line}", file=sys.stderr, flush=True))
     return refine(profile, meter, k, budget, data=f"testbed refinement_split({questions})", **kw)

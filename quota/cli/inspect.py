@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
 def smallest_cut_line(p) -> str:
     """The damage of the smallest cut (pruning from layer ``l`` to the grid's largest count below N, the later
-    layers keeping it) at four layers, for each of the ``kl`` and ``task_loss`` curves the profile has, as one line;
+    layers keeping it) at four layers, for each of the ``kl``, ``task_loss`` and ``kl_teacher`` curves the profile
+    has, as one line;
     empty for a grid without such a count. Under low-bit operators the KL can sit well above the answer loss
     there: any change of input re-rolls the quantized model's own answers (docs/results/joint_h100)."""
     from quota.profiling.damage_fit import from_layer_damage
@@ -89,7 +90,7 @@ def smallest_cut_line(p) -> str:
     g = len(p.grid) - 2
     layers = sorted({0, p.n_layers // 4, p.n_layers // 2, 3 * p.n_layers // 4})
     parts = [f"{kind} " + " / ".join(f"{from_layer_damage(p.damage[kind])[layer, g]:.2f}" for layer in layers)
-             for kind in ("kl", "task_loss") if kind in p.damage]
+             for kind in ("kl", "task_loss", "kl_teacher") if kind in p.damage]
     return (f"smallest cut (keep {p.grid[g]} of {p.n_visual_tokens}) from layers {' / '.join(map(str, layers))}: "
             + ", ".join(parts))
 
@@ -110,9 +111,9 @@ def additivity_line(p) -> str:
     line += f", {fitted['spearman']:.3f} under the solver's monotone fit"
     if fitted.get("spearman_with_interactions") is not None:
         line += f" ({fitted['spearman_with_interactions']:.3f} with interaction terms)"
-    other = check.get("other")
-    if isinstance(other, dict) and other.get("damage") in p.damage:
-        line += f"; {other['damage']}: {other['spearman']:.3f} as measured, {other['fitted']:.3f} under the fit"
+    for name, other in (check.get("others") or {}).items():
+        if name in p.damage and isinstance(other, dict):
+            line += f"; {name}: {other['spearman']:.3f} as measured, {other['fitted']:.3f} under the fit"
     return line
 
 

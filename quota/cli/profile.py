@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "measured with exactly these settings and refuses otherwise, --resume=recompute discards "
                         "those of other settings and measures them again")
     p.add_argument("--no-latency", action="store_true", help="skip the latency curve")
+    p.add_argument("--no-teacher", action="store_true",
+                   help="testbed: skip the full-precision answers behind the kl_teacher curve (taken by default "
+                        "when the config quantizes something)")
     p.add_argument("--precisions", default=None, metavar="P1,P2,...",
                    help="also profile per-layer precision (testbed, one process): the damage of each layer alone at "
                         "each option against bf16, the token curves under the lowest option and bf16, each option's "
@@ -100,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         prof = profile_checkpoint(model, args.data, quant, settings, args.output, args.resume or False, args.device,
                                   args.limit)
     else:
-        prof = profile_testbed(quant, settings, args.output, args.resume or False, args.device, args.limit)
+        prof = profile_testbed(quant, settings, args.output, args.resume or False, args.device, args.limit,
+                               teacher=False if args.no_teacher else None)
     if prof is not None:
         print(f"profile of {prof.model_id} on {prof.device}: {prof.n_layers} layers x {len(prof.grid)} keep counts, "
               f"score weights {prof.score_weights}"
@@ -170,8 +174,7 @@ def _validate(args: argparse.Namespace) -> int:
         if fitted.get("spearman_with_interactions") is not None:
             line += f", {fitted['spearman_with_interactions']:.3f} with the interaction terms"
         print(line)
-    other = report.get("other")
-    if other:
-        print(f"{other['damage']} on the same schedules: Spearman {other['spearman']:.3f} as measured, "
+    for name, other in (report.get("others") or {}).items():
+        print(f"{name} on the same schedules: Spearman {other['spearman']:.3f} as measured, "
               f"{other['fitted']:.3f} under the fit")
     return 0

@@ -101,7 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto (default: exact DP when the problem fits it, else CP-SAT), dp, cpsat, mip (exact); "
                         "relax, greedy (heuristics)")
     p.add_argument("--damage", default="kl",
-                   help="damage curve to minimize: kl (default), task_loss, or per_task (with --aggregate)")
+                   help="damage curve to minimize: kl (default), task_loss, kl_teacher (profiles measured with a "
+                        "full-precision teacher: KL to its answers, without the low-bit re-roll floor), or per_task "
+                        "(with --aggregate)")
     p.add_argument("--damage-fit", choices=DAMAGE_FITS, default=DAMAGE_FITS[0],
                    help="how the profile's curves are read: monotone (default; per-layer terms fitted to be >= 0 "
                         "and non-increasing in the keep count, interaction terms recomputed against the fit) or "

@@ -4,9 +4,9 @@ reported as a Spearman rank correlation. When the profile has KL interaction ter
 ranked by the prediction that adds them (``spearman_with_interactions``), so the two are comparable. The report's
 top-level figures read the curves as measured (``raw``); ``fitted`` ranks the same schedules under the solver's
 default ``monotone`` fit (:mod:`quota.profiling.damage_fit`), with and without the interaction terms. Every
-measurement yields both KL and task loss, so ``other`` ranks the same schedules by the other damage as well (when
-the profile has its curves): under low-bit operators the two can disagree (the KL floor of
-docs/results/joint_h100)."""
+measurement yields KL, task loss and, with a teacher, ``kl_teacher``, so ``others`` ranks the same schedules by
+every other damage as well (those the profile has curves of): under low-bit operators they can disagree (the KL
+floor of docs/results/joint_h100)."""
 
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ class AdditivityReport:
     predicted_with_interactions: list[float] | None = field(default=None)
     spearman_with_interactions: float | None = None
     fitted: dict | None = None
-    other: dict | None = None  # {"damage", "measured", "predicted", "spearman", "fitted"} of the other damage
+    others: dict | None = None  # damage -> {"measured", "predicted", "spearman", "fitted"}, the other damages
 
     def to_dict(self) -> dict:
         """The report as JSON; the interaction fields only when the profile had interaction terms."""
         d = asdict(self)
         if self.predicted_with_interactions is None:
             del d["predicted_with_interactions"], d["spearman_with_interactions"]
-        for key in ("fitted", "other"):
+        for key in ("fitted", "others"):
             if d[key] is None:
                 del d[key]
         return d
@@ -108,25 +108,32 @@ def check_additivity(profile: Profile, meter: DamageMeter, count: int = 30, seed
     """Measure ``count`` random schedules with ``meter`` and correlate with the profile's prediction;
     ``on_item(done, total)`` is called after each schedule. With KL damage and a profile that has interaction
     terms, the same measurements are also correlated with the prediction that includes them."""
+    if damage not in profile.damage:
+        raise ValueError(f"the profile has no {damage!r} damage curve to check (it has {sorted(profile.damage)})")
     schedules = random_schedules(profile, count, seed)
     predicted = predictions(profile, schedules, damage)
-    other_damage = "task_loss" if damage == "kl" else "kl"
-    measured, measured_other = [], []
+    by_damage: dict[str, list] = {"kl": [], "task_loss": [], "kl_teacher": []}
     for i, s in enumerate(schedules):
         d = meter.measure(s, profile.n_visual_tokens)
-        measured.append(d.kl if damage == "kl" else d.task_loss)
-        measured_other.append(d.task_loss if damage == "kl" else d.kl)
+        for name, values in by_damage.items():
+            values.append(getattr(d, name))
         if on_item is not None:
             on_item(i + 1, len(schedules))
+    if any(v is None for v in by_damage[damage]):
+        raise ValueError(f"damage {damage!r} is not measured by this meter (kl_teacher needs a teacher)")
+    measured = by_damage.pop(damage)
     rho, p = spearmanr(predicted, measured)
     report = AdditivityReport([list(s) for s in schedules], predicted, measured, float(rho), float(p), damage)
     if damage == "kl" and profile.interactions is not None:
         report.predicted_with_interactions = predictions(profile, schedules, damage, True)
         report.spearman_with_interactions = float(spearmanr(report.predicted_with_interactions, measured)[0])
     report.fitted = fitted_ranking(profile, schedules, measured, damage)
-    if other_damage in profile.damage:
-        other = predictions(profile, schedules, other_damage)
-        report.other = {"damage": other_damage, "measured": measured_other, "predicted": other,
-                        "spearman": float(spearmanr(other, measured_other)[0]),
-                        "fitted": fitted_ranking(profile, schedules, measured_other, other_damage)["spearman"]}
+    others = {}
+    for name, values in by_damage.items():
+        if name in profile.damage and all(v is not None for v in values):
+            predicted_other = predictions(profile, schedules, name)
+            others[name] = {"measured": values, "predicted": predicted_other,
+                            "spearman": float(spearmanr(predicted_other, values)[0]),
+                            "fitted": fitted_ranking(profile, schedules, values, name)["spearman"]}
+    report.others = others or None
     return report

@@ -280,9 +280,11 @@ def calibrate_stages(meter: DamageMeter, n_layers: int, n_visual: int, settings:
 def profile_model(
     model, batches: Sequence[CalibrationBatch], quant: QuantConfig, *, model_id: str, model_hash: str,
     data_version: str, settings: ProfileSettings | None = None, output: str | Path | None = None,
-    resume: bool | str = False, extra_settings: dict | None = None,
+    resume: bool | str = False, extra_settings: dict | None = None, teacher: Sequence[torch.Tensor] | None = None,
 ) -> Profile | None:
-    """Profile an (already quantized) VLM on calibration ``batches`` (teacher-forced answers). Returns the
+    """Profile an (already quantized) VLM on calibration ``batches`` (teacher-forced answers). With ``teacher``
+    (the full-precision model's answers, :func:`quota.profiling.sensitivity.teacher_answers`) the profile also
+    has the ``kl_teacher`` curve, and ``extra.teacher`` says what quantization alone costs against it. Returns the
     Profile on rank 0 (``None`` on other ranks); with ``output`` it is written there atomically, and per-rank
     partial results next to it, each with the run's settings record (:func:`settings_record`, plus the data
     digest and the chosen score weights), allow ``resume``: ``True``/``"strict"`` reuses the partial results
@@ -299,13 +301,13 @@ def profile_model(
     stem = Path(output).with_suffix("") if output is not None else None
     record = settings_record(model_id=model_id, model_hash=model_hash, quant=quant, data_version=data_version,
                              questions=sum(len(b.tasks) for b in batches), n_visual=n_visual, settings=settings,
-                             device=device, extra=extra_settings)
+                             device=device, extra={**(extra_settings or {}), **({"teacher": True} if teacher is not None else {})})
     record["data_digest"] = batches_digest(batches)
     if stem is not None:
         check_partials(stem, record, resume)  # refuse now rather than after calibrating the score weights
 
     meter = DamageMeter(model, batches, dict(settings.score_candidates[0]), impl=settings.impl,
-                        reference_tokens=n_visual)
+                        reference_tokens=n_visual, teacher=teacher)
     t0 = time.time()
     weights, search, pre_llm, pre_search = calibrate_stages(meter, n_layers, n_visual, settings,
                                                             sum(len(b.tasks) for b in batches))
@@ -342,6 +344,8 @@ def profile_model(
         return from_layer
 
     kl_from, loss_from = curve(lambda d: d.kl), curve(lambda d: d.task_loss)
+    with_teacher = all(d.kl_teacher is not None for d in grid_results.values())
+    teacher_from = curve(lambda d: d.kl_teacher) if with_teacher else None
     pairs = interaction_record(kl_from, grid, subgrid, measured_pairs)
     tasks = sorted({t for d in grid_results.values() for t in d.per_task})
     per_task = {t: per_layer_contributions(curve(lambda d, t=t: d.per_task.get(t, 0.0))) for t in tasks}
@@ -355,7 +359,8 @@ def profile_model(
     t_latency = time.time() - t0
     prof = Profile(
         model_id=model_id, model_hash=model_hash, n_layers=n_layers, n_visual_tokens=n_visual, grid=tuple(grid),
-        damage={"kl": per_layer_contributions(kl_from), "task_loss": per_layer_contributions(loss_from)},
+        damage={"kl": per_layer_contributions(kl_from), "task_loss": per_layer_contributions(loss_from),
+                **({"kl_teacher": per_layer_contributions(teacher_from)} if with_teacher else {})},
         per_task=per_task, costs=costs, score_weights=weights, score_search=search,
         pre_llm_weights=pre_llm or {}, pre_llm_search=pre_search, interactions=pairs and pairs["terms"],
         selection=chosen["selection"], merge=int(chosen["merge"]), selection_search=selection_search,
@@ -373,6 +378,10 @@ def profile_model(
         extra={"kl_prune_from_layer": kl_from.tolist(), "task_loss_prune_from_layer": loss_from.tolist(),
                "text_tokens_mean": text_tokens, "additive_model": "h_l(k) = d_from(l, k) - d_from(l + 1, k)",
                "reference_check": meter.reference_check,
+               **({"kl_teacher_prune_from_layer": teacher_from.tolist(),
+                   "teacher": {"kl_all_tokens": float(np.concatenate(meter.teacher_gap()).mean()),
+                               "meaning": "mean KL(full-precision answers || this model's all-token answers)"}}
+                  if with_teacher else {}),
                **(pairs["extra"] if pairs else {})},
     )
     if output is not None:

@@ -3,7 +3,14 @@
 For a batch of calibration questions, the answer tokens are teacher-forced: the prompt is prefilled
 with pruning, then each answer token is fed as a decode step, giving log-probabilities of every
 answer position. Damage against the same model with all tokens: ``kl`` (sum over answer tokens of
-KL(full || pruned), mean over questions) and ``task_loss`` (increase of the answer's cross-entropy).
+KL(full || pruned), mean over questions) and ``task_loss`` (increase of the answer's cross-entropy). With a
+``teacher`` (the full-precision model's all-token answers), also ``kl_teacher``: how much farther from the
+teacher's answers the pruned model is than the all-token one, ``KL(teacher || pruned) - KL(teacher || full)``.
+
+Why the teacher: a low-bit model re-rolls its answers on any change of input (0.001 pixel noise moves the
+quantized testbed's by 1.3-1.8 nats, the float model's by 4e-9; docs/results/joint_h100). ``kl`` against its own
+all-token answers charges every pruned schedule that re-roll, about a nat for one dropped token as for 32;
+``kl_teacher`` and ``task_loss`` compare both runs with a fixed target instead, so the re-roll cancels on average.
 
 Per-layer curves: ``from_layer[l, g]`` is the damage of the schedule that keeps all N tokens in layers
 ``< l`` and ``grid[g]`` tokens from layer ``l`` on (FastV-style pruning at layer ``l``; every such
@@ -84,6 +91,7 @@ class ScheduleDamage:
     kl: float
     task_loss: float
     per_task: dict[str, float]
+    kl_teacher: float | None = None  # with a teacher: KL(teacher || pruned) - KL(teacher || all tokens), mean
 
 
 def as_scoring(scoring: ScoringSpec | Mapping[str, float]) -> ScoringSpec:
@@ -139,15 +147,24 @@ class DamageMeter:
 
     ``scoring``: how the measured schedules pick their tokens, a :class:`ScoringSpec` (per-stage weights
     included, so that a schedule pruning before layer 0 is scored with the ``pre_llm`` weights) or a signal ->
-    weight mapping used at every pruning point; :attr:`score_weights` is its ``weights``."""
+    weight mapping used at every pruning point; :attr:`score_weights` is its ``weights``.
+
+    ``teacher``: the full-precision model's all-token answer log-probabilities, ``[B, A, V]`` per batch
+    (:func:`teacher_answers`); with it every measurement also has ``kl_teacher``."""
 
     def __init__(self, model, batches: Sequence[CalibrationBatch], scoring: ScoringSpec | Mapping[str, float],
-                 impl: str = "auto", reference_tokens: int | None = None) -> None:
+                 impl: str = "auto", reference_tokens: int | None = None,
+                 teacher: Sequence[torch.Tensor] | None = None) -> None:
         self.model, self.batches, self.impl = model, list(batches), impl
         self.scoring = as_scoring(scoring)
         self.reference_tokens = reference_tokens  # schedules are resolved per batch from this N (dynamic resolution)
         self._reference: list[torch.Tensor] | None = None
         self.reference_check: dict | None = None
+        if teacher is not None and len(teacher) != len(self.batches):
+            raise ValueError(f"teacher: one answer tensor per batch expected, got {len(teacher)} for "
+                             f"{len(self.batches)} batches")
+        self.teacher = None if teacher is None else list(teacher)
+        self._teacher_gap: list[np.ndarray] | None = None  # KL(teacher || all tokens) per question, per batch
 
     @property
     def score_weights(self) -> dict[str, float]:
@@ -172,15 +189,43 @@ class DamageMeter:
         """Damage of ``schedule`` scored by ``scoring`` (default: the meter's)."""
         ref = self.reference(n_visual, len(schedule))
         runner = self._runner(schedule, scoring)
-        kls, losses, tasks = [], [], []
-        for b, r in zip(self.batches, ref):
-            kl, loss = damage(r.to(b.input_ids.device), answer_logprobs(runner, b), b)
+        kls, losses, gaps, tasks = [], [], [], []
+        for i, (b, r) in enumerate(zip(self.batches, ref)):
+            pruned = answer_logprobs(runner, b)
+            kl, loss = damage(r.to(b.input_ids.device), pruned, b)
             kls.append(kl)
             losses.append(loss)
+            if self.teacher is not None:
+                gaps.append(damage(self.teacher[i].to(pruned.device), pruned, b)[0] - self.teacher_gap()[i])
             tasks += b.tasks
         kl, loss = np.concatenate(kls), np.concatenate(losses)
         per_task = {t: float(kl[[i for i, x in enumerate(tasks) if x == t]].mean()) for t in sorted(set(tasks))}
-        return ScheduleDamage(float(kl.mean()), float(loss.mean()), per_task)
+        kl_teacher = float(np.concatenate(gaps).mean()) if gaps else None
+        return ScheduleDamage(float(kl.mean()), float(loss.mean()), per_task, kl_teacher)
+
+    def teacher_gap(self) -> list[np.ndarray]:
+        """``KL(teacher || all tokens)`` per question (one array per batch): what quantization alone costs against
+        the teacher, the baseline of ``kl_teacher``. Needs a teacher and the reference (computed on first use)."""
+        if self.teacher is None:
+            raise ValueError("this DamageMeter has no teacher")
+        if self._teacher_gap is None:
+            if self._reference is None:
+                raise ValueError("the all-token reference is computed by the first measure() or reference() call")
+            self._teacher_gap = [damage(t.to(r.device), r, b)[0]
+                                 for t, r, b in zip(self.teacher, self._reference, self.batches)]
+        return self._teacher_gap
+
+
+def teacher_answers(model, batches: Sequence[CalibrationBatch], n_visual: int, impl: str = "auto",
+                    reference_tokens: int | None = None) -> list[torch.Tensor]:
+    """The all-token answer log-probabilities of ``model`` (the full-precision one, before it is quantized),
+    ``[B, A, V]`` float32 on the CPU per batch, as :class:`DamageMeter` takes them for ``teacher``: the reference a
+    meter on ``model`` computes (checked to repeat, :func:`stable_reference`)."""
+    from quota.models.registry import spec_for
+
+    n_layers = len(spec_for(model).layers_of(model))
+    meter = DamageMeter(model, batches, {"attn_last": 1.0}, impl=impl, reference_tokens=reference_tokens)
+    return meter.reference(n_visual, n_layers)
 
 
 def prune_from_schedule(n_layers: int, n_visual: int, layer: int, keep: int) -> tuple[int, ...]:
@@ -201,7 +246,7 @@ def measure_grid(
     def compute(item):
         layer, k = item
         d = meter.measure(prune_from_schedule(n_layers, n_visual, layer, k), n_visual)
-        return {"kl": d.kl, "task_loss": d.task_loss, "per_task": d.per_task}
+        return {"kl": d.kl, "task_loss": d.task_loss, "per_task": d.per_task, "kl_teacher": d.kl_teacher}
 
     if run_items is None:
         results = {item: compute(item) for item in items}
@@ -210,7 +255,7 @@ def measure_grid(
         if raw is None:
             return None
         results = {item: raw[item_key(item)] for item in items}
-    return {k: ScheduleDamage(v["kl"], v["task_loss"], v["per_task"]) for k, v in results.items()}
+    return {k: ScheduleDamage(v["kl"], v["task_loss"], v["per_task"], v.get("kl_teacher")) for k, v in results.items()}
 
 
 # --- two-step schedules (the measurements of the interaction terms) ----------------------------------------------
@@ -241,7 +286,7 @@ def measure_pairs(
     def compute(item):
         _, layer, a, b = item
         d = meter.measure(two_step_schedule(n_layers, n_visual, layer, grid[a], grid[b]), n_visual)
-        return {"kl": d.kl, "task_loss": d.task_loss, "per_task": d.per_task}
+        return {"kl": d.kl, "task_loss": d.task_loss, "per_task": d.per_task, "kl_teacher": d.kl_teacher}
 
     if run_items is None:
         raw = {item_key(item): compute(item) for item in items}

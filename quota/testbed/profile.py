@@ -12,7 +12,7 @@ from quota.models.registry import check_model_name
 from quota.profiling.additivity import check_additivity
 from quota.profiling.measure import ProfileSettings, profile_model, progress_reporter, settings_record
 from quota.profiling.profile import Profile
-from quota.profiling.sensitivity import DamageMeter
+from quota.profiling.sensitivity import DamageMeter, teacher_answers
 from quota.profiling.sharding import check_partials, init_from_env, rank_placement
 from quota.quant.config import QuantConfig
 from quota.testbed import model as testbed
@@ -23,9 +23,13 @@ from quota.testbed.splits import DATA_VERSION, calibration_split, test_split
 
 def profile_testbed(
     quant: QuantConfig | None = None, settings: ProfileSettings | None = None, output: str | Path | None = None,
-    resume: bool | str = False, device: str | None = None, limit: int | None = None,
+    resume: bool | str = False, device: str | None = None, limit: int | None = None, teacher: bool | None = None,
 ) -> Profile | None:
     """Load the testbed, quantize it on the calibration split (the only data profiling may see) and profile it.
+
+    ``teacher`` (default: whenever ``quant`` quantizes something): first take the full-precision testbed's
+    answers on the same batches, so that the profile also has the ``kl_teacher`` curve (a KL without the low-bit
+    model's re-roll floor; :mod:`quota.profiling.sensitivity`).
 
     ``resume`` (with ``output``): ``True``/``"strict"`` continues from partial files of the very same settings
     (model hash, quantization, questions, grid, score candidates, batch size, versions, device) and refuses
@@ -37,19 +41,23 @@ def profile_testbed(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"--limit must be a number of calibration questions >= 1, got {limit!r}")
     quant = quant or QuantConfig(impl="auto")
+    teacher = not quant.is_identity if teacher is None else teacher
     device, dtype = rank_placement(device)
     questions = calibration_split()[:limit] if limit else calibration_split()
     identity = dict(model_id=testbed.MODEL_ID, model_hash=testbed.model_hash(), data_version=DATA_VERSION)
     extra = {"calibration_questions": len(questions)}  # the quantization's calibration set
+    if teacher:
+        extra["teacher"] = True
     if output is not None:
         early = settings_record(**identity, quant=quant, questions=len(questions), n_visual=testbed.N_VISUAL_TOKENS,
                                 settings=settings, device=device, extra=extra)
         check_partials(Path(output).with_suffix(""), early, resume)
     tb = testbed.load(device, dtype)
-    model = quantize_testbed(tb.model, tb.tokenizer, quant, calibration_limit=limit, inplace=True)
     batches = make_batches(tb.tokenizer, questions, settings.batch_size, device, dtype)
+    answers = teacher_answers(tb.model, batches, testbed.N_VISUAL_TOKENS, settings.impl) if teacher else None
+    model = quantize_testbed(tb.model, tb.tokenizer, quant, calibration_limit=limit, inplace=True)
     return profile_model(model, batches, quant, **identity, settings=settings, output=output, resume=resume,
-                         extra_settings=extra)
+                         extra_settings=extra, teacher=answers)
 
 
 def validate_testbed_profile(profile_path: str | Path, count: int = 30, questions_per_task: int = 52,
@@ -57,16 +65,19 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
     """Spearman check of the additive damage model of a testbed profile, on held-out test questions.
 
     The testbed is quantized as the profile says (calibrated on the calibration split), ``count`` random
-    feasible schedules are measured on ``questions_per_task`` test questions per task, and the report is
-    stored in the profile's ``extra["additivity"]`` (the file is rewritten atomically)."""
+    feasible schedules are measured on ``questions_per_task`` test questions per task (with the full-precision
+    teacher's answers too when the profile has a ``kl_teacher`` curve), and the report is stored in the profile's
+    ``extra["additivity"]`` (the file is rewritten atomically)."""
 
     profile = Profile.load(profile_path)
     device, dtype = placement(device)
     tb = testbed.load(device, dtype)
     quant = QuantConfig.from_dict(profile.quant)
-    model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
     questions = test_split(limit=questions_per_task)
-    meter = DamageMeter(model, make_batches(tb.tokenizer, questions, 64, device, dtype), profile.scoring)
+    batches = make_batches(tb.tokenizer, questions, 64, device, dtype)
+    teacher = teacher_answers(tb.model, batches, profile.n_visual_tokens) if "kl_teacher" in profile.damage else None
+    model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
+    meter = DamageMeter(model, batches, profile.scoring, teacher=teacher)
     result = check_additivity(profile, meter, count, seed, on_item=progress_reporter("additivity schedules"))
     report = result.to_dict()
     report["questions"] = len(questions)

@@ -52,11 +52,18 @@ def test_the_other_damage_is_ranked_on_the_same_measurements():
 
     p = synthetic_profile()
     report = check_additivity(p, TwoDamageMeter(p), count=12)
-    other = report.other
-    assert other["damage"] == "task_loss" and other["measured"] == [-m for m in report.measured]
+    assert set(report.others) == {"task_loss"}  # no teacher: no kl_teacher measured
+    other = report.others["task_loss"]
+    assert other["measured"] == [-m for m in report.measured]
     assert other["predicted"] == predictions(p, report.schedules, "task_loss")
     assert other["spearman"] == spearmanr(other["predicted"], other["measured"])[0]
     assert report.spearman > 0.99 and other["spearman"] != report.spearman
-    assert report.to_dict()["other"]["damage"] == "task_loss"
+    assert set(report.to_dict()["others"]) == {"task_loss"}
     no_task = Profile.from_dict({**p.to_dict(), "damage": {"kl": p.damage["kl"].tolist()}})
-    assert check_additivity(no_task, TwoDamageMeter(no_task), count=5).other is None
+    assert check_additivity(no_task, TwoDamageMeter(no_task), count=5).others is None
+    with pytest.raises(ValueError, match="no 'kl_teacher' damage curve"):
+        check_additivity(p, TwoDamageMeter(p), count=5, damage="kl_teacher")
+    with_curve = Profile.from_dict({**p.to_dict(), "damage": {**{k: v.tolist() for k, v in p.damage.items()},
+                                                              "kl_teacher": p.damage["kl"].tolist()}})
+    with pytest.raises(ValueError, match="kl_teacher needs a teacher"):
+        check_additivity(with_curve, TwoDamageMeter(with_curve), count=5, damage="kl_teacher")
