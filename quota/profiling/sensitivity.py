@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from quota.models.registry import spec_for
 from quota.profiling.sharding import item_key
 from quota.recipe import ScoringSpec
 from quota.runtime.generate import PrunedRunner
@@ -221,8 +222,6 @@ def teacher_answers(model, batches: Sequence[CalibrationBatch], n_visual: int, i
     """The all-token answer log-probabilities of ``model`` (the full-precision one, before it is quantized),
     ``[B, A, V]`` float32 on the CPU per batch, as :class:`DamageMeter` takes them for ``teacher``: the reference a
     meter on ``model`` computes (checked to repeat, :func:`stable_reference`)."""
-    from quota.models.registry import spec_for
-
     n_layers = len(spec_for(model).layers_of(model))
     meter = DamageMeter(model, batches, {"attn_last": 1.0}, impl=impl, reference_tokens=reference_tokens)
     return meter.reference(n_visual, n_layers)
