@@ -31,6 +31,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -296,7 +298,9 @@ def run_suite(
         base = models[row.precision]
         plan = plan_of(row, base, model_hash if loads_testbed else None)
         runnable = base if plan is None else apply(base, Recipe.from_plan(plan, expected_visual_tokens(base)))
+        start = time.perf_counter()
         answers = answer_questions(runnable, tokenizer, questions, batch_size, progress=False)
+        seconds = time.perf_counter() - start
         runner = getattr(runnable, "runner", None)
         meta = {"row": row.name, "precision": row.precision, "plan": row.plan, "tokens": row.tokens,
                 "quant": quant.short_name() if row.precision == "lowbit" else "BF16",
@@ -310,6 +314,8 @@ def run_suite(
         if legacy.is_file():  # superseded by the row just written
             legacy.unlink()
         results[row.name] = result
+        print(f"[quota eval] {row.name}: {len(questions)} questions in {seconds:.0f} s, average {result.average:.3f}",
+              file=sys.stderr, flush=True)
     return _write_report(out, results, [], paired_against)
 
 

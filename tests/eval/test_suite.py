@@ -59,7 +59,7 @@ def answers_spy(monkeypatch):
     return calls
 
 
-def test_suite_runs_writes_and_resumes(small_testbed, tmp_path, answers_spy):
+def test_suite_runs_writes_and_resumes(small_testbed, tmp_path, answers_spy, capsys):
     model, tok = small_testbed
     kw = dict(plans=["random"], budgets=[64], quant=RTN, tasks=["counting"], batch_size=2, device="cpu", model=model,
               tokenizer=tok)
@@ -67,6 +67,9 @@ def test_suite_runs_writes_and_resumes(small_testbed, tmp_path, answers_spy):
     digest = suite.state_digest(model)
     kw["model_hash"] = digest  # the same identity, without hashing the model again in every run below
     assert set(results) == {"bf16/all", "lowbit/all", "bf16/random@64", "lowbit/random@64"}
+    timed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[quota eval] ")]
+    assert sorted(line.split(":")[0][13:] for line in timed) == sorted(results)  # one timing line per row
+    assert all(" 1 questions in " in line for line in timed)
     assert results["bf16/random@64"].meta["equivalent_tokens"] == 64
     assert "ret. vs bf16" in (tmp_path / "suite.md").read_text()
     stored = json.loads((tmp_path / f"{SuiteRow('lowbit', 'random', 64.0).file_stem}.json").read_text())
