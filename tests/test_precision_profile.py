@@ -144,6 +144,9 @@ def test_profile_of_a_tiny_model(measured):
     table = prof.precision_damage
     assert table.shape == (3, 3) and np.all(table[:, 2] == 0) and np.all(table[:, 0] > 0)
     assert set(prof.token_damage) == {"w4a4", "bf16"} and prof.extra["lowest"] == "w4a4"
+    # the lowest option's curves are measured against the reference's (bf16) answers, not its own
+    assert np.allclose(prof.token_damage["w4a4"], prof.profile.damage["kl_teacher"])
+    assert not np.allclose(prof.profile.damage["kl_teacher"], prof.profile.damage["kl"])
     assert len(prof.additivity["configurations"]) == 4
     assert prof.latency["method"] == "cpu_perf_counter" and prof.latency["prefill"].shape == (3, len(prof.grid))
 

@@ -5,7 +5,9 @@ the parts outside the decoder layers).
 Steps (every damage is the teacher-forced KL on the calibration answers):
 
 1. the token profile under the lowest option (:func:`lowest_precision`) with :func:`profile_model` (its score
-   weights, grid, analytic costs);
+   weights, grid, analytic costs); its token curves are its ``kl_teacher`` curves against the reference option's
+   all-token answers (the teacher), so that they share the reference of every other curve and of the precision
+   table, and carry no re-roll floor (a KL against a low-bit model's own answers does: docs/results/joint_h100);
 2. the token curves under the reference option (bf16), with the same score weights, when it is not the lowest;
 3. the precision table ``[L, P]`` and its additivity on random mixed configurations
    (:mod:`quota.profiling.precision`);
@@ -27,12 +29,12 @@ import torch.nn as nn
 
 from quota.models.registry import spec_for
 from quota.profiling.costs import kv_bytes_per_token, layer_flops
-from quota.profiling.measure import ProfileSettings, profile_model, progress_reporter
+from quota.profiling.measure import ProfileSettings, profile_model, progress_reporter, reference_visual_tokens
 from quota.profiling.precision import INTERPOLATION, check_precision_additivity, precision_table
 from quota.profiling.precision_latency import precision_latency
 from quota.profiling.precision_profile import PrecisionProfile, default_kv_bits
 from quota.profiling.damage_terms import per_layer_contributions
-from quota.profiling.sensitivity import CalibrationBatch, DamageMeter, measure_grid
+from quota.profiling.sensitivity import CalibrationBatch, DamageMeter, measure_grid, teacher_answers
 from quota.quant.config import QuantConfig
 from quota.quant.precision import PRECISIONS, PrecisionError, validate_layer_precision
 from quota.recipe import ScoringSpec
@@ -114,12 +116,16 @@ def profile_precisions(
     n_layers = len(spec.layers_of(lo_model))
     text_config = spec.text_config_of(lo_model)
 
+    teacher = None
+    if ref != lo:  # the lowest option's curves against the reference's answers, as every other curve and table is
+        _report(f"{ref} answers (the reference the {lo} token curves are measured against)")
+        teacher = teacher_answers(models[ref], batches, reference_visual_tokens(lo_model, batches), settings.impl)
     _report(f"token profile under {lo} (the lowest option)")
     token = profile_model(lo_model, batches, uniform_config(base, lo, n_layers, kv[lo]), model_id=model_id,
-                          model_hash=model_hash, data_version=data_version, settings=settings)
+                          model_hash=model_hash, data_version=data_version, settings=settings, teacher=teacher)
     n_visual, grid = token.n_visual_tokens, token.grid
     scoring = ScoringSpec(token.score_weights, stage_weights=token.stage_weights)
-    curves = {lo: token.damage["kl"]}
+    curves = {lo: token.damage["kl_teacher" if teacher is not None else "kl"]}
     t0 = time.time()
     if ref != lo:
         _report(f"token curves under {ref} (the reference option)")

@@ -217,13 +217,13 @@ class DamageMeter:
         return self._teacher_gap
 
 
-def teacher_answers(model, batches: Sequence[CalibrationBatch], n_visual: int, impl: str = "auto",
-                    reference_tokens: int | None = None) -> list[torch.Tensor]:
+def teacher_answers(model, batches: Sequence[CalibrationBatch], n_visual: int, impl: str = "auto") -> list[torch.Tensor]:
     """The all-token answer log-probabilities of ``model`` (the full-precision one, before it is quantized),
     ``[B, A, V]`` float32 on the CPU per batch, as :class:`DamageMeter` takes them for ``teacher``: the reference a
-    meter on ``model`` computes (checked to repeat, :func:`stable_reference`)."""
+    meter on ``model`` computes (``n_visual`` tokens per image, or each batch's own count under dynamic resolution;
+    checked to repeat, :func:`stable_reference`)."""
     n_layers = len(spec_for(model).layers_of(model))
-    meter = DamageMeter(model, batches, {"attn_last": 1.0}, impl=impl, reference_tokens=reference_tokens)
+    meter = DamageMeter(model, batches, {"attn_last": 1.0}, impl=impl, reference_tokens=n_visual)
     return meter.reference(n_visual, n_layers)
 
 
