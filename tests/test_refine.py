@@ -82,3 +82,16 @@ def test_without_anchors_only_the_k_best_are_measured(profiled, tmp_path, capsys
     out = json.loads(capsys.readouterr().out)
     assert [c["origin"] for c in out["candidates"]] == ["k-best"] * 3
     assert Recipe.load(tmp_path / "r.json").solver["refinement"]["anchors"] == 0
+
+
+def test_refinement_under_kl_teacher_measures_against_the_float_answers(profiled, tmp_path, capsys):
+    profile = Profile.load(profiled)
+    assert "kl_teacher" in profile.damage  # a quantizing config: the profile took the float testbed's answers
+    capsys.readouterr()
+    assert main(["solve", "--profile", str(profiled), "--budget", "0.5", "--damage", "kl_teacher", "--refine", "2",
+                 "--refine-questions", "2", "--refine-anchors", "1", "--device", "cpu", "-o", str(tmp_path / "r.json"),
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    measured = [c["measured"] for c in out["candidates"]]
+    assert len(measured) == 3 and all(m != c["kl"] for m, c in zip(measured, out["candidates"]))
+    assert Recipe.load(tmp_path / "r.json").solver["refinement"]["damage"] == "kl_teacher"

@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "those of other settings and measures them again")
     p.add_argument("--no-latency", action="store_true", help="skip the latency curve")
     p.add_argument("--no-teacher", action="store_true",
-                   help="testbed: skip the full-precision answers behind the kl_teacher curve (taken by default "
-                        "when the config quantizes something)")
+                   help="skip the full-precision answers behind the kl_teacher curve (taken by default for the "
+                        "testbed and a checkpoint folder when the config quantizes something)")
     p.add_argument("--precisions", default=None, metavar="P1,P2,...",
                    help="also profile per-layer precision (testbed, one process): the damage of each layer alone at "
                         "each option against bf16, the token curves under the lowest option and bf16, each option's "
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         from quota.data.profile import profile_checkpoint
 
         prof = profile_checkpoint(model, args.data, quant, settings, args.output, args.resume or False, args.device,
-                                  args.limit)
+                                  args.limit, teacher=False if args.no_teacher else None)
     else:
         prof = profile_testbed(quant, settings, args.output, args.resume or False, args.device, args.limit,
                                teacher=False if args.no_teacher else None)

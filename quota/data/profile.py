@@ -21,8 +21,9 @@ from pathlib import Path
 from quota.data.calibration import calibration_batches, calibration_inputs
 from quota.data.records import Record, read_records
 from quota.models.checkpoint import LoadedCheckpoint, load_checkpoint
-from quota.profiling.measure import ProfileSettings, profile_model
+from quota.profiling.measure import ProfileSettings, profile_model, reference_visual_tokens
 from quota.profiling.profile import Profile
+from quota.profiling.sensitivity import teacher_answers
 from quota.profiling.sharding import init_from_env, rank_placement
 from quota.quant.config import QuantConfig
 from quota.quantize.disk_cache import quantize_cached
@@ -63,26 +64,35 @@ def quantize_on_records(loaded: LoadedCheckpoint, records: Sequence[Record], qua
 def profile_on_records(
     model, processor, records: Sequence[Record], quant: QuantConfig, *, model_id: str, model_hash: str, version: str,
     settings: ProfileSettings | None = None, output: str | Path | None = None, resume: bool | str = False,
-    extra: dict | None = None,
+    extra: dict | None = None, teacher=None,
 ) -> Profile | None:
     """Profile ``model`` (already quantized per ``quant``) on ``records`` with its ``processor``: the records are
     batched by image size on the model's device and dtype, and the damage is teacher-forced on their answers.
-    ``version`` names the data (:func:`data_version`); the rest as :func:`~quota.profiling.measure.profile_model`."""
+    ``version`` names the data (:func:`data_version`); ``teacher``: the full-precision model's answers on the same
+    batches (:func:`record_batches`, :func:`~quota.profiling.sensitivity.teacher_answers`); the rest as
+    :func:`~quota.profiling.measure.profile_model`."""
     settings = settings or ProfileSettings()
-    param = next(model.parameters())
-    batches = calibration_batches(processor, records, settings.batch_size, param.device, param.dtype)
+    batches = record_batches(model, processor, records, settings.batch_size)
     extra = {"calibration_questions": len(records), **(extra or {})}
     return profile_model(model, batches, quant, model_id=model_id, model_hash=model_hash, data_version=version,
-                         settings=settings, output=output, resume=resume, extra_settings=extra)
+                         settings=settings, output=output, resume=resume, extra_settings=extra, teacher=teacher)
+
+
+def record_batches(model, processor, records: Sequence[Record], batch_size: int) -> list:
+    """The calibration batches of ``records`` on ``model``'s device and dtype, batched by image size."""
+    param = next(model.parameters())
+    return calibration_batches(processor, records, batch_size, param.device, param.dtype)
 
 
 def profile_checkpoint(
     folder: str | Path, data: str | Path, quant: QuantConfig | None = None, settings: ProfileSettings | None = None,
     output: str | Path | None = None, resume: bool | str = False, device: str | None = None,
-    limit: int | None = None,
+    limit: int | None = None, teacher: bool | None = None,
 ) -> Profile | None:
     """Load the checkpoint in ``folder``, quantize it per ``quant`` (default: W4A4 GPTQ + rotation + KV4)
-    calibrated on the records of ``data`` (the first ``limit``), and profile it on the same records.
+    calibrated on the records of ``data`` (the first ``limit``), and profile it on the same records. ``teacher``
+    (default: whenever ``quant`` quantizes something): first take the full-precision checkpoint's answers, so that
+    the profile also has the ``kl_teacher`` curve.
 
     Returns the :class:`~quota.profiling.profile.Profile` on rank 0 (``None`` on other ranks), written to
     ``output`` when given; ``resume`` as in :func:`~quota.profiling.measure.profile_model`. Bad records, an
@@ -94,8 +104,13 @@ def profile_checkpoint(
     version = data_version(data, records)
     device, dtype = rank_placement(device)
     loaded = load_checkpoint(folder, device, dtype)
+    answers = None
+    if (not quant.is_identity) if teacher is None else teacher:
+        batches = record_batches(loaded.model, loaded.processor, records, settings.batch_size)
+        answers = teacher_answers(loaded.model, batches, reference_visual_tokens(loaded.model, batches), settings.impl)
     model = quantize_on_records(loaded, records, quant, version, settings.batch_size, inplace=True)
     return profile_on_records(model, loaded.processor, records, quant, model_id=loaded.model_id,
                               model_hash=loaded.model_hash, version=version, settings=settings, output=output,
                               resume=resume, extra={"model_class": loaded.model_class,
-                                                    "dynamic_resolution": loaded.dynamic_resolution})
+                                                    "dynamic_resolution": loaded.dynamic_resolution},
+                              teacher=answers)

@@ -49,6 +49,12 @@ def test_a_fixed_resolution_checkpoint_profiles_on_its_records(folders, tmp_path
     assert np.all(from_layer[:, -1] == 0) and from_layer[0, 0] > 0  # all tokens: none; none kept: some
     assert set(prof.per_task) == {"attribute", "counting", "existence", "reading", "spatial"}
     assert prof.score_search["candidates"][1]["weights"] == {"vision_attn": 0.9, "magnitude": 0.1}  # LLaVA-1.5 has it
+    # the float checkpoint's answers came first: the KL to them, beyond what quantization alone costs
+    teacher_from = np.asarray(prof.extra["kl_teacher_prune_from_layer"])
+    assert np.allclose(np.asarray(prof.damage["kl_teacher"]).sum(axis=0), teacher_from[0])
+    assert np.all(teacher_from[:, -1] == 0) and prof.extra["teacher"]["kl_all_tokens"] > 0
+    plain = profile_checkpoint(ck["llava"], data, RTN, ProfileSettings(**FAST), device="cpu", teacher=False)
+    assert "kl_teacher" not in plain.damage and np.allclose(plain.damage["kl"], prof.damage["kl"])
 
 
 def test_a_dynamic_resolution_checkpoint_profiles_over_its_largest_image(folders):
@@ -57,7 +63,7 @@ def test_a_dynamic_resolution_checkpoint_profiles_over_its_largest_image(folders
     sizes = [loaded.visual_tokens((r_h, r_w)) for r_h, r_w in
              [(32, 32), (40, 64), (64, 40), (48, 48), (32, 48)]]  # the five images of write_dataset
     prof = profile_checkpoint(ck["llava_next"], data, RTN, ProfileSettings(**FAST), device="cpu")
-    assert prof.n_visual_tokens == max(sizes)
+    assert prof.n_visual_tokens == max(sizes) and "kl_teacher" in prof.damage
     assert [c["weights"] for c in prof.score_search["candidates"]] == [{"attn_last": 0.9, "magnitude": 0.1}]
     assert "vision_attn" in json.dumps(prof.score_search["skipped"])  # anyres tiles are not tokens: refused, said why
 
