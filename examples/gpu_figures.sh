@@ -37,7 +37,7 @@
 #            kept); then joint_refine beside its additivity check before and after the interaction terms on 30
 #            schedules (run detached). OUT_DIR/joint.log has the phases' times, OUT_DIR/joint_profile.done the end
 #   joint_refine  recipes of OUT_DIR/testbed_joint.json at 64/128/192 tokens and budget 0.3 under each damage of
-#            REFINE_DAMAGES (default "kl task_loss"), refined by measuring the REFINE_K (default 8) best predicted
+#            REFINE_DAMAGES (default "kl task_loss", and kl_teacher when the profile has it), refined by measuring the REFINE_K (default 8) best predicted
 #            schedules and the REFINE_ANCHORS (default 4) best stage-wise ones on REFINE_QUESTIONS (default 256)
 #            held-out calibration questions (recipe_refined_DAMAGE_K.json; existing ones are kept), beside the
 #            unrefined recipes under either reading of the curves (recipe_predicted_DAMAGE_FIT_K.json)
@@ -254,8 +254,10 @@ case "$section" in
   joint_refine)
     # Unrefined recipes (a second or two each) and refined ones, one process per (damage, target) side by side.
     prof="$out/testbed_joint.json"
-    stamp "refined solves: ${REFINE_DAMAGES:-kl task_loss}"
-    for damage in ${REFINE_DAMAGES:-kl task_loss}; do
+    damages="${REFINE_DAMAGES:-kl task_loss$(python3 -c 'import json, sys
+print(" kl_teacher" if "kl_teacher" in json.load(open(sys.argv[1]))["damage"] else "")' "$prof")}"
+    stamp "refined solves: $damages"
+    for damage in $damages; do
       for k in 64 128 192 b0.3; do
         budget_target "$k"
         for fit in monotone raw; do
