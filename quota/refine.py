@@ -10,9 +10,9 @@ profile never saw, and returns the recipe of the one with the least measured dam
 
 The stage-wise candidates are there because the additive model is biased towards schedules of many steps: on the
 H100 joint profile of the testbed, the k best schedules measured 0.26-0.88 nats above their prediction, while a
-prune-from-one-layer schedule's prediction is the profile's own measurement of it. The measured quantity is the one the problem
-minimizes: ``kl``, ``task_loss``, or for ``per_task`` the per-task KL aggregated as the problem aggregates it (mean,
-max or weighted). The recipe's ``solver`` record gains ``refinement``: every candidate with its origin (``k-best`` or
+prune-from-one-layer schedule's prediction is the profile's own measurement of it. The measured quantity is the one
+the problem minimizes: ``kl``, ``task_loss``, ``kl_teacher`` (the meter then needs a teacher), or for ``per_task``
+the per-task KL aggregated as the problem aggregates it (mean, max or weighted). The recipe's ``solver`` record gains ``refinement``: every candidate with its origin (``k-best`` or
 ``stage-wise``), predicted and measured damage, the chosen index, the question count and the held-out data's name.
 
 :func:`refine_testbed` runs it on the testbed: quantized as the profile says (through the quantized-model cache),
@@ -35,14 +35,14 @@ from quota.allocate import build_problem, recipe_from_solution
 from quota.device import placement
 from quota.profiling.damage_fit import DEFAULT_DAMAGE_FIT
 from quota.profiling.profile import Profile
-from quota.profiling.sensitivity import DamageMeter, ScheduleDamage, teacher_answers
+from quota.profiling.sensitivity import DamageMeter, ScheduleDamage
 from quota.quant.config import QuantConfig
 from quota.recipe import Recipe
 from quota.solvers import AllocationProblem, Solution, solve_k_best
 from quota.solvers.stagewise import best_stagewise
 from quota.testbed import model as testbed
 from quota.testbed.batches import make_batches
-from quota.testbed.quantized import quantize_testbed
+from quota.testbed.quantized import quantize_after_teacher
 from quota.testbed.splits import refinement_split
 
 
@@ -92,7 +92,8 @@ def refine(profile: Profile, meter: DamageMeter, k: int = 8, budget: float = 0.3
     (``budget``, ``budget_kind``, ``damage`` and ``problem_kw`` as :func:`quota.allocate.build_problem`) and of its
     ``anchors`` best stage-wise schedules not among them.
     ``meter`` measures on held-out questions (its scoring should be the profile's); ``data`` names them in the
-    record; ``progress``, when given, receives a line per measured candidate. Raises what :func:`quota.solvers.solve_k_best` raises (one-line :class:`quota.solvers.SolverError`)."""
+    record; ``progress``, when given, receives a line per measured candidate. Raises what
+    :func:`quota.solvers.solve_k_best` raises (one-line :class:`quota.solvers.SolverError`)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"refinement needs k >= 1 candidate schedules, got {k!r}")
     if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 0:
@@ -136,8 +137,8 @@ def refine_testbed(profile_path: str | Path, k: int = 8, budget: float = 0.3, qu
     quant = QuantConfig.from_dict(profile.quant) if profile.quant else QuantConfig(impl="auto")
     held_out = refinement_split(questions)
     batches = make_batches(tb.tokenizer, held_out, batch_size, device, dtype)
-    teacher = teacher_answers(tb.model, batches, profile.n_visual_tokens) if kw.get("damage") == "kl_teacher" else None
-    model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
+    model, teacher = quantize_after_teacher(tb.model, tb.tokenizer, quant, batches, profile.n_visual_tokens,
+                                            kw.get("damage") == "kl_teacher")
     meter = DamageMeter(model, batches, profile.scoring, teacher=teacher)
     kw.setdefault("progress", lambda line: print(f"[quota refine] {line}", file=sys.stderr, flush=True))
     return refine(profile, meter, k, budget, data=f"testbed refinement_split({questions})", **kw)

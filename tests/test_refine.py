@@ -28,7 +28,6 @@ def profiled(monkeypatch, tmp_path):
         monkeypatch.setattr(module, name, value)
     monkeypatch.setattr(refine_module.testbed, "load", fake_testbed.fake_load)
     monkeypatch.setattr(refine_module, "make_batches", fake_testbed.fake_batches)
-    monkeypatch.setattr(refine_module, "quantize_testbed", fake_testbed.fake_quantize)
     (tmp_path / "q.json").write_text(json.dumps(RTN.to_dict()))
     out = tmp_path / "p.json"
     assert main(["profile", "-o", str(out), "--limit", "4", "--grid-steps", "4", "--no-latency", "--quant",

@@ -80,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
 def smallest_cut_line(p) -> str:
     """The damage of the smallest cut (pruning from layer ``l`` to the grid's largest count below N, the later
     layers keeping it) at four layers, for each of the ``kl``, ``task_loss`` and ``kl_teacher`` curves the profile
-    has, as one line;
-    empty for a grid without such a count. Under low-bit operators the KL can sit well above the answer loss
+    has, as one line; empty for a grid without such a count. Under low-bit operators the KL can sit well above the answer loss
     there: any change of input re-rolls the quantized model's own answers (docs/results/joint_h100)."""
     from quota.profiling.damage_fit import from_layer_damage
 

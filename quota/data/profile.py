@@ -23,7 +23,7 @@ from quota.data.records import Record, read_records
 from quota.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from quota.profiling.measure import ProfileSettings, profile_model, reference_visual_tokens
 from quota.profiling.profile import Profile
-from quota.profiling.sensitivity import teacher_answers
+from quota.profiling.sensitivity import takes_teacher, teacher_answers
 from quota.profiling.sharding import init_from_env, rank_placement
 from quota.quant.config import QuantConfig
 from quota.quantize.disk_cache import quantize_cached
@@ -105,7 +105,7 @@ def profile_checkpoint(
     device, dtype = rank_placement(device)
     loaded = load_checkpoint(folder, device, dtype)
     answers = None
-    if (not quant.is_identity) if teacher is None else teacher:
+    if takes_teacher(quant, teacher):
         batches = record_batches(loaded.model, loaded.processor, records, settings.batch_size)
         answers = teacher_answers(loaded.model, batches, reference_visual_tokens(loaded.model, batches), settings.impl)
     model = quantize_on_records(loaded, records, quant, version, settings.batch_size, inplace=True)

@@ -301,7 +301,8 @@ def profile_model(
     stem = Path(output).with_suffix("") if output is not None else None
     record = settings_record(model_id=model_id, model_hash=model_hash, quant=quant, data_version=data_version,
                              questions=sum(len(b.tasks) for b in batches), n_visual=n_visual, settings=settings,
-                             device=device, extra={**(extra_settings or {}), **({"teacher": True} if teacher is not None else {})})
+                             device=device,
+                             extra={**(extra_settings or {}), **({"teacher": True} if teacher is not None else {})})
     record["data_digest"] = batches_digest(batches)
     if stem is not None:
         check_partials(stem, record, resume)  # refuse now rather than after calibrating the score weights

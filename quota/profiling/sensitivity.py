@@ -217,7 +217,14 @@ class DamageMeter:
         return self._teacher_gap
 
 
-def teacher_answers(model, batches: Sequence[CalibrationBatch], n_visual: int, impl: str = "auto") -> list[torch.Tensor]:
+def takes_teacher(quant, teacher: bool | None) -> bool:
+    """Whether profiling under ``quant`` (a :class:`~quota.quant.config.QuantConfig`) takes the full-precision
+    teacher's answers: as ``teacher`` says, or by default whenever ``quant`` quantizes something."""
+    return (not quant.is_identity) if teacher is None else bool(teacher)
+
+
+def teacher_answers(model, batches: Sequence[CalibrationBatch], n_visual: int,
+                    impl: str = "auto") -> list[torch.Tensor]:
     """The all-token answer log-probabilities of ``model`` (the full-precision one, before it is quantized),
     ``[B, A, V]`` float32 on the CPU per batch, as :class:`DamageMeter` takes them for ``teacher``: the reference a
     meter on ``model`` computes (``n_visual`` tokens per image, or each batch's own count under dynamic resolution;

@@ -36,8 +36,8 @@ def stagewise_indices(problem: AllocationProblem) -> tuple[np.ndarray, np.ndarra
             for g in range(top):
                 if b < layers and g == zero:
                     continue  # [N]*a + [0]*(L-a) is already the b = L schedule of k = 0
-                row = np.where(layer < a, top, g)
-                rows.append(np.where(layer >= b, zero if zero is not None else g, row))
+                tail = zero if b < layers else g  # layers >= b: none kept (b < L only where the grid has 0)
+                rows.append(np.where(layer < a, top, np.where(layer < b, g, tail)))
                 shapes.append(a * (layers + 1) + b)
     return np.asarray(rows, dtype=np.int64).reshape(-1, layers), np.asarray(shapes, dtype=np.int64)
 
@@ -54,9 +54,8 @@ def best_stagewise(problem: AllocationProblem, count: int, exclude=()) -> list[t
         return []
     cands, shapes = stagewise_indices(problem)  # [M, L], [M]
     layers = np.arange(problem.n_layers)
+    # non-increasing by construction (top > g >= the index of 0), so only the rows and domains can refuse one
     ok = problem.allowed[layers, cands].all(axis=1) & feasible_mask(problem, row_values(problem, cands))
-    if problem.monotone:
-        ok &= np.all(cands[:, :-1] >= cands[:, 1:], axis=1)
     cands, shapes = cands[ok], shapes[ok]
     if not len(cands):
         return []

@@ -12,12 +12,12 @@ from quota.models.registry import check_model_name
 from quota.profiling.additivity import check_additivity
 from quota.profiling.measure import ProfileSettings, profile_model, progress_reporter, settings_record
 from quota.profiling.profile import Profile
-from quota.profiling.sensitivity import DamageMeter, teacher_answers
+from quota.profiling.sensitivity import DamageMeter, takes_teacher
 from quota.profiling.sharding import check_partials, init_from_env, rank_placement
 from quota.quant.config import QuantConfig
 from quota.testbed import model as testbed
 from quota.testbed.batches import make_batches
-from quota.testbed.quantized import quantize_testbed
+from quota.testbed.quantized import quantize_after_teacher
 from quota.testbed.splits import DATA_VERSION, calibration_split, test_split
 
 
@@ -41,7 +41,7 @@ def profile_testbed(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"--limit must be a number of calibration questions >= 1, got {limit!r}")
     quant = quant or QuantConfig(impl="auto")
-    teacher = not quant.is_identity if teacher is None else teacher
+    teacher = takes_teacher(quant, teacher)
     device, dtype = rank_placement(device)
     questions = calibration_split()[:limit] if limit else calibration_split()
     identity = dict(model_id=testbed.MODEL_ID, model_hash=testbed.model_hash(), data_version=DATA_VERSION)
@@ -54,8 +54,8 @@ def profile_testbed(
         check_partials(Path(output).with_suffix(""), early, resume)
     tb = testbed.load(device, dtype)
     batches = make_batches(tb.tokenizer, questions, settings.batch_size, device, dtype)
-    answers = teacher_answers(tb.model, batches, testbed.N_VISUAL_TOKENS, settings.impl) if teacher else None
-    model = quantize_testbed(tb.model, tb.tokenizer, quant, calibration_limit=limit, inplace=True)
+    model, answers = quantize_after_teacher(tb.model, tb.tokenizer, quant, batches, testbed.N_VISUAL_TOKENS, teacher,
+                                            calibration_limit=limit, impl=settings.impl)
     return profile_model(model, batches, quant, **identity, settings=settings, output=output, resume=resume,
                          extra_settings=extra, teacher=answers)
 
@@ -75,8 +75,8 @@ def validate_testbed_profile(profile_path: str | Path, count: int = 30, question
     quant = QuantConfig.from_dict(profile.quant)
     questions = test_split(limit=questions_per_task)
     batches = make_batches(tb.tokenizer, questions, 64, device, dtype)
-    teacher = teacher_answers(tb.model, batches, profile.n_visual_tokens) if "kl_teacher" in profile.damage else None
-    model = quantize_testbed(tb.model, tb.tokenizer, quant, inplace=True)
+    model, teacher = quantize_after_teacher(tb.model, tb.tokenizer, quant, batches, profile.n_visual_tokens,
+                                            "kl_teacher" in profile.damage)
     meter = DamageMeter(model, batches, profile.scoring, teacher=teacher)
     result = check_additivity(profile, meter, count, seed, on_item=progress_reporter("additivity schedules"))
     report = result.to_dict()

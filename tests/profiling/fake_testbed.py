@@ -75,12 +75,13 @@ def counting_run_sharded(real):
 def patches() -> list[tuple[object, str, object]]:
     import quota.profiling.measure as measure
     import quota.testbed.profile as testbed_profile
+    import quota.testbed.quantized as testbed_quantized
 
     return [
         (testbed_profile.testbed, "load", fake_load),
         (testbed_profile.testbed, "N_VISUAL_TOKENS", N_VISUAL),
         (testbed_profile, "make_batches", fake_batches),
-        (testbed_profile, "quantize_testbed", fake_quantize),
+        (testbed_quantized, "quantize_testbed", fake_quantize),  # behind quantize_after_teacher
         (measure, "SCORE_CANDIDATES", CANDIDATES),
         (measure, "SELECTION_CANDIDATES", SELECTIONS),
         (measure, "run_sharded", counting_run_sharded(measure.run_sharded)),
