@@ -48,8 +48,8 @@
 #            paired difference; run detached, resumable
 #   joint_fp  issue 17's full-precision ablation: the same profile in bf16 (--no-latency; partial rank files in
 #            OUT_DIR resume it), its recipes on the same low-bit model into OUT_DIR/joint_suite, then the report
-#   joint_all  warm, then joint_fp (unless JOINT_FP=0) beside joint_profile then joint_suite, and the report of
-#            every row (run detached)
+#   joint_all  warm, then joint_fp (unless JOINT_FP=0), joint_profile and the suite's rows that need no recipe
+#            side by side, then the recipes' rows, and the report of every row (run detached)
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
 # solves with `--solver dp` (pure Python) so that it runs where they are not installed.
 set -euo pipefail
@@ -276,28 +276,43 @@ print(" kl_teacher" if "kl_teacher" in json.load(open(sys.argv[1]))["damage"] el
     # Issue 17's table on one low-bit model in one run: every stage-wise preset at 64/128/192 tokens and at the
     # tokens of each 0.3 recipe, and quota's refined recipes (RECIPES, default: OUT_DIR/recipe_refined_*.json),
     # LIMIT (default 500) test questions per task; SUITE_PROCS processes share the GPU, each writing its own rows;
-    # the report (with the paired difference) is written last from all of them.
-    suite_args=("${joint_suite_args[@]}" --resume)
+    # the report (with the paired difference) is written last from all of them. SUITE_PARTS chooses the rows:
+    # "fixed" (the presets at 64/128/192, which need no recipe), "recipes" (the recipes and the presets at their
+    # 0.3 tokens), or both (the default). The all-token row comes first in either part, under a lock, so that
+    # two parts running side by side compute it once.
+    suite_args=("${joint_suite_args[@]}" --resume) parts="${SUITE_PARTS:-fixed recipes}"
     joint_recipes
-    stamp "suite: the all-token rows, then ${#plans[@]} recipes and the presets at 64 128 192 ${t30s[*]} tokens"
-    timeout 1800 $q eval "${suite_args[@]}" --plans > "$out/joint_suite_all.log" 2>&1 || true
-    jobs_=()  # the recipes first, four to a process, then one process per (preset, budget group)
-    for ((r = 0; r < ${#plans[@]}; r += 4)); do
-      jobs_+=("--plans ${plans[*]:r:4}")
-    done
-    for p in "${joint_presets[@]}"; do
-      jobs_+=("--plans $p --budgets 64 128") jobs_+=("--plans $p --budgets 192 ${t30s[*]}")
-    done
-    running=0 i=0
-    for j in "${jobs_[@]}"; do
-      timeout 3600 $q eval "${suite_args[@]}" $j > "$out/joint_suite_$i.log" 2>&1 &
-      i=$((i + 1)) running=$((running + 1))
+    stamp "suite ($parts): the all-token row, then ${#plans[@]} recipes and the presets at 64 128 192 ${t30s[*]} tokens"
+    mkdir -p "$out/joint_suite"
+    flock "$out/joint_suite/.all_tokens.lock" timeout 1800 $q eval "${suite_args[@]}" --plans \
+      >> "$out/joint_suite_all.log" 2>&1 || true
+    jobs_=() tags=()  # the strongest presets first, so that an interrupted run has the rows that decide the table
+    if [[ " $parts " == *" recipes "* ]]; then  # the recipes four to a process, then each preset at the 0.3 tokens
+      for ((r = 0; r < ${#plans[@]}; r += 4)); do
+        jobs_+=("--plans ${plans[*]:r:4}") tags+=("recipes$r")
+      done
+      if [ ${#t30s[@]} -gt 0 ]; then
+        for p in $(printf '%s\n' "${joint_presets[@]}" | tac); do
+          jobs_+=("--plans $p --budgets ${t30s[*]}") tags+=("${p}_b0.3")
+        done
+      fi
+    fi
+    if [[ " $parts " == *" fixed "* ]]; then
+      for p in $(printf '%s\n' "${joint_presets[@]}" | tac); do
+        jobs_+=("--plans $p --budgets 64 128") tags+=("${p}_64_128")
+        jobs_+=("--plans $p --budgets 192") tags+=("${p}_192")
+      done
+    fi
+    running=0
+    for i in "${!jobs_[@]}"; do
+      timeout 3600 $q eval "${suite_args[@]}" ${jobs_[i]} > "$out/joint_suite_${tags[i]}.log" 2>&1 &
+      running=$((running + 1))
       if [ "$running" -ge "${SUITE_PROCS:-6}" ]; then wait -n || true; running=$((running - 1)); fi
     done
     wait
     stamp "report"
     joint_report
-    stamp "done" && touch "$out/joint_suite.done" ;;
+    stamp "suite ($parts) done" && touch "$out/joint_suite.done" ;;
   joint_fp)
     # The full-precision ablation of issue 17: the same profile measured in bf16 (same grid, interaction terms and
     # batch; no latency curve), its recipes at 64/128/192 tokens and budget 0.3 (monotone fit, not refined), and
@@ -326,12 +341,15 @@ print(" kl_teacher" if "kl_teacher" in json.load(open(sys.argv[1]))["damage"] el
     rm -rf "$out/warm_quantized"  # only the cache entry matters
     stamp "quantized" ;;
   joint_all)
-    # Issue 17 in one detached run: warm, then joint_fp beside (joint_profile, then joint_suite); then one report.
+    # Issue 17 in one detached run: warm; then, side by side, joint_fp (unless JOINT_FP=0), joint_profile (its
+    # refined solves) and the suite's rows that need no recipe (SUITE_PROCS_FIXED processes, default 4); once the
+    # refined recipes exist, their rows and the presets at their 0.3 tokens; then one report of every row.
     # With the profile already in OUT_DIR (testbed_joint.json) only its validation and refined solves run.
     bash "$0" warm "$out"
     [ "${JOINT_FP:-1}" = 0 ] || bash "$0" joint_fp "$out" > "$out/joint_fp.out" 2>&1 &
+    SUITE_PARTS=fixed SUITE_PROCS="${SUITE_PROCS_FIXED:-4}" bash "$0" joint_suite "$out" > "$out/joint_suite_fixed.out" 2>&1 &
     bash "$0" joint_profile "$out" > "$out/joint_profile.out" 2>&1
-    bash "$0" joint_suite "$out" > "$out/joint_suite.out" 2>&1
+    SUITE_PARTS=recipes bash "$0" joint_suite "$out" > "$out/joint_suite.out" 2>&1
     wait
     joint_report
     date +"%T all done" >> "$out/joint.log" && touch "$out/joint_all.done" ;;
