@@ -89,7 +89,7 @@ solve_recipes() {  # quota's recipes (64, 128, 192 tokens, budget 0.3) from prof
 }
 
 # issue 17's sections: the stage-wise presets of its table, the suite's settings, and the phase log
-joint_presets=(fastv pyramiddrop sparsevlm visionzip visionzip_nomerge divprune cdpruner)
+joint_presets=(fastv pyramiddrop sparsevlm_norecycle sparsevlm visionzip visionzip_nomerge divprune cdpruner)
 joint_suite_args=(--suite "$out/joint_suite" --precisions lowbit --limit "${LIMIT:-500}" --batch-size "${SUITE_BATCH:-64}"
                   ${JOINT_SUITE_ARGS:-})
 stamp() { date +"%T $*" >> "$out/joint.log"; }

@@ -32,7 +32,7 @@ from quota.quant.config import QuantConfig
 from quota.schedule import (
     ScheduleError, check_budget, check_budget_kind, check_schedule, equivalent_tokens, is_full,
 )
-from quota.signals import NORMALIZATIONS, SELECTIONS, SIGNALS, available_signals
+from quota.signals import MERGE_RULES, NORMALIZATIONS, SELECTIONS, SIGNALS, available_signals
 from quota.versioned import VersionError, read_json, stamp, type_of, unstamp
 
 RECIPE_TYPE = "quota.recipe"
@@ -66,7 +66,9 @@ class ScoringSpec:
     ``random`` signal. ``selection`` is the rule that picks the kept tokens from the combined scores
     (:data:`quota.signals.SELECTIONS`: ``"topk"``, ``"divprune"``, ``"cdpruner"``). ``merge`` = ``c`` >= 0: the
     dropped tokens are merged into ``min(c, k_l)`` contextual tokens that count in the keep count ``k_l``
-    (:func:`quota.runtime.prune.prune`). Raises :class:`RecipeError` naming the bad field
+    (:func:`quota.runtime.prune.prune`) by ``merge_rule`` (:data:`quota.signals.MERGE_RULES`): ``"context"``
+    (VisionZip's contextual tokens, the default) or ``"recycle"`` (SparseVLM's recycling, where ``c`` caps the
+    count the rule takes at each point, :func:`quota.runtime.recycle.recycle_count`). Raises :class:`RecipeError` naming the bad field
     (``scoring.weights.attn_last``, ``scoring.selection``).
 
     ``stage_weights``: per pruning stage (:data:`STAGES`: ``"pre_llm"`` before decoder layer 0, ``"in_llm"``
@@ -74,8 +76,9 @@ class ScoringSpec:
     (:meth:`weights_at`); each stage's weights are checked like ``weights`` and may name only the signals that
     exist at that stage (``scoring.stage_weights.pre_llm.attn_last``). ``None`` (or empty): ``weights`` everywhere.
 
-    JSON: ``{"weights": {...}, "normalize": "minmax", "seed": 0}``, plus ``"selection"``, ``"merge"`` and
-    ``"stage_weights"`` only when they are not the defaults (``"topk"``, ``0``, none), so a top-k recipe with one
+    JSON: ``{"weights": {...}, "normalize": "minmax", "seed": 0}``, plus ``"selection"``, ``"merge"``,
+    ``"stage_weights"`` and ``"merge_rule"`` only when they are not the defaults (``"topk"``, ``0``, none,
+    ``"context"``), so a top-k recipe with one
     weighting is written, and hashed, as before.
     """
 
@@ -85,6 +88,7 @@ class ScoringSpec:
     selection: str = "topk"
     merge: int = 0
     stage_weights: Mapping[str, Mapping[str, float]] | None = None
+    merge_rule: str = "context"
 
     def __post_init__(self) -> None:
         weights = check_weights(self.weights, "scoring.weights")
@@ -96,6 +100,8 @@ class ScoringSpec:
             raise RecipeError(f"scoring.selection = {self.selection!r}; choose one of {list(SELECTIONS)}")
         if isinstance(self.merge, bool) or not isinstance(self.merge, numbers.Integral) or self.merge < 0:
             raise RecipeError(f"scoring.merge = {self.merge!r} must be an integer >= 0 (contextual tokens)")
+        if not isinstance(self.merge_rule, str) or self.merge_rule not in MERGE_RULES:
+            raise RecipeError(f"scoring.merge_rule = {self.merge_rule!r}; choose one of {list(MERGE_RULES)}")
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "merge", int(self.merge))
@@ -134,8 +140,8 @@ class ScoringSpec:
             previous = k
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object; ``selection``, ``merge`` and ``stage_weights`` only when not the defaults (what
-        readers before them read)."""
+        """The JSON object; ``selection``, ``merge``, ``stage_weights`` and ``merge_rule`` only when not the
+        defaults (what readers before them read)."""
         out: dict[str, Any] = {"weights": dict(self.weights), "normalize": self.normalize, "seed": self.seed}
         if self.selection != "topk":
             out["selection"] = self.selection
@@ -143,6 +149,8 @@ class ScoringSpec:
             out["merge"] = self.merge
         if self.stage_weights:
             out["stage_weights"] = {stage: dict(w) for stage, w in self.stage_weights.items()}
+        if self.merge_rule != "context":
+            out["merge_rule"] = self.merge_rule
         return out
 
     @classmethod

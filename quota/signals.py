@@ -24,6 +24,12 @@ SELECTIONS: dict[str, str] = {
     "cdpruner": "conditional DPP: greedy MAP of L = diag(q) S diag(q), S the cosine similarity of the hidden "
                 "states, q the min-max normalized combined score",
 }
+MERGE_RULES: dict[str, str] = {
+    "context": "VisionZip's contextual tokens: every dropped token joins the most similar of c targets spread over "
+               "the dropped ones (cosine of hidden states); each contextual token is its target plus its group's mean",
+    "recycle": "SparseVLM's recycling: the top 30% of the dropped tokens by score are clustered (DPC-KNN) into "
+               "min(merge, (int(0.3 (n - k)) + 1) // 10 + 1) tokens, each its cluster's mean",
+}
 
 
 def available_signals(layer: int) -> tuple[str, ...]:

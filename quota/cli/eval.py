@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "all tokens, in this run, and report the retention against both")
     p.add_argument("--max-new-tokens", type=int, default=16, help="--model DIR: longest answer, in tokens (default 16)")
     p.add_argument("--recipe", default=None, help="recipe JSON: quantization and pruning schedule")
-    p.add_argument("--baseline", default=None, help="stage-wise pruning preset: fastv, pyramiddrop, sparsevlm, "
-                        "visionzip (with merging), visionzip_nomerge, divprune, cdpruner, random")
+    p.add_argument("--baseline", default=None, help="stage-wise pruning preset: fastv, pyramiddrop, "
+                        "sparsevlm (with recycling), sparsevlm_norecycle, visionzip (with merging), "
+                        "visionzip_nomerge, divprune, cdpruner, random")
     p.add_argument("--tokens", type=float, default=None, help="equivalent visual tokens per layer for --baseline")
     p.add_argument("--quant", default=None, help="QuantConfig JSON file, 'w4a4kv4' for the default low-bit config, or 'rtn' for its bits "
                         "without calibration (round-to-nearest weights, fixed activation clip)")
@@ -53,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comparison suite into DIR: all-token references and every --plans x --budgets row, "
                         "in bf16 and on the low-bit model (loaded and quantized once)")
     p.add_argument("--plans", nargs="*",
-                   default=["fastv", "pyramiddrop", "sparsevlm", "visionzip", "visionzip_nomerge", "divprune",
-                            "cdpruner", "random"],
+                   default=["fastv", "pyramiddrop", "sparsevlm", "sparsevlm_norecycle", "visionzip", "visionzip_nomerge",
+                            "divprune", "cdpruner", "random"],
                    help="suite plans: baseline names (default: every stage-wise preset), fastv_keep, or recipe:PATH")
     p.add_argument("--budgets", nargs="*", type=float, default=[64, 128, 192], help="suite budgets (equivalent tokens)")
     p.add_argument("--precisions", nargs="*", default=["bf16", "lowbit"], choices=("bf16", "lowbit"),

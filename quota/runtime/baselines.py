@@ -16,7 +16,11 @@ executes all of them, in full precision or on top of a quantized model. The sche
   attention (the last prompt token).
 - ``sparsevlm``: text-guided pruning at layers 2, 6 and 15 of 32 (scaled to the model's depth) with
   geometric keep counts solved to meet the budget, ranked by the mean attention of the text tokens after
-  the image. SparseVLM's recycling of dropped tokens into merged ones is omitted.
+  the image. At each of those points the most relevant of the dropped tokens are recycled (SparseVLM's token
+  recycling, :mod:`quota.runtime.recycle`: the top 30% of the dropped tokens by that score, clustered by DPC-KNN
+  into about one token per 10, each its cluster's mean); unlike SparseVLM, the recycled tokens count in the keep
+  count, so the budget holds.
+- ``sparsevlm_norecycle``: the ablation without recycling (the dropped tokens are lost).
 - ``visionzip``: selection before the language model by the vision tower's attention (CLS query, or mean
   attention received), ``round(tokens)`` tokens in every layer, of which ``c`` are contextual tokens merging
   the dropped ones (:mod:`quota.kernels.token_merge`) and the rest dominant tokens. ``c`` follows VisionZip's
@@ -134,8 +138,17 @@ def sparsevlm(tokens: float, n_visual: int, num_layers: int, layers: Sequence[in
         layers = [max(1, round(b * num_layers / 32)) for b in SPARSEVLM_LAYERS_OF_32]
     boundaries = sorted({min(max(int(b), 1), num_layers - 1) for b in layers})
     schedule = _solve_ratio(tokens, n_visual, num_layers, boundaries, "sparsevlm")
-    return PruningPlan("sparsevlm", schedule, ScoringSpec({"attn_text": 1.0}),
-                       f"layers={boundaries}; token recycling omitted")
+    # merge caps the recycled tokens per point; n_visual leaves SparseVLM's own count (recycle_count) in charge
+    return PruningPlan("sparsevlm", schedule, ScoringSpec({"attn_text": 1.0}, merge=n_visual, merge_rule="recycle"),
+                       f"layers={boundaries}; token recycling")
+
+
+def sparsevlm_norecycle(tokens: float, n_visual: int, num_layers: int,
+                        layers: Sequence[int] | None = None) -> PruningPlan:
+    """:func:`sparsevlm` without token recycling (the ablation)."""
+    plan = sparsevlm(tokens, n_visual, num_layers, layers)
+    return PruningPlan("sparsevlm_norecycle", plan.schedule, ScoringSpec({"attn_text": 1.0}),
+                       plan.notes.replace("token recycling", "no recycling"))
 
 
 def visionzip_contextual(keep: int) -> int:
@@ -191,6 +204,7 @@ BASELINES: dict[str, Callable[..., PruningPlan]] = {
     "fastv": fastv,
     "pyramiddrop": pyramiddrop,
     "sparsevlm": sparsevlm,
+    "sparsevlm_norecycle": sparsevlm_norecycle,
     "visionzip": visionzip,
     "visionzip_nomerge": visionzip_nomerge,
     "divprune": divprune,

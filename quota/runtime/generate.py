@@ -118,9 +118,10 @@ class PrunedRunner:
     ``normalize``: per-sample normalization of each signal (``"minmax"`` or ``"rank"``); ``seed``: for the
     ``random`` signal; ``impl``: score-and-gather implementation (``"reference"``, ``"triton"``, ``"auto"``).
     ``selection``: the rule that picks the kept tokens (:data:`quota.signals.SELECTIONS`); ``merge``: contextual
-    tokens per pruning point; ``stage_weights``: per pruning stage (``"pre_llm"``: before layer 0, ``"in_llm"``:
-    before any later layer), signal -> weight overriding ``score_weights`` at that stage's points (see
-    :class:`~quota.recipe.ScoringSpec`; :meth:`from_scoring` takes a whole one).
+    tokens per pruning point, folded by ``merge_rule`` (:data:`quota.signals.MERGE_RULES`); ``stage_weights``:
+    per pruning stage (``"pre_llm"``: before layer 0, ``"in_llm"``: before any later layer), signal -> weight
+    overriding ``score_weights`` at that stage's points (see :class:`~quota.recipe.ScoringSpec`;
+    :meth:`from_scoring` takes a whole one).
     ``reference_tokens``: the ``N`` the schedule's counts refer to; images of another ``N`` run it resolved to
     theirs (:meth:`schedule_for`); ``None``: the schedule applies as written (its counts must fit every image).
     After :meth:`prefill`, :attr:`kept_indices` holds the kept visual indices of every layer.
@@ -139,6 +140,7 @@ class PrunedRunner:
         selection: str = "topk",
         merge: int = 0,
         stage_weights: Mapping[str, Mapping[str, float]] | None = None,
+        merge_rule: str = "context",
     ) -> None:
         self.model = model
         self.spec = spec_for(model)
@@ -150,7 +152,7 @@ class PrunedRunner:
         if reference_tokens is not None:
             resolve_schedule(self.schedule, reference_tokens, reference_tokens)  # checks k_0 <= reference
         weights = dict(score_weights) if score_weights is not None else {"attn_last": 1.0}
-        self.scoring = ScoringSpec(weights, normalize, seed, selection, merge, stage_weights)
+        self.scoring = ScoringSpec(weights, normalize, seed, selection, merge, stage_weights, merge_rule)
         self.impl = impl
         self.kept_indices: list[torch.Tensor] | None = None
         self._vision_attn: torch.Tensor | None = None  # the vision tower's attention of the current prefill
@@ -177,7 +179,7 @@ class PrunedRunner:
         s = scoring
         return cls(model, schedule, s.weights, normalize=s.normalize, seed=s.seed, impl=impl,
                    reference_tokens=reference_tokens, selection=s.selection, merge=s.merge,
-                   stage_weights=s.stage_weights)
+                   stage_weights=s.stage_weights, merge_rule=s.merge_rule)
 
     @classmethod
     def from_plan(cls, model: nn.Module, plan: PruningPlan, impl: str = "auto",
@@ -381,7 +383,7 @@ class PrunedRunner:
                 if k < n:
                     scores = self._scores(l, hidden, span, n, visual_index, recorder, pixel_values, n_visual)
                     out = prune(hidden, positions, valid, scores, span, k, self.scoring.selection, self.scoring.merge,
-                                self.impl, check_values=checks)
+                                self.impl, check_values=checks, merge_rule=self.scoring.merge_rule)
                     hidden, positions, valid = out.hidden, out.positions, out.valid
                     orig = orig.gather(1, out.src)
                     visual_index = visual_index.gather(1, out.kept)

@@ -21,7 +21,8 @@ import torch
 from quota.kernels.score_gather import Compacted, score_gather_reference, score_gather_triton, select_topk
 from quota.kernels.token_merge import Merged, token_merge_reference, token_merge_triton
 from quota.runtime.diversity import cdpruner_select, divprune_select
-from quota.signals import SELECTIONS
+from quota.runtime.recycle import recycle_count, recycle_reference
+from quota.signals import MERGE_RULES, SELECTIONS
 
 IMPLS = ("reference", "triton", "auto")
 
@@ -73,8 +74,13 @@ def complement(kept: torch.Tensor, n: int) -> torch.Tensor:
     return (index + n * is_kept).sort(-1).values[:, : n - kept.shape[1]]
 
 
-def merge_count(merge: int, k: int, n: int) -> int:
-    """Contextual tokens at a pruning point keeping ``k`` of ``n``: ``min(merge, k)`` when it prunes, else 0."""
+def merge_count(merge: int, k: int, n: int, rule: str = "context") -> int:
+    """Contextual tokens at a pruning point keeping ``k`` of ``n`` by merge ``rule``: ``min(merge, k)`` when it
+    prunes (``"context"``), ``min(merge, recycle_count(n, k))`` (``"recycle"``); 0 where it prunes nothing."""
+    if rule not in MERGE_RULES:
+        raise ValueError(f"unknown merge rule {rule!r}; known: {list(MERGE_RULES)}")
+    if rule == "recycle":
+        return min(merge, recycle_count(n, k))
     return min(merge, k) if k < n else 0
 
 
@@ -99,6 +105,7 @@ def prune(
     merge: int = 0,
     impl: str = "auto",
     check_values: bool = True,
+    merge_rule: str = "context",
 ) -> Compacted:
     """Keep ``k`` of the ``n`` visual tokens of each sample's span and compact (:func:`score_gather`'s layout and
     contract: ``k`` tokens in original order, text never dropped, positions and validity travel along).
@@ -107,9 +114,10 @@ def prune(
       ``span_start`` long ``[B]``, ``0 <= k <= n``;
     - ``selection``: the rule (:func:`select`) that picks ``k - c`` dominant tokens, reading the span's hidden
       states as features;
-    - ``merge``: with ``c = min(merge, k) > 0`` and ``k < n``, the ``n - k + c`` tokens the rule left are merged
-      into ``c`` contextual tokens (:mod:`quota.kernels.token_merge`), each in its target token's place: its
-      position, its validity, its index in ``kept``/``src``. The count stays ``k``.
+    - ``merge``: with ``c = merge_count(merge, k, n, merge_rule) > 0``, the ``n - k + c`` tokens the rule left are
+      merged into ``c`` contextual tokens, each in its target token's place: its position, its validity, its index
+      in ``kept``/``src``. The count stays ``k``. ``merge_rule``: ``"context"`` (VisionZip's,
+      :mod:`quota.kernels.token_merge`) or ``"recycle"`` (SparseVLM's, :mod:`quota.runtime.recycle`).
 
     Top-k without merging is :func:`score_gather` itself (bit for bit); otherwise the kept indices are chosen
     first and gathered by the same kernel (scores 1 on the kept tokens, 0 elsewhere).
@@ -117,13 +125,15 @@ def prune(
     n = scores.shape[1]
     if not 0 <= k <= n:
         raise ValueError(f"cannot keep k={k} of n={n} tokens")
-    c = merge_count(merge, k, n)
+    c = merge_count(merge, k, n, merge_rule)
     if selection == "topk" and c == 0:
         return score_gather(hidden, positions, valid, scores, span_start, k, impl, check_values)
     kept = select(selection, scores, visual_span(hidden, span_start, n), k - c, check_values)  # [B, k - c]
     merged = None
     if c:
-        merged = token_merge(hidden, span_start, complement(kept, n), c, impl, check_values)
+        dropped = complement(kept, n)  # [B, n - k + c]
+        merged = (token_merge(hidden, span_start, dropped, c, impl, check_values) if merge_rule == "context"
+                  else recycle_reference(hidden, span_start, scores, dropped, c))
         kept = torch.cat([kept, merged.targets], dim=1).sort(-1).values  # [B, k]
     keep = torch.zeros_like(scores, dtype=torch.float32).scatter_(1, kept, 1.0)  # [B, n]
     out = score_gather(hidden, positions, valid, keep, span_start, k, impl, check_values)

@@ -105,4 +105,16 @@ def tiny_plans(n: int):
     from quota.runtime.baselines import baseline_plan, fastv, pyramiddrop
 
     return [fastv(10, n, 4, k_layer=2), pyramiddrop(7, n, 4, stages=2, first=1), baseline_plan("sparsevlm", 7, n, 4),
-            baseline_plan("visionzip", 6, n, 4), baseline_plan("random", 6, n, 4, seed=3)]
+            baseline_plan("sparsevlm_norecycle", 7, n, 4), baseline_plan("visionzip", 6, n, 4), baseline_plan("random", 6, n, 4, seed=3)]
+
+
+def span_inputs(b=3, s=30, d=12, n=14, seed=0):
+    """Random inputs of a pruning point: ``hidden`` [B, S, d], ``positions`` [2, B, S], ``valid`` [B, S], ``scores``
+    [B, n] and ``span`` [B] (each sample's visual span of ``n`` tokens somewhere in its ``S``)."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(b, s, d, generator=g)
+    positions = torch.stack([torch.arange(s).expand(b, s), 100 + torch.arange(s).expand(b, s)])  # [2, B, S]
+    valid = torch.rand(b, s, generator=g) > 0.1
+    scores = torch.rand(b, n, generator=g)
+    span = torch.randint(0, s - n + 1, (b,), generator=g)
+    return hidden, positions, valid, scores, span

@@ -10,7 +10,8 @@ from quota.schedule import ScheduleError, equivalent_tokens
 from quota.runtime.scoring import select_topk
 from tests.runtime.models import n_visual, tiny_plans
 
-SCORING = {"fastv": "attn_last", "pyramiddrop": "attn_last", "sparsevlm": "attn_text", "visionzip": "vision_attn",
+SCORING = {"fastv": "attn_last", "pyramiddrop": "attn_last", "sparsevlm": "attn_text", "sparsevlm_norecycle": "attn_text",
+           "visionzip": "vision_attn",
            "visionzip_nomerge": "vision_attn", "divprune": "vision_attn", "cdpruner": "vision_attn", "random": "random"}
 SELECTION = {"divprune": "divprune", "cdpruner": "cdpruner"}
 
@@ -28,7 +29,8 @@ def test_budgets_map_to_valid_schedules(name, n, layers):
         assert abs(equivalent_tokens(s) - tokens) <= step, (name, tokens, s)
         assert set(plan.scoring.active) == {SCORING[name]}
         assert plan.scoring.selection == SELECTION.get(name, "topk")
-        assert (plan.scoring.merge > 0) == (name == "visionzip")
+        assert (plan.scoring.merge > 0) == (name in ("visionzip", "sparsevlm"))
+        assert plan.scoring.merge_rule == ("recycle" if name == "sparsevlm" else "context")
 
 
 def test_schedule_shapes():

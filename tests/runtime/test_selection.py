@@ -13,23 +13,13 @@ from quota.runtime.graphs import forbid_host_sync
 from quota.runtime.prune import complement, merge_count, prune, score_gather, select, visual_span
 from quota.runtime.scoring import activation_magnitude, combine
 from quota.signals import SELECTIONS
-from tests.runtime.models import left_pad, n_visual, pixels, prompt
+from tests.runtime.models import left_pad, n_visual, pixels, prompt, span_inputs
 
 RULES = sorted(SELECTIONS)
 
 
-def _inputs(b=3, s=30, d=12, n=14, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(b, s, d, generator=g)
-    positions = torch.stack([torch.arange(s).expand(b, s), 100 + torch.arange(s).expand(b, s)])  # [2, B, S]
-    valid = torch.rand(b, s, generator=g) > 0.1
-    scores = torch.rand(b, n, generator=g)
-    span = torch.randint(0, s - n + 1, (b,), generator=g)
-    return hidden, positions, valid, scores, span
-
-
 def test_topk_without_merge_is_score_gather_bit_for_bit():
-    args = _inputs()
+    args = span_inputs()
     for k in (0, 5, 14):
         out, ref = prune(*args, k, impl="reference"), score_gather(*args, k, impl="reference")
         assert all(torch.equal(a, r) for a, r in zip(out, ref))
@@ -37,7 +27,7 @@ def test_topk_without_merge_is_score_gather_bit_for_bit():
 
 @pytest.mark.parametrize("rule", RULES)
 def test_rules_keep_exactly_k_in_original_order(rule):
-    hidden, positions, valid, scores, span = _inputs()
+    hidden, positions, valid, scores, span = span_inputs()
     n = scores.shape[1]
     for k in (0, 1, 6, n - 1, n):
         out = prune(hidden, positions, valid, scores, span, k, rule, impl="reference")
@@ -50,7 +40,7 @@ def test_rules_keep_exactly_k_in_original_order(rule):
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("impl", ["reference", "triton"])
 def test_merging_keeps_k_with_contextual_tokens_in_their_targets_places(rule, impl):
-    hidden, positions, valid, scores, span = _inputs(seed=1)
+    hidden, positions, valid, scores, span = span_inputs(seed=1)
     b, s, d = hidden.shape
     n, k, c = scores.shape[1], 6, 2
     out = prune(hidden, positions, valid, scores, span, k, rule, merge=c, impl=impl)
@@ -73,7 +63,7 @@ def test_merge_count_and_complement():
     assert [merge_count(3, k, 10) for k in (0, 2, 3, 7, 10)] == [0, 2, 3, 3, 0]
     kept = torch.tensor([[1, 4], [0, 5]])
     assert complement(kept, 6).tolist() == [[0, 2, 3, 5], [1, 2, 3, 4]]
-    hidden, positions, valid, scores, span = _inputs()
+    hidden, positions, valid, scores, span = span_inputs()
     full = prune(hidden, positions, valid, scores, span, 14, "divprune", merge=3, impl="reference")
     assert torch.equal(full.hidden, hidden)  # k = n: nothing pruned, nothing merged
     with pytest.raises(ValueError, match="selection"):
