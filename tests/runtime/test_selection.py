@@ -134,13 +134,14 @@ def test_apply_and_from_plan_honour_the_recipes_selection_and_merge(llava, batch
         PrunedRunner(llava, _schedule(n), selection="dpp")
 
 
-@pytest.mark.parametrize("rule,merge", [("divprune", 0), ("cdpruner", 1), ("topk", 2)])
-def test_unchecked_prefill_reads_nothing_back(llava, batch3, rule, merge):
-    """What StaticPrefill records: the selection rules and the merge read nothing back to the host."""
+@pytest.mark.parametrize("rule,merge,merge_rule", [("divprune", 0, "context"), ("cdpruner", 1, "context"),
+                                                   ("topk", 2, "context"), ("divprune", 64, "recycle")])
+def test_unchecked_prefill_reads_nothing_back(llava, batch3, rule, merge, merge_rule):
+    """What StaticPrefill records: the selection rules, the merge and the recycling read nothing back to the host."""
     ids, mask, pv, _ = batch3
     n = n_visual(llava)
     runner = PrunedRunner(llava, _schedule(n), {"attn_last": 1.0, "magnitude": 0.5}, impl="reference",
-                          selection=rule, merge=merge)
+                          selection=rule, merge=merge, merge_rule=merge_rule)
     want, _ = runner.prefill(ids, mask, pv, reserve=2)
     want_kept = runner.kept_indices
     feats = runner.encode_images(pv, ids.shape[0], {})
@@ -152,9 +153,11 @@ def test_unchecked_prefill_reads_nothing_back(llava, batch3, rule, merge):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("rule,merge", [("divprune", 2), ("cdpruner", 0), ("topk", 2)])
-def test_recorded_prefill_with_triton_merge_on_cuda(llava, batch3, rule, merge):
-    """StaticPrefill records the selection and the Triton merge in a CUDA graph and replays the eager prefill."""
+@pytest.mark.parametrize("rule,merge,merge_rule", [("divprune", 2, "context"), ("cdpruner", 0, "context"),
+                                                   ("topk", 2, "context"), ("topk", 64, "recycle")])
+def test_recorded_prefill_with_triton_merge_on_cuda(llava, batch3, rule, merge, merge_rule):
+    """StaticPrefill records the selection and the Triton merge (or the recycling) in a CUDA graph and replays the
+    eager prefill."""
     from quota.runtime.graphs import StaticPrefill
 
     model = llava.to("cuda")
@@ -162,7 +165,7 @@ def test_recorded_prefill_with_triton_merge_on_cuda(llava, batch3, rule, merge):
         ids, mask, pv, _ = (x.to("cuda") if isinstance(x, torch.Tensor) else x for x in batch3)
         n = n_visual(model)
         runner = PrunedRunner(model, _schedule(n), {"attn_last": 1.0, "magnitude": 0.5}, impl="triton",
-                              selection=rule, merge=merge)
+                              selection=rule, merge=merge, merge_rule=merge_rule)
         static = StaticPrefill(runner, reserve=2)
         static(ids, mask, pv)  # eager, then recorded
         for request in ((ids, mask, pv.flip(0)), (ids, mask, pv)):
