@@ -47,7 +47,9 @@
 #            6) processes sharing the GPU, SUITE_BATCH (default 64) questions per forward, then the report with the
 #            paired difference; run detached, resumable
 #   joint_fp  issue 17's full-precision ablation: the same profile in bf16 (--no-latency; partial rank files in
-#            OUT_DIR resume it), its recipes on the same low-bit model into OUT_DIR/joint_suite, then the report
+#            OUT_DIR resume it; FP_SELECTIONS, default the four selection candidates the low-bit joint profile chose
+#            among, before recycling was one), its recipes on the same low-bit model into OUT_DIR/joint_suite, then
+#            the report
 #   joint_all  warm, then joint_fp (unless JOINT_FP=0), joint_profile and the suite's rows that need no recipe
 #            side by side, then the recipes' rows, and the report of every row (run detached)
 # Results land in OUT_DIR; logs beside them. Nothing here needs OR-Tools or cvxpy except `table`, which
@@ -323,7 +325,8 @@ print(" kl_teacher" if "kl_teacher" in json.load(open(sys.argv[1]))["damage"] el
     stamp "full-precision profile on ${RANKS:-4} ranks"
     [ -f "$prof" ] || timeout 3600 torchrun --standalone --nproc_per_node "${RANKS:-4}" -m quota.cli.main profile \
       -o "$prof" --quant "$out/bf16.json" --grid-steps "${GRID_STEPS:-18}" --interactions "${INTERACTIONS:-4}" \
-      --batch-size "${BATCH:-64}" --resume --no-latency > "$out/joint_fp_profile.log" 2>&1 || true
+      --batch-size "${BATCH:-64}" --resume --no-latency --selections "${FP_SELECTIONS:-topk,topk+merge8,divprune,cdpruner}" \
+      > "$out/joint_fp_profile.log" 2>&1 || true
     fp_plans=()
     for k in 64 128 192 b0.3; do
       budget_target "$k"

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"damage curves {sorted(p.damage)} + per task {sorted(p.per_task)}; costs {sorted(p.costs)}; "
                       f"score weights {p.score_weights}"
                       + (f", before layer 0 {p.pre_llm_weights}" if p.pre_llm_weights else "")
-                      + f"; selection {p.selection}, merging {p.merge}")
+                      + f"; selection {p.selection}, merging {p.merge} ({p.merge_rule})")
         kind = "kl" if "kl" in p.damage else sorted(p.damage)[0]
         marks = [g for g in range(len(p.grid)) if g in (0, len(p.grid) // 4, len(p.grid) // 2, 3 * len(p.grid) // 4)]
         table = Table(title=f"damage ({kind}) by layer and keep count")

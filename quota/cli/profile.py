@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "measured with exactly these settings and refuses otherwise, --resume=recompute discards "
                         "those of other settings and measures them again")
     p.add_argument("--no-latency", action="store_true", help="skip the latency curve")
+    p.add_argument("--selections", default=None, metavar="S1,S2,...",
+                   help="the selection rules and merging the profile chooses among (default: all of topk, "
+                        "topk+merge8, divprune, cdpruner, divprune+recycle); e.g. the first four to profile like a "
+                        "profile written before recycling")
     p.add_argument("--no-teacher", action="store_true",
                    help="skip the full-precision answers behind the kl_teacher curve (taken by default for the "
                         "testbed and a checkpoint folder when the config quantizes something)")
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from quota.models.registry import check_model_name
-    from quota.profiling.measure import ProfileSettings
+    from quota.profiling.measure import SELECTION_CANDIDATES, ProfileSettings, selection_candidates
     from quota.quant.config import QuantConfig
     from quota.testbed.profile import profile_testbed
 
@@ -91,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a number of calibration questions >= 1, got {args.limit}")
     quant = QuantConfig.from_dict(json.loads(open(args.quant).read())) if args.quant else QuantConfig(impl="auto")
+    selections = (selection_candidates([n.strip() for n in args.selections.split(",")]) if args.selections
+                  else list(SELECTION_CANDIDATES))
     settings = ProfileSettings(grid_steps=args.grid_steps, batch_size=args.batch_size, latency=not args.no_latency,
-                               interaction_steps=args.interactions)
+                               interaction_steps=args.interactions, selection_candidates=selections)
     if args.precisions is not None:
         return _profile_precisions(args, folder, quant, settings)
     if folder and Path(model, "quota_checkpoint.json").is_file():
@@ -109,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"profile of {prof.model_id} on {prof.device}: {prof.n_layers} layers x {len(prof.grid)} keep counts, "
               f"score weights {prof.score_weights}"
               + (f" (before layer 0: {prof.pre_llm_weights})" if prof.pre_llm_weights else "")
-              + f", selection {prof.selection}, merging {prof.merge}, {prof.timing['total_s']}s -> {args.output}")
+              + f", selection {prof.selection}, merging {prof.merge} ({prof.merge_rule}), {prof.timing['total_s']}s"
+              + f" -> {args.output}")
         if args.validate:
             return _validate(args)
     return 0

@@ -57,14 +57,36 @@ PRE_LLM_CANDIDATES: tuple[dict[str, float], ...] = (
     {"magnitude": 1.0},
     {"magnitude": 0.5, "risk": 0.5},
 )
-# candidate selection rules and merged contextual tokens of every pruning point (searched after the weights, on the
-# probes of both stages): top-k alone, VisionZip-style merging of the dropped tokens, and diversity selection
+# candidate selection rules and merged tokens of every pruning point (searched after the weights, on the probes of
+# both stages): top-k alone, VisionZip-style merging of the dropped tokens, diversity selection, and diversity
+# selection with SparseVLM-style recycling (merge caps the recycled count; 64 leaves the rule's own count, at most 52
+# of 576 tokens, in charge)
 SELECTION_CANDIDATES: tuple[dict[str, Any], ...] = (
     {"selection": "topk", "merge": 0},
     {"selection": "topk", "merge": 8},
     {"selection": "divprune", "merge": 0},
     {"selection": "cdpruner", "merge": 0},
+    {"selection": "divprune", "merge": 64, "merge_rule": "recycle"},
 )
+
+
+def selection_name(candidate: Mapping[str, Any]) -> str:
+    """A selection candidate's name: its rule, then ``+merge<c>`` for contextual merging or ``+recycle`` for
+    recycling (``topk``, ``topk+merge8``, ``divprune+recycle``)."""
+    if candidate.get("merge_rule", "context") == "recycle":
+        return f"{candidate['selection']}+recycle"
+    return candidate["selection"] + (f"+merge{candidate['merge']}" if candidate["merge"] else "")
+
+
+def selection_candidates(names: Sequence[str]) -> list[dict[str, Any]]:
+    """The candidates of :data:`SELECTION_CANDIDATES` named ``names`` (:func:`selection_name`), in that order;
+    an unknown or repeated name is a ``ValueError`` listing the known ones."""
+    known = {selection_name(c): c for c in SELECTION_CANDIDATES}
+    bad = [n for n in names if n not in known]
+    if bad or len(set(names)) != len(names) or not names:
+        raise ValueError(f"--selections: {', '.join(bad) or 'repeated or no names'}; choose distinct names among "
+                         f"{', '.join(known)}")
+    return [dict(known[n]) for n in names]
 
 
 @dataclass
@@ -208,11 +230,12 @@ def calibrate_pre_llm_weights(meter: DamageMeter, n_layers: int, n_visual: int, 
 
 def calibrate_selection(meter: DamageMeter, n_layers: int, n_visual: int, settings: ProfileSettings,
                         weights: Mapping[str, float], pre_llm: Mapping[str, float] | None) -> tuple[dict, dict]:
-    """``(chosen {"selection", "merge"}, search record)``: the candidate of ``settings.selection_candidates`` with the
-    least mean KL over the probe schedules of both stages (pruning from ``probe_layer`` and, with pre-LLM weights,
-    from layer 0, to each probe keep count), each scored with the chosen weights and that selection and merging;
-    ties go to the earlier candidate. Fewer than two candidates: the first (or top-k alone), no search."""
-    candidates = [dict(c) for c in settings.selection_candidates] or [dict(SELECTION_CANDIDATES[0])]
+    """``(chosen {"selection", "merge", "merge_rule"}, search record)``: the candidate of
+    ``settings.selection_candidates`` with the least mean KL over the probe schedules of both stages (pruning from
+    ``probe_layer`` and, with pre-LLM weights, from layer 0, to each probe keep count), each scored with the chosen
+    weights and that selection and merging (a candidate without ``merge_rule`` folds as ``"context"``); ties go to
+    the earlier candidate. Fewer than two candidates: the first (or top-k alone), no search."""
+    candidates = [{"merge_rule": "context", **c} for c in settings.selection_candidates or SELECTION_CANDIDATES[:1]]
     if len(candidates) == 1:
         return candidates[0], {}
     stages = [settings.probe_layer] + ([0] if pre_llm else [])
@@ -222,7 +245,7 @@ def calibrate_selection(meter: DamageMeter, n_layers: int, n_visual: int, settin
     def probe(item) -> float:
         _, c, layer, k = item
         scoring = ScoringSpec(dict(weights), stage_weights=stage_weights, selection=candidates[c]["selection"],
-                              merge=int(candidates[c]["merge"]))
+                              merge=int(candidates[c]["merge"]), merge_rule=candidates[c]["merge_rule"])
         return meter.measure(prune_from_schedule(n_layers, n_visual, layer, keeps[k]), n_visual, scoring).kl
 
     items = [("selection", c, layer, k) for c in range(len(candidates)) for layer in stages for k in range(len(keeps))]
@@ -230,7 +253,7 @@ def calibrate_selection(meter: DamageMeter, n_layers: int, n_visual: int, settin
     results = [{**cand, "mean_kl": float(np.mean([kl[item_key(it)] for it in items if it[1] == c]))}
                for c, cand in enumerate(candidates)]
     best = min(results, key=lambda r: r["mean_kl"])
-    return ({"selection": best["selection"], "merge": best["merge"]},
+    return ({"selection": best["selection"], "merge": best["merge"], "merge_rule": best["merge_rule"]},
             {"probe_layers": stages, "probe_keeps": list(keeps), "candidates": results,
              "criterion": "mean KL on the calibration split"})
 
@@ -314,8 +337,10 @@ def profile_model(
                                                             sum(len(b.tasks) for b in batches))
     chosen, selection_search = calibrate_selection(meter, n_layers, n_visual, settings, weights, pre_llm)
     meter.scoring = ScoringSpec(weights, stage_weights={"pre_llm": pre_llm} if pre_llm else None,
-                                selection=chosen["selection"], merge=int(chosen["merge"]))
-    report(f"selection {chosen['selection']}, merging {chosen['merge']} tokens; measuring the grid")
+                                selection=chosen["selection"], merge=int(chosen["merge"]),
+                                merge_rule=chosen["merge_rule"])
+    report(f"selection {chosen['selection']}, merging {chosen['merge']} tokens ({chosen['merge_rule']}); "
+           f"measuring the grid")
     t_weights = time.time() - t0
     # ranks may autotune kernels differently (their rounding differs by far less); a broken reference differs by nats
     check_ranks_agree(reference_digest(meter.reference(n_visual, n_layers), meter.batches),
@@ -365,6 +390,7 @@ def profile_model(
         per_task=per_task, costs=costs, score_weights=weights, score_search=search,
         pre_llm_weights=pre_llm or {}, pre_llm_search=pre_search, interactions=pairs and pairs["terms"],
         selection=chosen["selection"], merge=int(chosen["merge"]), selection_search=selection_search,
+        merge_rule=chosen["merge_rule"],
         quant=quant.to_dict(),
         data_version=data_version,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),

@@ -12,6 +12,7 @@ carry ``schema``/``schema_version`` instead of ``type``/``version``, and still l
      "pre_llm_weights": {"vision_attn": w, ...}, "pre_llm_search": {...},   # the point before layer 0 (version 2)
      "interactions": [[[L-1 x G x G]]],   # KL interaction terms of adjacent pruning points (version 2, optional)
      "selection": "topk", "merge": 0, "selection_search": {...},   # the selection rule and merging (version 3)
+     "merge_rule": "recycle",   # how the merged tokens are folded, when not "context" (version 4)
      "quant": QuantConfig.to_dict(), "timing": {...}, "extra": {...}}
 
 ``score_weights`` is the weighting chosen for the pruning points inside the language model (and, without
@@ -23,6 +24,8 @@ fields, each written only when present, so a profile without them is written as 
 and version 1 files load with no pre-LLM weights and no interactions. Version 3 adds the selection rule
 (``"topk"``, ``"divprune"``, ``"cdpruner"``) and the contextual tokens merged at each pruning point, chosen on
 calibration probes like the weights (``selection_search``); files without them select by top-k and merge nothing.
+Version 4 adds ``merge_rule`` (:data:`quota.signals.MERGE_RULES`), written only when the search chose SparseVLM's
+recycling (``"recycle"``); files without it fold merged tokens as VisionZip's contextual tokens (``"context"``).
 :attr:`Profile.scoring` is the whole scoring a recipe made from the profile runs.
 
 Loading validates every field and names the field and value that are wrong; saving is atomic.
@@ -44,10 +47,12 @@ from quota.signals import SIGNALS, available_signals
 from quota.versioned import VersionError, read_json, stamp, type_of, unstamp
 
 PROFILE_TYPE = "quota.profiling"
-PROFILE_VERSION = 3
-READ_VERSIONS = (1, 2, 3)  # 1: no pre_llm_weights / pre_llm_search / interactions; 2: no selection / merge
+PROFILE_VERSION = 4
+READ_VERSIONS = (1, 2, 3, 4)  # 1: no pre_llm_weights / pre_llm_search / interactions; 2: no selection / merge;
+# 3: no merge_rule
 V2_FIELDS = ("pre_llm_weights", "pre_llm_search", "interactions")
 V3_FIELDS = ("selection", "merge", "selection_search")
+V4_FIELDS = ("merge_rule",)
 DAMAGE_KINDS = ("kl", "task_loss")
 
 
@@ -79,20 +84,22 @@ class Profile:
     selection: str = "topk"
     merge: int = 0
     selection_search: dict[str, Any] = field(default_factory=dict)
+    merge_rule: str = "context"
 
     def __post_init__(self) -> None:
         _validate(self)
         try:
-            ScoringSpec(selection=self.selection, merge=self.merge)
+            ScoringSpec(selection=self.selection, merge=self.merge, merge_rule=self.merge_rule)
         except RecipeError as err:
             raise ProfileError(str(err)) from None
 
     @property
     def scoring(self) -> ScoringSpec:
         """The scoring of a recipe made from this profile: ``score_weights`` (the default weighting when the profile
-        records none), the per-stage weights, the selection rule and the merged tokens."""
+        records none), the per-stage weights, the selection rule and the merged tokens, and how they are folded."""
         weights = dict(self.score_weights) if self.score_weights else ScoringSpec().weights
-        return ScoringSpec(weights, stage_weights=self.stage_weights, selection=self.selection, merge=self.merge)
+        return ScoringSpec(weights, stage_weights=self.stage_weights, selection=self.selection, merge=self.merge,
+                           merge_rule=self.merge_rule)
 
     @property
     def stage_weights(self) -> dict[str, dict[str, float]] | None:
@@ -101,9 +108,10 @@ class Profile:
         return {"pre_llm": dict(self.pre_llm_weights)} if self.pre_llm_weights else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object: version 3 when it records a selection search or a selection or merging other than the
-        default, else version 2 with the pre-LLM fields when there are pre-LLM weights and the interactions when
-        there are some, else version 1 without them (what readers before them read)."""
+        """The JSON object: version 4 when its merge rule is not the default, else version 3 when it records a
+        selection search or a selection or merging other than the default, else version 2 with the pre-LLM fields
+        when there are pre-LLM weights and the interactions when there are some, else version 1 without them (what
+        readers before them read)."""
         body = self._body()
         if self.pre_llm_weights:
             body.update(pre_llm_weights=self.pre_llm_weights, pre_llm_search=self.pre_llm_search)
@@ -111,7 +119,10 @@ class Profile:
             body["interactions"] = self.interactions.tolist()
         if self.selection != "topk" or self.merge or self.selection_search:
             body.update(selection=self.selection, merge=self.merge, selection_search=self.selection_search)
-        version = 3 if set(body) & set(V3_FIELDS) else 2 if set(body) & set(V2_FIELDS) else 1
+        if self.merge_rule != "context":
+            body["merge_rule"] = self.merge_rule
+        version = (4 if set(body) & set(V4_FIELDS) else 3 if set(body) & set(V3_FIELDS)
+                   else 2 if set(body) & set(V2_FIELDS) else 1)
         return stamp(PROFILE_TYPE, version, body)
 
     def _body(self) -> dict[str, Any]:
@@ -178,7 +189,8 @@ def _from_dict(cls, d: Any) -> Profile:
         version, d = unstamp(d, PROFILE_TYPE, READ_VERSIONS, "profile")
     except VersionError as err:
         raise ProfileError(str(err).removeprefix("profile: ")) from None
-    known = FIELDS + (V2_FIELDS if version >= 2 else ()) + (V3_FIELDS if version >= 3 else ())
+    known = (FIELDS + (V2_FIELDS if version >= 2 else ()) + (V3_FIELDS if version >= 3 else ())
+             + (V4_FIELDS if version >= 4 else ()))
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ProfileError(f"unknown field(s) {unknown} (version {version}); known fields: {sorted(known)}")
@@ -195,7 +207,7 @@ def _from_dict(cls, d: Any) -> Profile:
         score_search=d.get("score_search", {}), timing=d.get("timing", {}), extra=d.get("extra", {}),
         pre_llm_weights=d.get("pre_llm_weights", {}), pre_llm_search=d.get("pre_llm_search", {}),
         interactions=d.get("interactions"), selection=d.get("selection", "topk"), merge=d.get("merge", 0),
-        selection_search=d.get("selection_search", {}),
+        selection_search=d.get("selection_search", {}), merge_rule=d.get("merge_rule", "context"),
     )
 
 

@@ -81,3 +81,16 @@ def test_a_run_killed_among_the_two_step_schedules_resumes_with_only_the_rest(tm
     redone = [line for line in capsys.readouterr().err.splitlines() if line.startswith("grid item")]
     assert redone == ["grid item ['pair', 1, 1, 0]"]
     assert len(json.loads((tmp_path / "a.json").read_text())["interactions"]) == 2
+
+
+def test_selections_choose_the_candidates_searched_and_a_bad_name_is_refused(tmp_path, fake, capsys):
+    # the stand-in testbed searches (topk, topk+merge2); --selections picks among them, in the order given
+    assert main(_args(tmp_path, "--selections", "topk+merge2,topk")) == 0
+    data = json.loads((tmp_path / "a.json").read_text())
+    searched = [(c["selection"], c["merge"], c["merge_rule"]) for c in data["selection_search"]["candidates"]]
+    assert searched == [("topk", 2, "context"), ("topk", 0, "context")]
+    for bad in ("topk,dpp", "topk,topk"):
+        assert main(_args(tmp_path, "--selections", bad)) == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.startswith("quota profile: error: --selections: ")
+        assert "choose distinct names among topk, topk+merge2" in err

@@ -17,7 +17,8 @@ from tests.profiling.fake_testbed import N_VISUAL, fake_batches
 from tests.runtime.models import tiny_llava
 from tests.synthetic_profile import synthetic_profile
 
-VARIANTS = [{"selection": "topk", "merge": 0}, {"selection": "topk", "merge": 2}, {"selection": "divprune", "merge": 0}]
+VARIANTS = [{"selection": "topk", "merge": 0}, {"selection": "topk", "merge": 2}, {"selection": "divprune", "merge": 0},
+            {"selection": "divprune", "merge": 64, "merge_rule": "recycle"}]
 
 
 class Question:
@@ -46,6 +47,21 @@ def test_a_bad_selection_or_merge_is_refused_naming_it(field, value, match):
         Profile.from_dict(d)
 
 
+def test_a_recycling_profile_is_version_4_and_its_recipes_recycle(tmp_path):
+    p = dataclasses.replace(synthetic_profile(), selection="divprune", merge=64, merge_rule="recycle")
+    data = p.to_dict()
+    assert data["version"] == 4 and data["merge_rule"] == "recycle"
+    q = Profile.load(p.save(tmp_path / "p.json"))
+    assert q.merge_rule == "recycle" and solve(q, 0.3).recipe.scoring.merge_rule == "recycle"
+    assert "merge_rule" not in dataclasses.replace(p, merge_rule="context").to_dict()  # version 3 as before
+    data["version"] = 3
+    with pytest.raises(ProfileError, match=r"unknown field\(s\) \['merge_rule'\]"):
+        Profile.from_dict(data)
+    data.update(version=4, merge_rule="mean")
+    with pytest.raises(ProfileError, match="merge_rule"):
+        Profile.from_dict(data)
+
+
 def test_version_2_files_have_no_selection_fields(tmp_path):
     d = dataclasses.replace(synthetic_profile(), selection="divprune").to_dict()
     d["version"] = 2
@@ -71,10 +87,12 @@ def test_the_profiler_picks_the_variant_of_least_probe_damage_and_measures_its_g
         prof = profile_model(model, batches, QuantConfig(weight_method="rtn", a_clip_search=False), model_id="t",
                              model_hash="0" * 64, data_version="v", settings=settings)
     search = prof.selection_search
-    assert search["probe_layers"] == [2, 0] and [c["selection"] for c in search["candidates"]] == ["topk", "topk",
-                                                                                                    "divprune"]
+    assert search["probe_layers"] == [2, 0]
+    assert [c["selection"] for c in search["candidates"]] == ["topk", "topk", "divprune", "divprune"]
     best = min(search["candidates"], key=lambda c: c["mean_kl"])
     assert (prof.selection, prof.merge) == (best["selection"], best["merge"])
+    assert prof.merge_rule == best.get("merge_rule", "context")
+    assert {s.merge_rule for s in measured} >= {"context", "recycle"}  # the recycling variant was probed
     probes = [s for s in measured if (s.selection, s.merge) != (prof.selection, prof.merge)]
     assert {(s.selection, s.merge) for s in probes} <= {(v["selection"], v["merge"]) for v in VARIANTS}
     grid = measured[-(3 * 2):]  # 3 layers x the 2 keep counts below N, measured last
