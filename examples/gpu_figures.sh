@@ -129,7 +129,8 @@ case "$section" in
     # (the first-call checks and 33 of the 53 W4A4 GEMM tests have run on an H100; the kernels after them not yet)
     first=(tests/kernels/test_w4_gemv.py tests/kernels/test_rmsnorm_quant.py tests/kernels/test_act_quant.py
            tests/kernels/test_w4a8_gemm.py tests/kernels/test_fp8_gemm.py tests/kernels/test_kv_attention.py
-           tests/kernels/test_token_merge.py tests/kernels/test_w4a4_gemm.py tests/kernels/test_first_call_gpu.py)
+           tests/kernels/test_token_merge.py tests/kernels/test_cluster_merge.py tests/kernels/test_w4a4_gemm.py
+           tests/kernels/test_first_call_gpu.py)
     timeout "${TESTS_TIMEOUT:-500}" python3 -m pytest -q -rf -p no:cacheprovider ${TESTS:-${first[*]} tests/kernels tests/runtime} \
       > "$out/tests_gpu.log" 2>&1 || true
     tail -15 "$out/tests_gpu.log" ;;

@@ -20,6 +20,10 @@ Two kernels behind one launcher, :func:`token_merge_triton`:
 
 The reference is :func:`token_merge_reference` (below). Assignments equal it except where two targets' similarities
 agree to float32 rounding; contextual states agree to float32 rounding (sums in another order).
+
+With ``NEAREST`` the same two kernels fold clusters around given centres instead (:func:`cluster_merge_triton`,
+SparseVLM's recycling in :mod:`quota.runtime.recycle`): each token joins the nearest centre in L2 distance, and
+each output is its cluster's mean, the centre included.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import triton.language as tl
 
 from quota.kernels._env import check_device, next_power_of_2
 
-__all__ = ["Merged", "merge_slots", "token_merge_reference", "token_merge_triton"]
+__all__ = ["Merged", "cluster_merge_reference", "cluster_merge_triton", "merge_slots", "token_merge_reference",
+           "token_merge_triton"]
 
 EPS = 1e-12
 _EPS_TL = tl.constexpr(EPS)  # a Triton kernel reads only constexpr globals
@@ -42,7 +47,7 @@ _EPS_TL = tl.constexpr(EPS)  # a Triton kernel reads only constexpr globals
 def _assign_kernel(
     h_ptr, span_ptr, rest_ptr, tgt_ptr, assign_ptr,
     M, C, D, stride_hb, stride_hs,
-    BM: tl.constexpr, CP: tl.constexpr, BD: tl.constexpr,
+    BM: tl.constexpr, CP: tl.constexpr, BD: tl.constexpr, NEAREST: tl.constexpr,
 ):  # fmt: skip
     mb = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -64,7 +69,10 @@ def _assign_kernel(
         ht = ht.to(tl.float32)  # [BD, CP]
         dots += tl.dot(hi.to(tl.float32), ht, input_precision="ieee")  # [BM, CP]
         norm2 += tl.sum(ht * ht, axis=0)
-    sim = dots / tl.maximum(tl.sqrt(norm2), _EPS_TL)[None, :]
+    if NEAREST:  # the nearest target in L2: argmax of 2 x.t - |t|^2 (|x|^2 is the same for every target)
+        sim = 2.0 * dots - norm2[None, :]
+    else:  # the most similar target in cosine
+        sim = dots / tl.maximum(tl.sqrt(norm2), _EPS_TL)[None, :]
     sim = tl.where(jok[None, :], sim, float("-inf"))
     best = tl.argmax(sim, axis=1, tie_break_left=True)  # [BM]
     tl.store(assign_ptr + b * M + i, best.to(tl.int64), mask=iok)
@@ -74,7 +82,7 @@ def _assign_kernel(
 def _merge_kernel(
     h_ptr, span_ptr, rest_ptr, tgt_ptr, assign_ptr, out_ptr,
     M, C, D, stride_hb, stride_hs,
-    BM: tl.constexpr, CP: tl.constexpr, BD: tl.constexpr,
+    BM: tl.constexpr, CP: tl.constexpr, BD: tl.constexpr, NEAREST: tl.constexpr,
 ):  # fmt: skip
     db = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -98,7 +106,10 @@ def _merge_kernel(
     rows_j = start + tl.load(tgt_ptr + b * C + jj, mask=jok, other=0)  # [CP]
     m2 = jok[:, None] & dok[None, :]
     ht = tl.load(base + rows_j[:, None] * stride_hs + dd[None, :], mask=m2, other=0.0).to(tl.float32)
-    out = ht + acc / tl.maximum(count, 1.0)[:, None]
+    if NEAREST:  # the cluster's mean, its centre included
+        out = (ht + acc) / (count + 1.0)[:, None]
+    else:  # the target plus its group's mean
+        out = ht + acc / tl.maximum(count, 1.0)[:, None]
     tl.store(out_ptr + (b * C + jj[:, None]) * D + dd[None, :], out.to(out_ptr.dtype.element_ty), mask=m2)
 
 
@@ -163,6 +174,23 @@ def token_merge_reference(hidden: torch.Tensor, span_start: torch.Tensor, droppe
     return Merged(targets, assign, (ht + sums / count[..., None]).to(hidden.dtype))
 
 
+def cluster_merge_reference(hidden: torch.Tensor, span_start: torch.Tensor, targets: torch.Tensor,
+                            rest: torch.Tensor) -> Merged:
+    """:func:`cluster_merge_triton`'s rule in PyTorch: each of ``rest`` [B, M] joins the nearest of ``targets``
+    [B, c] (L2 distance of hidden states, float32, ties to the lower target); output ``j`` is the mean of target
+    ``j`` and the tokens that joined it."""
+    b, d = hidden.shape[0], hidden.shape[-1]
+    c = targets.shape[1]
+    if c == 0:
+        return Merged(targets, rest[:, :0], hidden.new_zeros(b, 0, d))
+    ht = _rows(hidden, span_start, targets)  # [B, c, d]
+    hr = _rows(hidden, span_start, rest)  # [B, M, d]
+    assign = torch.cdist(hr, ht).argmin(-1) if rest.shape[1] else rest.clone()  # [B, M], ties to the first target
+    onehot = (assign[..., None] == torch.arange(c, device=assign.device)).float()  # [B, M, c]
+    sums = ht + onehot.transpose(1, 2) @ hr  # [B, c, d]
+    return Merged(targets, assign, (sums / (onehot.sum(1) + 1.0)[..., None]).to(hidden.dtype))
+
+
 def token_merge_triton(
     hidden: torch.Tensor, span_start: torch.Tensor, dropped: torch.Tensor, c: int, check_values: bool = True
 ) -> Merged:
@@ -191,14 +219,63 @@ def token_merge_triton(
         if bool((dropped < 0).any()) or bool((rows >= s).any()):
             raise ValueError(f"{name}: span_start + dropped must index the {s} tokens of each row")
 
-    hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
     targets, rest = _split(dropped, c)
+    return _launch(hidden, span_start, targets, rest, nearest=False)
+
+
+def cluster_merge_triton(hidden: torch.Tensor, span_start: torch.Tensor, targets: torch.Tensor, rest: torch.Tensor,
+                         check_values: bool = True) -> Merged:
+    """Fold clusters around given centres (the assignment and means of :mod:`quota.runtime.recycle`): each token
+    of ``rest`` joins the nearest of ``targets`` in L2 distance of hidden states (ties to the lower target), and
+    each output is the mean of its cluster, its centre included (float32 sums, ``hidden``'s dtype).
+
+    - ``hidden``: ``[B, S, d]`` bf16/fp16/fp32, last dim contiguous; ``span_start``: long ``[B]``;
+    - ``targets``: long ``[B, c]`` and ``rest``: long ``[B, M]``, span-relative, disjoint.
+
+    Returns :class:`Merged` with ``targets`` as given, ``assign`` ``[B, M]`` (equal to an exact-arithmetic argmin
+    but at float32 near-ties) and ``hidden`` ``[B, c, d]``."""
+    name = "cluster_merge_triton"
+    if hidden.dim() != 3 or hidden.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"{name}: hidden must be [B, S, d] bf16/fp16/fp32, got {hidden.dtype} {tuple(hidden.shape)}")
+    b, s = hidden.shape[:2]
+    if span_start.dtype != torch.long or tuple(span_start.shape) != (b,):
+        raise ValueError(f"{name}: span_start must be long [{b}], got {span_start.dtype} {tuple(span_start.shape)}")
+    for what, t in (("targets", targets), ("rest", rest)):
+        if t.dtype != torch.long or t.dim() != 2 or t.shape[0] != b:
+            raise ValueError(f"{name}: {what} must be long [{b}, n], got {t.dtype} {tuple(t.shape)}")
+    check_device(name, hidden, span_start, targets, rest)
+    if check_values and (targets.numel() or rest.numel()):
+        rows = span_start[:, None] + torch.cat([targets, rest], 1)
+        if bool((rows < span_start[:, None]).any()) or bool((rows >= s).any()):
+            raise ValueError(f"{name}: span_start + targets/rest must index the {s} tokens of each row")
+    return _launch(hidden, span_start, targets, rest, nearest=True)
+
+
+def _launch(hidden, span_start, targets, rest, nearest: bool) -> Merged:
+    """Both kernels over ``targets`` [B, c] and ``rest`` [B, M]: the contextual rule, or (``nearest``) the clusters'."""
+    b, _, d = hidden.shape
+    c = targets.shape[1]
+    hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
     targets, rest, span_start = targets.contiguous(), rest.contiguous(), span_start.contiguous()
     m = rest.shape[1]
     assign = torch.empty((b, m if c else 0), dtype=torch.long, device=hidden.device)
     out = torch.empty((b, c, d), dtype=hidden.dtype, device=hidden.device)
     if c == 0 or b == 0:
         return Merged(targets, assign, out)
+    cp = max(16, next_power_of_2(c))
+    bd = max(16, min(next_power_of_2(d), 64))
+    bm = 16 if cp > 64 else 32
+    strides = (hidden.stride(0), hidden.stride(1))
+    if m:
+        _assign_kernel[(triton.cdiv(m, bm), b)](
+            hidden, span_start, rest, targets, assign, m, c, d, *strides, BM=bm, CP=cp, BD=bd, NEAREST=nearest,
+            num_warps=4,
+        )
+    _merge_kernel[(triton.cdiv(d, bd), b)](
+        hidden, span_start, rest, targets, assign, out, m, c, d, *strides, BM=bm, CP=cp, BD=bd, NEAREST=nearest,
+        num_warps=4,
+    )
+    return Merged(targets, assign, out)
     cp = max(16, next_power_of_2(c))
     bd = max(16, min(next_power_of_2(d), 64))
     bm = 16 if cp > 64 else 32

@@ -21,7 +21,7 @@ import torch
 from quota.kernels.score_gather import Compacted, score_gather_reference, score_gather_triton, select_topk
 from quota.kernels.token_merge import Merged, token_merge_reference, token_merge_triton
 from quota.runtime.diversity import cdpruner_select, divprune_select
-from quota.runtime.recycle import recycle_count, recycle_reference
+from quota.runtime.recycle import recycle, recycle_count
 from quota.signals import MERGE_RULES, SELECTIONS
 
 IMPLS = ("reference", "triton", "auto")
@@ -133,7 +133,7 @@ def prune(
     if c:
         dropped = complement(kept, n)  # [B, n - k + c]
         merged = (token_merge(hidden, span_start, dropped, c, impl, check_values) if merge_rule == "context"
-                  else recycle_reference(hidden, span_start, scores, dropped, c))
+                  else recycle(hidden, span_start, scores, dropped, c, impl, check_values))
         kept = torch.cat([kept, merged.targets], dim=1).sort(-1).values  # [B, k]
     keep = torch.zeros_like(scores, dtype=torch.float32).scatter_(1, kept, 1.0)  # [B, n]
     out = score_gather(hidden, positions, valid, keep, span_start, k, impl, check_values)

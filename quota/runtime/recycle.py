@@ -19,9 +19,10 @@ At a pruning point that keeps ``k`` of ``n`` visual tokens:
    recycled token is the mean of its cluster's hidden states (float32, returned in ``hidden``'s dtype), placed at
    its centre's position.
 
-:func:`recycle_reference` is the batched PyTorch rule; the pruning path (:func:`quota.runtime.prune.prune`) runs it
-on any device. The candidate set is small (at most ``0.3 n`` tokens), so its ``[B, R, R]`` distance matrix costs
-less than one attention layer's scores.
+Steps 2-3 run in batched PyTorch (:func:`recycle_split`; the candidate set is small, at most ``0.3 n`` tokens, so
+its ``[B, R, R]`` distance matrix costs less than one attention layer's scores); step 4 is the token-merge kernel's
+cluster mode (:func:`quota.kernels.token_merge.cluster_merge_triton`) on CUDA, its PyTorch reference elsewhere
+(:func:`recycle`). :func:`recycle_reference` is the whole rule in PyTorch.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ import math
 
 import torch
 
-from quota.kernels.token_merge import Merged
+from quota.kernels.token_merge import Merged, cluster_merge_reference, cluster_merge_triton
 
 __all__ = ["RECYCLE_SHARE", "RECYCLE_CLUSTER", "recycle_count", "candidate_count", "dpc_knn_centres",
-           "recycle_reference"]
+           "recycle_split", "recycle_reference", "recycle"]
 
 RECYCLE_SHARE = 0.3  # share of the dropped tokens SparseVLM recycles
 RECYCLE_CLUSTER = 10  # recycled candidates per cluster
@@ -81,33 +82,47 @@ def dpc_knn_centres(features: torch.Tensor, c: int) -> torch.Tensor:
     return _first_max(delta * density, c)
 
 
-def recycle_reference(hidden: torch.Tensor, span_start: torch.Tensor, scores: torch.Tensor, dropped: torch.Tensor,
-                      c: int) -> Merged:
-    """Recycle the ``dropped`` tokens of each sample's span into ``c`` tokens (the module's rule, steps 2-4).
+def recycle_split(hidden: torch.Tensor, span_start: torch.Tensor, scores: torch.Tensor, dropped: torch.Tensor,
+                  c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-3 of the module's rule: ``(centres [B, c], others [B, R - c])``, span-relative and ascending, of the
+    ``R`` candidates recycled from the ``dropped`` tokens.
 
     - ``hidden``: ``[B, S, d]`` any float dtype; ``span_start``: long ``[B]`` first visual token of each row;
     - ``scores``: ``[B, n]`` the pruning point's combined scores of the span's tokens (finite);
     - ``dropped``: long ``[B, D]`` span-relative indices of the tokens the selection rule left, ascending;
-      ``0 <= c <= D``.
-
-    Returns :class:`~quota.kernels.token_merge.Merged`: ``targets`` ``[B, c]`` the centres (span-relative,
-    ascending), ``assign`` ``[B, R - c]`` the centre slot (index into ``targets``) each other candidate joined, in
-    ascending order of those candidates, and ``hidden`` ``[B, c, d]`` the cluster means in ``targets``' order.
-    """
+      ``1 <= c <= D``."""
     b, d = hidden.shape[0], hidden.shape[-1]
-    n_dropped = dropped.shape[1]
-    r = candidate_count(n_dropped, c)
-    if c == 0:
-        return Merged(dropped[:, :0], dropped[:, :0], hidden.new_zeros(b, 0, d))
+    r = candidate_count(dropped.shape[1], c)
     top = _first_max(scores.gather(1, dropped).float(), r)  # [B, R] positions in dropped
     cand = dropped.gather(1, top.sort(-1).values)  # [B, R] span-relative, ascending
     rows = span_start[:, None] + cand  # [B, R]
     x = hidden.gather(1, rows[..., None].expand(-1, -1, d)).float()  # [B, R, d]
     centres = dpc_knn_centres(x, c).sort(-1).values  # [B, c] positions in cand, ascending
-    slot = torch.cdist(x, x.gather(1, centres[..., None].expand(-1, -1, d))).argmin(-1)  # [B, R] ties: first
-    slot.scatter_(1, centres, torch.arange(c, device=x.device).expand(b, c))  # a centre joins itself
-    onehot = (slot[..., None] == torch.arange(c, device=x.device)).float()  # [B, R, c]
-    means = (onehot.transpose(1, 2) @ x) / onehot.sum(1)[..., None]  # [B, c, d] (each cluster holds its centre)
-    is_centre = torch.zeros_like(slot, dtype=torch.bool).scatter_(1, centres, True)  # [B, R]
-    others = torch.sort(is_centre.long(), dim=-1, stable=True).indices[:, : r - c]  # [B, R - c] ascending
-    return Merged(cand.gather(1, centres), slot.gather(1, others), means.to(hidden.dtype))
+    is_centre = torch.zeros(b, r, dtype=torch.long, device=cand.device).scatter_(1, centres, 1)  # [B, R]
+    others = torch.sort(is_centre, dim=-1, stable=True).indices[:, : r - c]  # [B, R - c] ascending
+    return cand.gather(1, centres), cand.gather(1, others)
+
+
+def recycle_reference(hidden: torch.Tensor, span_start: torch.Tensor, scores: torch.Tensor, dropped: torch.Tensor,
+                      c: int) -> Merged:
+    """Recycle the ``dropped`` tokens of each sample's span into ``c`` tokens (the module's rule, steps 2-4), all
+    in PyTorch; arguments as :func:`recycle_split`, ``0 <= c <= D``.
+
+    Returns :class:`~quota.kernels.token_merge.Merged`: ``targets`` ``[B, c]`` the centres (span-relative,
+    ascending), ``assign`` ``[B, R - c]`` the centre slot (index into ``targets``) each other candidate joined, in
+    ascending order of those candidates, and ``hidden`` ``[B, c, d]`` the cluster means in ``targets``' order.
+    """
+    if c == 0:
+        return Merged(dropped[:, :0], dropped[:, :0], hidden.new_zeros(hidden.shape[0], 0, hidden.shape[-1]))
+    return cluster_merge_reference(hidden, span_start, *recycle_split(hidden, span_start, scores, dropped, c))
+
+
+def recycle(hidden: torch.Tensor, span_start: torch.Tensor, scores: torch.Tensor, dropped: torch.Tensor, c: int,
+            impl: str = "auto", check_values: bool = True) -> Merged:
+    """:func:`recycle_reference` with its last step on the token-merge kernel where ``impl`` says so (``"triton"``,
+    or ``"auto"`` on CUDA tensors): centres and candidates equal, ``assign`` equal but at float32 near-ties,
+    ``hidden`` within float32 rounding. ``check_values=False``: nothing is read back to the host."""
+    if c == 0 or not (impl == "triton" or (impl == "auto" and hidden.is_cuda)):
+        return recycle_reference(hidden, span_start, scores, dropped, c)
+    centres, others = recycle_split(hidden, span_start, scores, dropped, c)
+    return cluster_merge_triton(hidden, span_start, centres, others, check_values)
