@@ -103,13 +103,14 @@ def test_recycle_reference_matches_a_loop(k, c):
 
 
 @pytest.mark.parametrize("rule", ["topk", "divprune"])
-def test_prune_recycles_within_k_in_the_centres_places(rule):
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_prune_recycles_within_k_in_the_centres_places(rule, impl):
     hidden, positions, valid, scores, span = _inputs(seed=5)
     b, s, d = hidden.shape
     n, k = scores.shape[1], 8
     c = recycle_count(n, k)
     assert c == 1 + (int(0.3 * (n - k)) + 1) // 10
-    out = prune(hidden, positions, valid, scores, span, k, rule, merge=n, impl="reference", merge_rule="recycle")
+    out = prune(hidden, positions, valid, scores, span, k, rule, merge=n, impl=impl, merge_rule="recycle")
     assert out.hidden.shape == (b, s - n + k, d) and out.kept.shape == (b, k)
     dominant = select(rule, scores, visual_span(hidden, span, n), k - c)
     recycled = recycle_reference(hidden, span, scores, complement(dominant, n), c)
