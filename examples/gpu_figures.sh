@@ -290,18 +290,19 @@ print(" kl_teacher" if "kl_teacher" in json.load(open(sys.argv[1]))["damage"] el
     flock "$out/joint_suite/.all_tokens.lock" timeout 1800 $q eval "${suite_args[@]}" --plans \
       >> "$out/joint_suite_all.log" 2>&1 || true
     jobs_=() tags=()  # the strongest presets first, so that an interrupted run has the rows that decide the table
+    strongest_first=($(printf '%s\n' "${joint_presets[@]}" | tac))
     if [[ " $parts " == *" recipes "* ]]; then  # the recipes four to a process, then each preset at the 0.3 tokens
       for ((r = 0; r < ${#plans[@]}; r += 4)); do
         jobs_+=("--plans ${plans[*]:r:4}") tags+=("recipes$r")
       done
       if [ ${#t30s[@]} -gt 0 ]; then
-        for p in $(printf '%s\n' "${joint_presets[@]}" | tac); do
+        for p in "${strongest_first[@]}"; do
           jobs_+=("--plans $p --budgets ${t30s[*]}") tags+=("${p}_b0.3")
         done
       fi
     fi
     if [[ " $parts " == *" fixed "* ]]; then
-      for p in $(printf '%s\n' "${joint_presets[@]}" | tac); do
+      for p in "${strongest_first[@]}"; do
         jobs_+=("--plans $p --budgets 64 128") tags+=("${p}_64_128")
         jobs_+=("--plans $p --budgets 192") tags+=("${p}_192")
       done

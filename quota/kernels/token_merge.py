@@ -191,6 +191,16 @@ def cluster_merge_reference(hidden: torch.Tensor, span_start: torch.Tensor, targ
     return Merged(targets, assign, (sums / (onehot.sum(1) + 1.0)[..., None]).to(hidden.dtype))
 
 
+def _check_hidden_and_span(name: str, hidden: torch.Tensor, span_start: torch.Tensor) -> tuple[int, int]:
+    """``(B, S)`` of ``hidden`` [B, S, d] (bf16/fp16/fp32) after checking it and ``span_start`` (long [B])."""
+    if hidden.dim() != 3 or hidden.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"{name}: hidden must be [B, S, d] bf16/fp16/fp32, got {hidden.dtype} {tuple(hidden.shape)}")
+    b, s = hidden.shape[:2]
+    if span_start.dtype != torch.long or tuple(span_start.shape) != (b,):
+        raise ValueError(f"{name}: span_start must be long [{b}], got {span_start.dtype} {tuple(span_start.shape)}")
+    return b, s
+
+
 def token_merge_triton(
     hidden: torch.Tensor, span_start: torch.Tensor, dropped: torch.Tensor, c: int, check_values: bool = True
 ) -> Merged:
@@ -204,11 +214,7 @@ def token_merge_triton(
     at float32 near-ties; ``hidden`` ``[B, c, d]`` within float32 rounding of it.
     """
     name = "token_merge_triton"
-    if hidden.dim() != 3 or hidden.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        raise ValueError(f"{name}: hidden must be [B, S, d] bf16/fp16/fp32, got {hidden.dtype} {tuple(hidden.shape)}")
-    b, s, d = hidden.shape
-    if span_start.dtype != torch.long or tuple(span_start.shape) != (b,):
-        raise ValueError(f"{name}: span_start must be long [{b}], got {span_start.dtype} {tuple(span_start.shape)}")
+    b, s = _check_hidden_and_span(name, hidden, span_start)
     if dropped.dtype != torch.long or dropped.dim() != 2 or dropped.shape[0] != b:
         raise ValueError(f"{name}: dropped must be long [{b}, D], got {dropped.dtype} {tuple(dropped.shape)}")
     if not 0 <= c <= dropped.shape[1]:
@@ -235,11 +241,7 @@ def cluster_merge_triton(hidden: torch.Tensor, span_start: torch.Tensor, targets
     Returns :class:`Merged` with ``targets`` as given, ``assign`` ``[B, M]`` (equal to an exact-arithmetic argmin
     but at float32 near-ties) and ``hidden`` ``[B, c, d]``."""
     name = "cluster_merge_triton"
-    if hidden.dim() != 3 or hidden.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        raise ValueError(f"{name}: hidden must be [B, S, d] bf16/fp16/fp32, got {hidden.dtype} {tuple(hidden.shape)}")
-    b, s = hidden.shape[:2]
-    if span_start.dtype != torch.long or tuple(span_start.shape) != (b,):
-        raise ValueError(f"{name}: span_start must be long [{b}], got {span_start.dtype} {tuple(span_start.shape)}")
+    b, s = _check_hidden_and_span(name, hidden, span_start)
     for what, t in (("targets", targets), ("rest", rest)):
         if t.dtype != torch.long or t.dim() != 2 or t.shape[0] != b:
             raise ValueError(f"{name}: {what} must be long [{b}, n], got {t.dtype} {tuple(t.shape)}")
@@ -274,17 +276,5 @@ def _launch(hidden, span_start, targets, rest, nearest: bool) -> Merged:
     _merge_kernel[(triton.cdiv(d, bd), b)](
         hidden, span_start, rest, targets, assign, out, m, c, d, *strides, BM=bm, CP=cp, BD=bd, NEAREST=nearest,
         num_warps=4,
-    )
-    return Merged(targets, assign, out)
-    cp = max(16, next_power_of_2(c))
-    bd = max(16, min(next_power_of_2(d), 64))
-    bm = 16 if cp > 64 else 32
-    strides = (hidden.stride(0), hidden.stride(1))
-    if m:
-        _assign_kernel[(triton.cdiv(m, bm), b)](
-            hidden, span_start, rest, targets, assign, m, c, d, *strides, BM=bm, CP=cp, BD=bd, num_warps=4,
-        )
-    _merge_kernel[(triton.cdiv(d, bd), b)](
-        hidden, span_start, rest, targets, assign, out, m, c, d, *strides, BM=bm, CP=cp, BD=bd, num_warps=4,
     )
     return Merged(targets, assign, out)
